@@ -1,0 +1,105 @@
+"""``quintet demo``: run every available system on small embedded data and write one report.
+
+Each system contributes a section by providing ``quintet.<system>.demo.demo(out_dir, quick)``
+returning a :class:`DemoSection`. A system whose optional extra is not installed, or whose section
+fails, is reported as skipped/failed with the reason; the other sections still run. The report is
+``<out>/report.md`` with the PNG plots of every section next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quintet.io import atomic_save_json, atomic_write_text
+
+__all__ = ["SECTIONS", "DemoSection", "configure", "run_demo"]
+
+
+@dataclass
+class DemoSection:
+    """What one system's demo produced.
+
+    Args:
+        title: section heading.
+        markdown: body text (Markdown) with the numbers measured.
+        images: PNG files (inside the demo's output folder) to embed.
+        metrics: the headline numbers, also written to ``report.json``.
+    """
+
+    title: str
+    markdown: str
+    images: list[Path] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+#: system name -> module providing ``demo(out_dir: Path, quick: bool) -> DemoSection``
+SECTIONS: dict[str, str] = {
+    "leignn": "quintet.leignn.demo",
+    "deeprelax": "quintet.deeprelax.demo",
+    "definet": "quintet.definet.demo",
+    "fedaux": "quintet.fedaux.demo",
+    "medaugment": "quintet.medaugment.demo",
+}
+
+
+def run_demo(out: str | Path = "demo_out", only: Sequence[str] | None = None, quick: bool = False) -> Path:
+    """Run the demo sections and write ``report.md`` / ``report.json``; return the report path."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(only) if only else list(SECTIONS)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown demo section(s) {unknown}; valid: {list(SECTIONS)}")
+    parts = ["# quintet demo report\n"]
+    summary: dict[str, Any] = {}
+    bar = tqdm(names, desc="quintet demo", unit="system")
+    for name in bar:
+        bar.set_postfix_str(name)
+        t0 = time.perf_counter()
+        try:
+            module = importlib.import_module(SECTIONS[name])
+        except ImportError as exc:
+            parts.append(f"## {name}\n\nSkipped: {exc}\n")
+            summary[name] = {"status": "skipped", "reason": str(exc)}
+            continue
+        sec_dir = out / name
+        sec_dir.mkdir(exist_ok=True)
+        try:
+            section: DemoSection = module.demo(sec_dir, quick=quick)
+        except Exception as exc:  # a failing section must not hide the others
+            tb = traceback.format_exc(limit=3)
+            parts.append(f"## {name}\n\nFailed: {exc}\n\n```\n{tb}\n```\n")
+            summary[name] = {"status": "failed", "reason": str(exc)}
+            continue
+        dt = time.perf_counter() - t0
+        body = [f"## {section.title}\n", section.markdown.strip() + "\n"]
+        for img in section.images:
+            rel = Path(img).resolve().relative_to(out.resolve())
+            body.append(f"![{Path(img).stem}]({rel.as_posix()})\n")
+        body.append(f"_section time: {dt:.1f} s_\n")
+        parts.append("\n".join(body))
+        summary[name] = {"status": "ok", "seconds": round(dt, 2), **section.metrics}
+    report = out / "report.md"
+    atomic_write_text(report, "\n".join(parts))
+    atomic_save_json(out / "report.json", summary)
+    print(f"report written to {report}")
+    return report
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``quintet demo`` options."""
+    parser.add_argument("--out", default="demo_out", help="output folder for report.md and plots")
+    parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--quick", action="store_true", help="smallest settings (used by the tests)")
+    parser.set_defaults(
+        func=lambda a: run_demo(a.out, a.only.split(",") if a.only else None, a.quick) and 0
+    )

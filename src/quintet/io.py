@@ -1,0 +1,121 @@
+"""Atomic file writes, JSON helpers and fingerprints shared by every system.
+
+Every file quintet writes goes through these helpers: the bytes land in a temporary file in the
+same folder and are moved into place with :func:`os.replace`, so a crash or a bad input never
+leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "atomic_open",
+    "atomic_save_json",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "fingerprint",
+    "load_json",
+]
+
+PathLike = str | os.PathLike[str]
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Args:
+        path: final destination.
+        mode: ``"w"`` (text) or ``"wb"`` (binary).
+        encoding: text encoding (ignored for binary mode).
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open supports modes 'w' and 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        kwargs = {"encoding": encoding} if mode == "w" else {}
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def atomic_save_json(path: PathLike, obj: Any, indent: int = 2) -> None:
+    """Serialise ``obj`` as JSON (numpy/torch scalars and arrays allowed) and write it atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, default=_json_default) + "\n")
+
+
+def load_json(path: PathLike) -> Any:
+    """Read a JSON file, naming the file in the error if it is malformed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: malformed JSON ({exc})") from exc
+
+
+def atomic_torch_save(path: PathLike, obj: Any) -> None:
+    """``torch.save`` into a temporary file, then rename onto ``path``."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def fingerprint(*parts: Any, files: list[PathLike] | None = None, length: int = 16) -> str:
+    """A short stable hash of JSON-able ``parts`` and the bytes of ``files``.
+
+    Used to name caches and split files, so that a changed input never reuses a stale cache.
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps(parts, sort_keys=True, default=_json_default).encode())
+    for f in files or []:
+        h.update(str(Path(f).name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:length]
