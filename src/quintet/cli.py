@@ -28,12 +28,20 @@ class _System:
 
 
 SYSTEMS: dict[str, _System] = {
-    "leignn": _System("quintet.leignn.cli", "lightweight equivariant interatomic potential: train, eval, md", "materials"),
-    "deeprelax": _System("quintet.deeprelax.cli", "one-shot crystal relaxation with uncertainty", "materials"),
+    "leignn": _System(
+        "quintet.leignn.cli", "lightweight equivariant interatomic potential: train, eval, md", "materials"
+    ),
+    "deeprelax": _System(
+        "quintet.deeprelax.cli", "one-shot crystal relaxation with uncertainty", "materials"
+    ),
     "definet": _System("quintet.definet.cli", "one-shot relaxation of point-defect supercells", "materials"),
-    "fedaux": _System("quintet.fedaux.cli", "personalised subgraph federated learning (in-process and Flower)", "fl"),
+    "fedaux": _System(
+        "quintet.fedaux.cli", "personalised subgraph federated learning (in-process and Flower)", "fl"
+    ),
     "medaugment": _System("quintet.medaugment.cli", "medically safe automatic image augmentation", "imaging"),
-    "data": _System("quintet.atomistic.cli", "generate and inspect atomistic data with any ASE calculator", "materials"),
+    "data": _System(
+        "quintet.atomistic.cli", "generate and inspect atomistic data with any ASE calculator", "materials"
+    ),
     "demo": _System("quintet.demo", "run every available system on small embedded data, write a report", ""),
 }
 
@@ -77,7 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         module = importlib.import_module(system.module)
     except ImportError as exc:
-        hint = f" (install it with: pip install -c constraints.txt -e '.[{system.extra}]')" if system.extra else ""
+        hint = (
+            f" (install it with: pip install -c constraints.txt -e '.[{system.extra}]')"
+            if system.extra
+            else ""
+        )
         print(f"quintet {name}: cannot import {system.module}: {exc}{hint}", file=sys.stderr)
         return 2
     parser = argparse.ArgumentParser(prog=f"quintet {name}", description=system.help)

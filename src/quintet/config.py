@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import types
-
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -36,9 +35,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin in (Union, types.UnionType):
         args = get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
-            if type(None) in args:
-                return None
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~"))
+        if is_none and type(None) in args:
+            return None
         errors = []
         for arg in args:
             if arg is type(None):
@@ -62,14 +61,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return from_dict(tp, value, prefix=f"{key}.")
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = (
+                yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            )
         if not isinstance(value, list | tuple):
             value = [value]
         args = get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+            return tuple(
+                _coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
         inner = args[0] if args else Any
         items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple or tp is tuple else items
@@ -131,7 +134,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         valid = ", ".join(sorted(fields))
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid keys: {valid}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid keys: {valid}"
+        )
     kwargs = {name: _coerce(val, hints[name], prefix + name) for name, val in data.items()}
     try:
         obj = cls(**kwargs)
@@ -235,4 +240,3 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     path = Path(path)
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     return path
-

@@ -100,6 +100,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder for report.md and plots")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--quick", action="store_true", help="smallest settings (used by the tests)")
-    parser.set_defaults(
-        func=lambda a: run_demo(a.out, a.only.split(",") if a.only else None, a.quick) and 0
-    )
+    parser.set_defaults(func=lambda a: run_demo(a.out, a.only.split(",") if a.only else None, a.quick) and 0)

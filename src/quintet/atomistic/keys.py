@@ -24,12 +24,16 @@ ATOMIC_NUMBERS: Final[str] = "z"  # (N,) long, atomic numbers 1..118
 FORCES: Final[str] = "forces"  # (N, 3) float, eV/Å
 DEFECT: Final[str] = "defect"  # (N,) long, 0 pristine, 1 substitution, 2 vacancy placeholder
 FIXED: Final[str] = "fixed"  # (N,) bool, atoms held fixed (masked in force losses)
-RELAXED_POSITIONS: Final[str] = "relaxed_pos"  # (N, 3) float, relaxed positions unwrapped to the unrelaxed images, Å
+RELAXED_POSITIONS: Final[str] = (
+    "relaxed_pos"  # (N, 3) float, relaxed positions unwrapped to the unrelaxed images, Å
+)
 BATCH: Final[str] = "batch"  # (N,) long, index of the structure each atom belongs to (batches only)
 ATOM_ENERGY: Final[str] = "atom_energy"  # (N,) float, per-atom energy contribution, eV
 
 # --- per structure --------------------------------------------------------------------------
-CELL: Final[str] = "cell"  # (3, 3) per record, (B, 3, 3) batched; rows are lattice vectors, Å (zeros if no cell)
+CELL: Final[str] = (
+    "cell"  # (3, 3) per record, (B, 3, 3) batched; rows are lattice vectors, Å (zeros if no cell)
+)
 PBC: Final[str] = "pbc"  # (3,) bool per record, (B, 3) batched
 NUM_ATOMS: Final[str] = "num_atoms"  # () long per record, (B,) batched
 ENERGY: Final[str] = "energy"  # () float per record, (B,) batched, total energy, eV
