@@ -1,5 +1,6 @@
 """The shared scalar–vector backbone blocks (materials spec §2.1)."""
 
+from quintet.atomistic.nn.backbone import ScalarVectorBackbone
 from quintet.atomistic.nn.blocks import (
     AtomEmbedding,
     GatedUpdate,
@@ -27,6 +28,7 @@ __all__ = [
     "PolynomialEnvelope",
     "RadialBasis",
     "ScalarReadout",
+    "ScalarVectorBackbone",
     "ScaledSiLU",
     "VectorActivation",
     "VectorReadout",
