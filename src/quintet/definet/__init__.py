@@ -1,0 +1,1 @@
+"""DefiNet: one-shot relaxed geometries of point-defect supercells (vacancies, substitutions)."""
