@@ -157,7 +157,8 @@ class DefiNet(nn.Module):
             g_s = self.layers[0].global_scalar.init(num_graphs)
             g_v = self.layers[0].global_vector.init(num_graphs, x)
         layer_pos = []
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for k, layer in enumerate(self.layers):
             vec, length = edge_vectors(pos, cell, edge_index, edge_shift, node_batch)
             unit = safe_unit(vec, length)
             rbf = self.radial(length)
@@ -177,7 +178,7 @@ class DefiNet(nn.Module):
             v = v + dv
             label_emb = e_def if self.cfg.defect_gate else torch.zeros_like(e_def)
             pos = pos + layer.coord(x, v, label_emb, edge_index, rbf, unit)
-            if layer.global_scalar is not None:
+            if layer.global_scalar is not None and k < last:  # the last update would feed nothing
                 g_s = layer.global_scalar.from_atoms(x, g_s, node_batch, num_graphs)
                 g_v = layer.global_vector.from_atoms(v, g_v, node_batch, num_graphs)
             layer_pos.append(pos)
