@@ -1,0 +1,454 @@
+"""Image I/O with clear errors, folder datasets, and the online MedAugment transforms.
+
+* :func:`read_image` / :func:`read_mask` / :func:`write_image`: PNG, JPEG, TIFF, BMP (8 and 16 bit,
+  gray and colour; colour is returned as RGB) and ``.npy`` (any supported array, e.g. 3D volumes).
+  Missing files raise ``FileNotFoundError``; unreadable, truncated or unsupported files raise
+  ``ValueError`` naming the file. Writes are atomic.
+* :class:`MedAugmentTransform`: ``t(image=..., mask=...) -> dict`` (albumentations-style, channel-last
+  NumPy) drawing one of the N+1 branches per call, seeded per DataLoader worker, with replay.
+* :class:`MedAugmentd`: a MONAI-style dictionary transform on channel-first arrays / tensors.
+* :class:`ImageFolderDataset` / :class:`SegmentationFolderDataset`: PyTorch datasets over folders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from quintet.io import atomic_write_bytes
+from quintet.medaugment import ops
+from quintet.medaugment.policy import Branch, MedAugment
+
+__all__ = [
+    "IMAGE_EXTS",
+    "ImageFolderDataset",
+    "MedAugmentTransform",
+    "MedAugmentd",
+    "SegmentationFolderDataset",
+    "list_images",
+    "read_image",
+    "read_mask",
+    "to_tensor",
+    "write_image",
+]
+
+IMAGE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder`` (sorted; hidden files skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS
+    )
+
+
+def _check_complete(path: Path, data: bytes) -> None:
+    ext = path.suffix.lower()
+    if ext in (".jpg", ".jpeg"):
+        if not data.startswith(b"\xff\xd8"):
+            raise ValueError(f"{path}: not a JPEG file (bad header)")
+        if not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+            raise ValueError(f"{path}: truncated JPEG (no end-of-image marker)")
+    elif ext == ".png":
+        if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise ValueError(f"{path}: not a PNG file (bad signature)")
+        if b"IEND" not in data[-16:]:
+            raise ValueError(f"{path}: truncated PNG (no IEND chunk)")
+
+
+def read_image(path: str | Path, mode: str = "unchanged") -> np.ndarray:
+    """Read an image as a channel-last array (colour as RGB), checking that the file is complete.
+
+    Args:
+        path: image file (``.png``, ``.jpg``, ``.tif``, ``.bmp``; ``.npy`` for arrays/volumes).
+        mode: ``"unchanged"`` (keep bit depth and channels), ``"gray"`` (H, W) or ``"rgb"`` (H, W, 3).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: unknown extension, unreadable, truncated file, or unsupported dtype.
+    """
+    path = Path(path)
+    if mode not in ("unchanged", "gray", "rgb"):
+        raise ValueError(f"mode must be 'unchanged', 'gray' or 'rgb', got {mode!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist")
+    ext = path.suffix.lower()
+    if ext not in IMAGE_EXTS:
+        raise ValueError(f"{path}: unsupported image extension {ext!r}; supported: {', '.join(IMAGE_EXTS)}")
+    if ext == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"{path}: unreadable .npy file ({exc})") from exc
+    else:
+        data = path.read_bytes()
+        if not data:
+            raise ValueError(f"{path}: empty file")
+        _check_complete(path, data)
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise ValueError(f"{path}: cannot decode image (corrupt or unsupported format)")
+        if arr.ndim == 3 and arr.shape[2] == 3:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+        elif arr.ndim == 3 and arr.shape[2] == 4:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
+    if arr.dtype not in ops.SUPPORTED_DTYPES:
+        raise ValueError(
+            f"{path}: unsupported dtype {arr.dtype}; supported: {[str(d) for d in ops.SUPPORTED_DTYPES]}"
+        )
+    if mode == "gray" and arr.ndim == 3:
+        arr = _to_gray(arr)
+    elif mode == "rgb":
+        if arr.ndim == 2:
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        elif arr.shape[2] == 4:
+            arr = arr[:, :, :3]
+        elif arr.shape[2] == 1:
+            arr = np.repeat(arr, 3, axis=2)
+    return np.ascontiguousarray(arr)
+
+
+def _to_gray(arr: np.ndarray) -> np.ndarray:
+    if arr.shape[2] == 1:
+        return arr[:, :, 0]
+    rgb = arr[:, :, :3].astype(np.float64)
+    g = rgb @ np.array([0.299, 0.587, 0.114])
+    if arr.dtype.kind in "iu":
+        info = np.iinfo(arr.dtype)
+        return np.clip(np.rint(g), info.min, info.max).astype(arr.dtype)
+    return g.astype(arr.dtype)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a label mask as ``(H, W)`` integers; a multi-channel mask keeps channel 0 (as the paper's loader)."""
+    arr = read_image(path)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{path}: mask must hold integer labels, got dtype {arr.dtype}")
+    if arr.ndim == 3:
+        arr = np.ascontiguousarray(arr[:, :, 0])
+    return arr
+
+
+def encode_image(array: np.ndarray, ext: str) -> bytes:
+    """Encode an RGB / gray array for the extension ``ext`` (``.npy`` keeps the array as is)."""
+    ext = ext.lower()
+    if ext == ".npy":
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, array, allow_pickle=False)
+        return buf.getvalue()
+    if ext not in IMAGE_EXTS:
+        raise ValueError(f"unsupported output extension {ext!r}; supported: {', '.join(IMAGE_EXTS)}")
+    arr = array
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGBA2BGRA)
+    if ext in (".jpg", ".jpeg", ".bmp") and arr.dtype != np.uint8:
+        raise ValueError(
+            f"cannot write {arr.dtype} data as {ext}; use .png or .tif for 16-bit, .npy for float"
+        )
+    if ext == ".png" and arr.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"cannot write {arr.dtype} data as .png; use .tif or .npy")
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(ext, arr, params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {arr.dtype} array of shape {array.shape} as {ext}")
+    return buf.tobytes()
+
+
+def write_image(path: str | Path, array: np.ndarray) -> Path:
+    """Write an array to ``path`` atomically, the format chosen by the extension."""
+    path = Path(path)
+    atomic_write_bytes(path, encode_image(array, path.suffix))
+    return path
+
+
+def to_tensor(image: np.ndarray, value_range: tuple[float, float] | None = None) -> Any:
+    """Channel-last array -> float32 channel-first torch tensor scaled to [0, 1] by the value range."""
+    import torch
+
+    lo, hi = ops.resolve_value_range(image, value_range)
+    x = (image.astype(np.float32) - lo) / (hi - lo)
+    x = x[None] if x.ndim == 2 else np.moveaxis(x, -1, 0)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# online transforms
+# --------------------------------------------------------------------------------------------------
+
+
+class MedAugmentTransform:
+    """Online MedAugment: each call draws one of the N+1 branches (identity kept) and applies it.
+
+    Called albumentations-style with channel-last NumPy arrays; returns a dict with ``image``,
+    ``mask`` (when given) and ``branch`` (the replay record, a plain dict).
+
+    Args:
+        policy: the policy (default ``MedAugment()``: level 5, N = 4).
+        seed: base seed; inside a PyTorch DataLoader worker the stream is ``(seed, worker_id)``.
+
+    Example:
+        >>> t = MedAugmentTransform(MedAugment(level=5), seed=0)
+        >>> out = t(image=img, mask=msk)
+        >>> again = t.replay(out["branch"], image=img, mask=msk)  # identical arrays
+    """
+
+    def __init__(self, policy: MedAugment | None = None, seed: int = 0) -> None:
+        self.policy = policy if policy is not None else MedAugment()
+        self.seed = int(seed)
+        self._rng: np.random.Generator | None = None
+        self._worker: int | None = None
+
+    def set_random_state(self, seed: int) -> MedAugmentTransform:
+        """Restart the random stream from ``seed`` (MONAI-style)."""
+        self.seed = int(seed)
+        self._rng = None
+        return self
+
+    def _generator(self) -> np.random.Generator:
+        worker = None
+        try:
+            from torch.utils.data import get_worker_info
+
+            info = get_worker_info()
+            worker = None if info is None else info.id
+        except ImportError:  # pragma: no cover - torch is a core dependency
+            pass
+        if self._rng is None or worker != self._worker:
+            key = [self.seed] if worker is None else [self.seed, 1 + worker]
+            self._rng = np.random.default_rng(key)
+            self._worker = worker
+        return self._rng
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
+        branch = self.policy.sample_online(self._generator())
+        img, msk = self.policy.apply(branch, image, mask)
+        out: dict[str, Any] = {"image": img, "branch": branch.to_dict()}
+        if mask is not None:
+            out["mask"] = msk
+        return out
+
+    def replay(
+        self, record: Mapping[str, Any] | Branch, image: np.ndarray, mask: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """Apply a recorded branch again (bit-identical to the original call)."""
+        branch = record if isinstance(record, Branch) else Branch.from_dict(dict(record))
+        img, msk = self.policy.apply(branch, image, mask)
+        out: dict[str, Any] = {"image": img, "branch": branch.to_dict()}
+        if mask is not None:
+            out["mask"] = msk
+        return out
+
+
+class MedAugmentd(MedAugmentTransform):
+    """MONAI-style dictionary transform on channel-first data (NumPy arrays or torch tensors).
+
+    Every key in ``keys`` (images) and ``mask_keys`` (labels) gets the same sampled branch, so the
+    geometry is shared; pixel ops touch only ``keys``. Shapes are ``(C, H, W)``, or ``(C, D, H, W)``
+    for a policy with ``volume=True``. The replay record is stored under ``branch_key``.
+
+    Args:
+        keys: image keys.
+        mask_keys: label keys (nearest interpolation, pixel ops skipped).
+        policy: the policy.
+        seed: base seed.
+        branch_key: where the replay record goes (``None`` to drop it).
+        allow_missing_keys: skip absent keys instead of raising ``KeyError``.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[Hashable] = ("image",),
+        mask_keys: Sequence[Hashable] = (),
+        policy: MedAugment | None = None,
+        seed: int = 0,
+        branch_key: str | None = "medaugment_branch",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(policy, seed)
+        self.keys = tuple(keys)
+        self.mask_keys = tuple(mask_keys)
+        self.branch_key = branch_key
+        self.allow_missing_keys = allow_missing_keys
+
+    def _to_last(self, x: Any, key: Hashable) -> tuple[np.ndarray, Callable[[np.ndarray], Any]]:
+        is_torch = hasattr(x, "detach") and hasattr(x, "numpy")
+        arr = x.detach().cpu().numpy() if is_torch else np.asarray(x)
+        want = 4 if self.policy.volume else 3
+        if arr.ndim != want:
+            raise ValueError(
+                f"{key!r}: expected a channel-first array with {want} axes, got shape {arr.shape}"
+            )
+        last = np.ascontiguousarray(np.moveaxis(arr, 0, -1))
+
+        def back(y: np.ndarray) -> Any:
+            first = np.ascontiguousarray(np.moveaxis(y, -1, 0))
+            if is_torch:
+                import torch
+
+                out = torch.as_tensor(first)
+                if hasattr(x, "copy_meta_from") or type(x).__name__ == "MetaTensor":
+                    from monai.data import MetaTensor
+
+                    return MetaTensor(out, meta=getattr(x, "meta", None))
+                return out
+            return first
+
+        return last, back
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:  # type: ignore[override]
+        d = dict(data)
+        branch = self.policy.sample_online(self._generator())
+        return self._apply_dict(d, branch)
+
+    def replay(self, record: Mapping[str, Any] | Branch, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:  # type: ignore[override]
+        """Apply a recorded branch to a data dict again."""
+        branch = record if isinstance(record, Branch) else Branch.from_dict(dict(record))
+        return self._apply_dict(dict(data), branch)
+
+    def _apply_dict(self, d: dict[Hashable, Any], branch: Branch) -> dict[Hashable, Any]:
+        ref: np.ndarray | None = None
+        for key in self.keys:
+            if key not in d:
+                if self.allow_missing_keys:
+                    continue
+                raise KeyError(f"key {key!r} not in data (keys: {list(d)})")
+            img, back = self._to_last(d[key], key)
+            ref = img
+            d[key] = back(self.policy.apply(branch, img)[0])
+        for key in self.mask_keys:
+            if key not in d:
+                if self.allow_missing_keys:
+                    continue
+                raise KeyError(f"key {key!r} not in data (keys: {list(d)})")
+            msk, back = self._to_last(d[key], key)
+            dummy = ref if ref is not None else np.zeros(msk.shape[:-1], np.uint8)
+            ops.check_mask(msk, dummy, self.policy.volume)
+            out = msk
+            for call in branch.applied:
+                out = ops.apply_mask(call.name, out, call.params, self.policy.volume, self.policy.mask_fill)
+            d[key] = back(out.copy() if out is msk else out)
+        if self.branch_key is not None:
+            d[self.branch_key] = branch.to_dict()
+        return d
+
+
+# --------------------------------------------------------------------------------------------------
+# folder datasets
+# --------------------------------------------------------------------------------------------------
+
+
+def _resize(arr: np.ndarray, size: int | None, nearest: bool) -> np.ndarray:
+    if size is None or arr.shape[:2] == (size, size):
+        return arr
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    out = cv2.resize(arr, (size, size), interpolation=interp)
+    return out if out.ndim == arr.ndim else out[:, :, None]
+
+
+class ImageFolderDataset:
+    """Classification dataset over ``root/<class>/<image>``; returns ``(tensor (C, H, W) in [0, 1], label)``.
+
+    Args:
+        root: folder with one sub-folder per class (sorted names define the label ids).
+        transform: optional online transform called as ``transform(image=...)`` returning a dict.
+        size: resize to ``size x size`` before the transform (None keeps the size).
+        mode: ``"gray"``, ``"rgb"`` or ``"unchanged"``.
+        classes: explicit class order (default: sorted folder names).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable[..., Mapping[str, Any]] | None = None,
+        size: int | None = None,
+        mode: str = "gray",
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset folder {self.root} does not exist")
+        self.classes = list(classes) if classes else sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        if not self.classes:
+            raise ValueError(f"{self.root}: no class sub-folders found")
+        self.samples = [(p, i) for i, c in enumerate(self.classes) for p in list_images(self.root / c)]
+        if not self.samples:
+            raise ValueError(f"{self.root}: no images found in the class folders")
+        self.transform, self.size, self.mode = transform, size, mode
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        img = _resize(read_image(path, self.mode), self.size, nearest=False)
+        if self.transform is not None:
+            img = self.transform(image=img)["image"]
+        return to_tensor(img), label
+
+
+class SegmentationFolderDataset:
+    """Segmentation dataset over an image folder and a mask folder; returns ``(image (C,H,W), mask (1,H,W) long)``.
+
+    Masks are matched by name: ``<stem><mask_suffix><ext>`` for each image ``<stem>.<ext>`` (any image
+    extension). Labels are binarised with ``mask > threshold`` when ``binarize`` is set.
+    """
+
+    def __init__(
+        self,
+        images: str | Path,
+        masks: str | Path,
+        transform: Callable[..., Mapping[str, Any]] | None = None,
+        size: int | None = None,
+        mode: str = "gray",
+        mask_suffix: str = "",
+        binarize: bool = True,
+        threshold: int = 127,
+    ) -> None:
+        self.images = list_images(images)
+        if not self.images:
+            raise ValueError(f"{images}: no images found")
+        mask_dir = Path(masks)
+        by_stem = {p.stem: p for p in list_images(mask_dir)}
+        self.masks = []
+        for img in self.images:
+            m = by_stem.get(img.stem + mask_suffix)
+            if m is None:
+                raise FileNotFoundError(
+                    f"no mask for {img.name} in {mask_dir} (expected {img.stem}{mask_suffix}.*)"
+                )
+            self.masks.append(m)
+        self.transform, self.size, self.mode = transform, size, mode
+        self.binarize, self.threshold = binarize, threshold
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        import torch
+
+        img = read_image(self.images[index], self.mode)
+        msk = read_mask(self.masks[index])
+        if msk.shape[:2] != img.shape[:2]:
+            raise ValueError(
+                f"{self.masks[index]}: mask size {msk.shape[:2]} differs from its image {img.shape[:2]}"
+            )
+        img = _resize(img, self.size, nearest=False)
+        msk = _resize(msk, self.size, nearest=True)
+        if self.transform is not None:
+            out = self.transform(image=img, mask=msk)
+            img, msk = out["image"], out["mask"]
+        lab = (msk > self.threshold) if self.binarize else msk
+        return to_tensor(img), torch.from_numpy(np.ascontiguousarray(lab)).long()[None]
