@@ -160,7 +160,9 @@ class LEIGNN(nn.Module):
 
             names = ", ".join(chemical_symbols[int(b)] for b in bad)
             known = ", ".join(chemical_symbols[int(b)] for b in torch.nonzero(self.known_elements).flatten())
-            raise ValueError(f"element(s) {names} were not in this model's training data (trained on: {known})")
+            raise ValueError(
+                f"element(s) {names} were not in this model's training data (trained on: {known})"
+            )
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Mapping[str, Tensor], compute_stress: bool = False) -> dict[str, Tensor]:
@@ -190,7 +192,9 @@ class LEIGNN(nn.Module):
                 leaf = pos.detach().requires_grad_(True)
                 pos = leaf
                 if compute_stress:
-                    strain = torch.zeros(num_graphs, 3, 3, dtype=pos.dtype, device=pos.device, requires_grad=True)
+                    strain = torch.zeros(
+                        num_graphs, 3, 3, dtype=pos.dtype, device=pos.device, requires_grad=True
+                    )
                     sym = 0.5 * (strain + strain.transpose(1, 2))
                     pos = pos + torch.einsum("ni,nij->nj", pos, sym[idx])
                     cell = cell + torch.bmm(cell, sym)

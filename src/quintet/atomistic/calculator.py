@@ -1,0 +1,92 @@
+"""An ASE ``Calculator`` for any quintet energy(/forces/stress) model.
+
+The model is called on a one-structure batch built from the ``Atoms``; the neighbour list is
+rebuilt at every call (vesin: ~1 ms per 100 atoms) so atoms may move freely during MD.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from torch import Tensor
+
+from quintet.atomistic import keys as K
+from quintet.atomistic.batch import collate
+
+__all__ = ["ModelCalculator"]
+
+
+class ModelCalculator(Calculator):
+    """Wrap ``model(batch, compute_stress=...) -> {ENERGY, FORCES[, STRESS]}`` as an ASE calculator.
+
+    Args:
+        model: a quintet potential (``nn.Module``); put in eval mode.
+        dtype: float dtype used for the model's inputs (the model's parameter dtype by default).
+        device: where the model runs.
+        stress: whether the model can return stress (conservative models only).
+        check: called on the atomic numbers before any computation (e.g. to reject unknown elements).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]  # noqa: RUF012
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+        stress: bool = True,
+        check: Callable[[Tensor], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model = model.to(device).eval()
+        params = list(model.parameters())
+        self.dtype = dtype or (params[0].dtype if params else torch.get_default_dtype())
+        self.device = torch.device(device)
+        self.supports_stress = stress
+        self.check = check
+
+    def _batch(self, atoms: Any) -> dict[str, Tensor]:
+        if len(atoms) == 0:
+            raise ValueError("empty structure: no atoms")
+        pos = np.asarray(atoms.get_positions(), dtype=np.float64)
+        if not np.isfinite(pos).all():
+            raise ValueError("positions contain NaN or inf")
+        rec = {
+            K.POSITIONS: torch.tensor(pos, dtype=self.dtype, device=self.device),
+            K.ATOMIC_NUMBERS: torch.tensor(atoms.get_atomic_numbers(), dtype=torch.long, device=self.device),
+            K.CELL: torch.tensor(np.asarray(atoms.cell.array), dtype=self.dtype, device=self.device),
+            K.PBC: torch.tensor(np.asarray(atoms.pbc), dtype=torch.bool, device=self.device),
+        }
+        if self.check is not None:
+            self.check(rec[K.ATOMIC_NUMBERS])
+        return collate([rec])
+
+    def predict(self, atoms: Any, stress: bool = False) -> Mapping[str, Tensor]:
+        """Raw model outputs for ``atoms`` (tensors)."""
+        return self.model(self._batch(atoms), compute_stress=stress)
+
+    def calculate(
+        self,
+        atoms: Any = None,
+        properties: list[str] | tuple[str, ...] = ("energy",),
+        system_changes: list[str] = all_changes,
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        want_stress = "stress" in properties
+        if want_stress and not self.supports_stress:
+            raise NotImplementedError("this model has no stress (train it with forces='conservative')")
+        if want_stress and not self.atoms.pbc.all():
+            raise ValueError("stress needs a fully periodic cell")
+        out = self.predict(self.atoms, stress=want_stress)
+        energy = float(out[K.ENERGY].detach().sum())
+        self.results["energy"] = energy
+        self.results["free_energy"] = energy
+        self.results["forces"] = out[K.FORCES].detach().cpu().double().numpy().reshape(-1, 3)
+        if want_stress:
+            s = out[K.STRESS].detach().cpu().double().numpy().reshape(3, 3)
+            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])

@@ -1,0 +1,38 @@
+"""``LEIGNNCalculator``: an ASE calculator backed by a trained LEIGNN model file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quintet.atomistic.calculator import ModelCalculator
+from quintet.leignn.model import LEIGNN
+
+__all__ = ["LEIGNNCalculator"]
+
+
+class LEIGNNCalculator(ModelCalculator):
+    """Energy, forces (and stress for conservative models) from an LEIGNN model.
+
+    Elements the model was not trained on raise a ``ValueError`` before any computation.
+    """
+
+    def __init__(self, model: LEIGNN, device: str | torch.device = "cpu", **kwargs: Any) -> None:
+        super().__init__(
+            model,
+            device=device,
+            stress=model.config.forces == "conservative",
+            check=model.check_elements,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "cpu", **kwargs: Any
+    ) -> LEIGNNCalculator:
+        """Load a model file written by ``quintet leignn train`` (``weights_only=True``)."""
+        from quintet.leignn.run import load_model
+
+        return cls(load_model(path, device), device=device, **kwargs)

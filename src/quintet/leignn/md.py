@@ -1,0 +1,38 @@
+"""``quintet leignn md``: molecular dynamics with a trained LEIGNN model through ASE."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from quintet.atomistic.md import MDConfig, MDResult, run_md
+
+__all__ = ["LEIGNNMDJob", "md"]
+
+
+@dataclass
+class LEIGNNMDJob:
+    """A model file, a starting structure (any format ASE reads; ``index`` picks a frame) and the MD settings."""
+
+    model: str = ""
+    structure: str = ""
+    index: int = -1
+    device: str = "cpu"
+    md: MDConfig = field(default_factory=MDConfig)
+
+
+def md(job: LEIGNNMDJob) -> MDResult:
+    """Run the MD job; see :func:`quintet.atomistic.md.run_md`."""
+    from quintet.atomistic.structures import read_structures
+    from quintet.leignn.calculator import LEIGNNCalculator
+
+    if not job.model or not job.structure:
+        raise ValueError("both model=<model file> and structure=<structure file> are required")
+    calc = LEIGNNCalculator.from_checkpoint(job.model, job.device)
+    frames = read_structures(job.structure, index=":")
+    if not frames:
+        raise ValueError(f"{job.structure}: no structure found")
+    atoms = frames[job.index].copy()
+    calc.model.check_elements(torch.tensor(atoms.get_atomic_numbers()))
+    return run_md(atoms, calc, job.md)

@@ -1,0 +1,244 @@
+"""LEIGNN jobs: ``train``, ``evaluate`` and ``load_model`` (MD lives in :mod:`quintet.leignn.md`).
+
+Each job takes a typed dataclass config, saves the resolved config next to its outputs and
+returns plain results, so the CLI verbs are one-line wrappers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Subset
+
+from quintet.atomistic import keys as K
+from quintet.atomistic.batch import collate
+from quintet.atomistic.neighbors import with_neighbors
+from quintet.config import config_to_dict, from_dict, save_config
+from quintet.io import atomic_save_json
+from quintet.leignn.model import LEIGNN, LEIGNNModelConfig
+from quintet.leignn.task import LossConfig, PotentialTask, potential_errors
+from quintet.train import TrainConfig
+
+__all__ = ["DataConfig", "EvalResult", "LEIGNNJob", "evaluate", "load_model", "load_splits", "train"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class DataConfig:
+    """Where the frames come from and how they are split (MD17 protocol by default).
+
+    Args:
+        path: extxyz / ASE db / MD17-style npz (``R, z, E, F``) file with energies and forces.
+        n_train, n_val: number of training and validation frames; ``n_test`` (``None``: the rest).
+        seed: split seed (the split is written next to the data with its fingerprint).
+        energy_scale: multiplies energies and forces when reading (e.g. 0.0433641 for kcal/mol → eV).
+        split_dir: where the split csvs go (default: beside the data, or the cache if read-only).
+    """
+
+    path: str = ""
+    n_train: int = 1000
+    n_val: int = 500
+    n_test: int | None = None
+    seed: int = 0
+    energy_scale: float = 1.0
+    split_dir: str | None = None
+
+
+def _train_defaults() -> TrainConfig:
+    return TrainConfig(
+        lr=5e-4, batch_size=32, max_epochs=300, steps_per_epoch=None, grad_clip=100.0, min_lr=5e-5
+    )
+
+
+@dataclass
+class LEIGNNJob:
+    """Everything ``quintet leignn train`` needs (YAML keys: data, model, loss, train, out, dtype)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: LEIGNNModelConfig = field(default_factory=LEIGNNModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=_train_defaults)
+    out: str = "runs/leignn"
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+def load_splits(
+    data: DataConfig, cutoff: float, max_neighbors: int | None, dtype: torch.dtype
+) -> dict[str, Any]:
+    """Read the frames once and return ``{"train", "val", "test"}`` subsets with neighbour lists."""
+    from quintet.atomistic.datasets import TrajectoryDataset, load_or_make_splits
+
+    if not data.path:
+        raise ValueError("data.path is empty: give an extxyz / ASE db / npz file with energies and forces")
+    full = TrajectoryDataset(
+        data.path,
+        transform=lambda r: with_neighbors(r, cutoff, max_neighbors),
+        dtype=dtype,
+        energy_scale=data.energy_scale,
+    )
+    n = len(full)
+    n_test = n - data.n_train - data.n_val if data.n_test is None else data.n_test
+    if data.n_train < 1 or data.n_val < 1 or n_test < 0 or data.n_train + data.n_val + n_test > n:
+        raise ValueError(
+            f"{data.path}: {n} frames cannot be split into {data.n_train} train / {data.n_val} val / {n_test} test"
+        )
+    missing = [k for k in (K.ENERGY, K.FORCES) if k not in full.records[0]]
+    if missing:
+        raise ValueError(f"{data.path}: frames carry no {' / '.join(missing)} labels")
+    rest = n - data.n_train - data.n_val - n_test
+    split_dir = Path(data.split_dir) if data.split_dir else None
+    if split_dir is None:
+        from quintet.atomistic.datasets import _writable_dir
+
+        split_dir = _writable_dir(Path(data.path).parent, "splits") / f"{Path(data.path).stem}_splits"
+    fractions = (data.n_train, data.n_val, n_test + rest)
+    ids = load_or_make_splits(full.ids, split_dir, full.fingerprint, fractions, data.seed)
+    index = {i: k for k, i in enumerate(full.ids)}
+    out = {s: Subset(full, [index[i] for i in ids[s]]) for s in ("train", "val", "test")}
+    if rest:  # drop the unused tail of the test split deterministically
+        out["test"] = Subset(full, [index[i] for i in ids["test"][:n_test]])
+    return out
+
+
+def train(job: LEIGNNJob) -> Path:
+    """Train an LEIGNN model; returns the path of the best (EMA) model file ``<out>/best.pt``."""
+    from quintet.train import fit
+
+    dtype = DTYPES[job.dtype]
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(job, out / "config.yaml")
+    splits = load_splits(job.data, job.model.cutoff, job.model.max_neighbors, dtype)
+    model = LEIGNN(job.model).to(dtype)
+    task = PotentialTask(model, job.loss)
+    result = fit(
+        task,
+        splits["train"],
+        splits["val"],
+        job.train,
+        out,
+        collate_fn=collate,
+        extra={
+            "system": "leignn",
+            "model": config_to_dict(job.model),
+            "dtype": job.dtype,
+            "job": config_to_dict(job),
+        },
+    )
+    return Path(result.best_path)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LEIGNN:
+    """Rebuild an LEIGNN model from a model file (``weights_only=True``), in eval mode."""
+    from quintet.train import load_model_file
+
+    obj = load_model_file(path)
+    extra = obj.get("extra", {})
+    if extra.get("system") != "leignn" or "model" not in extra:
+        raise ValueError(f"{path}: not an LEIGNN model file (system={extra.get('system')!r})")
+    model = LEIGNN(from_dict(LEIGNNModelConfig, extra["model"]))
+    model = model.to(DTYPES.get(extra.get("dtype", "float32"), torch.float32))
+    model.load_state_dict(obj["state_dict"])
+    return model.to(device).eval()
+
+
+@dataclass
+class EvalResult:
+    """Errors of a model on a split, plus where the outputs were written."""
+
+    metrics: dict[str, float]
+    parity_png: Path | None
+    json_path: Path
+
+
+@dataclass
+class EvalConfig:
+    """``quintet leignn eval``: a model file, the data (same split settings as training) and a split."""
+
+    model: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    split: Literal["train", "val", "test"] = "test"
+    batch_size: int = 32
+    out: str = "runs/leignn_eval"
+    max_frames: int | None = None
+
+
+def evaluate(cfg: EvalConfig) -> EvalResult:
+    """Energy MAE (meV/atom) and force MAE (meV/Å) on a split; writes JSON and a parity plot."""
+    from tqdm.auto import tqdm
+
+    model = load_model(cfg.model)
+    dtype = next(model.parameters()).dtype
+    ds = load_splits(cfg.data, model.config.cutoff, model.config.max_neighbors, dtype)[cfg.split]
+    if cfg.max_frames is not None:
+        ds = Subset(ds, list(range(min(cfg.max_frames, len(ds)))))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, collate_fn=collate)
+    sums: dict[str, float] = {}
+    n_struct = 0
+    e_true, e_pred, f_true, f_pred = [], [], [], []
+    t0 = time.perf_counter()
+    for batch in tqdm(loader, desc=f"eval {cfg.split}", unit="batch"):
+        pred = model(batch)
+        b = int(batch[K.NUM_ATOMS].numel())
+        for k, v in potential_errors(pred, batch).items():
+            w = b if "energy" in k else int(batch[K.FORCES].numel())
+            sums[k] = sums.get(k, 0.0) + (float(v) ** (2 if "rmse" in k else 1)) * w
+        sums["_n_f"] = sums.get("_n_f", 0.0) + batch[K.FORCES].numel()
+        n_struct += b
+        n_at = batch[K.NUM_ATOMS].to(dtype)
+        e_true.append((batch[K.ENERGY] / n_at).detach().numpy())
+        e_pred.append((pred[K.ENERGY] / n_at).detach().numpy())
+        f_true.append(batch[K.FORCES].detach().numpy().ravel())
+        f_pred.append(pred[K.FORCES].detach().numpy().ravel())
+    nf = sums.pop("_n_f")
+    metrics = {}
+    for k, v in sums.items():
+        denom = n_struct if "energy" in k else nf
+        metrics[k] = float(np.sqrt(v / denom)) if "rmse" in k else v / denom
+    metrics["n_structures"] = n_struct
+    metrics["seconds"] = time.perf_counter() - t0
+    json_path = out / "metrics.json"
+    atomic_save_json(json_path, {"split": cfg.split, "model": cfg.model, **metrics})
+    png = out / "parity.png"
+    _parity_plot(
+        png, np.concatenate(e_true), np.concatenate(e_pred), np.concatenate(f_true), np.concatenate(f_pred)
+    )
+    print(
+        f"{cfg.split}: energy MAE {metrics['energy_mae_meV_atom']:.2f} meV/atom, "
+        f"force MAE {metrics['force_mae_meV_A']:.1f} meV/Å over {n_struct} structures"
+    )
+    return EvalResult(metrics, png, json_path)
+
+
+def _parity_plot(path: Path, et: np.ndarray, ep: np.ndarray, ft: np.ndarray, fp: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from quintet.io import atomic_open
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for ax, t, p, name in (
+        (axes[0], et, ep, "energy per atom (eV)"),
+        (axes[1], ft, fp, "force component (eV/Å)"),
+    ):
+        ax.scatter(t, p, s=3, alpha=0.4)
+        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.set_xlabel(f"reference {name}")
+        ax.set_ylabel(f"predicted {name}")
+        ax.set_title(f"MAE {np.abs(t - p).mean() * 1000:.1f} m{name.split('(')[1][:-1]}")
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
