@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -27,6 +26,7 @@ from quintet.atomistic import keys as K
 from quintet.atomistic.neighbors import batch_neighbor_list, edge_vectors
 from quintet.atomistic.nn import (
     AtomEmbedding,
+    EnergyNormalisation,
     RadialBasis,
     ScalarReadout,
     ScalarVectorBackbone,
@@ -92,77 +92,17 @@ class LEIGNN(nn.Module):
         )
         self.energy_head = ScalarReadout(cfg.hidden, 1)
         self.force_head = VectorReadout(cfg.hidden, 1) if cfg.forces == "direct" else None
-        n = cfg.num_elements + 1
-        self.register_buffer("energy_shift", torch.zeros(n))
-        self.register_buffer("energy_scale", torch.ones(()))
-        self.register_buffer("force_scale", torch.ones(()))
-        self.register_buffer("known_elements", torch.zeros(n, dtype=torch.bool))
+        self.normalisation = EnergyNormalisation(cfg.num_elements, cfg.energy_reference)
 
     # ------------------------------------------------------------------ normalisation
-    @torch.no_grad()
     def fit_normalisation(self, records: Iterable[Mapping[str, Tensor]]) -> dict[str, float]:
-        """Fit the energy reference, energy scale and force scale on training records.
-
-        Per-element references come from a least-squares fit of total energies on element counts
-        (a tiny ridge keeps it well posed when elements always appear together); the force scale is
-        the RMS force component; the energy scale is the force scale (as in nequip/MACE), or the
-        RMS of the per-atom residual energy when no forces are present. Also records which elements
-        the model was trained on, so unseen elements are rejected before any computation.
-        """
-        counts, energies, natoms, f_sq, f_n = [], [], [], 0.0, 0
-        seen: set[int] = set()
-        for r in records:
-            z = r[K.ATOMIC_NUMBERS].numpy()
-            seen.update(int(a) for a in np.unique(z))
-            if K.ENERGY in r:
-                counts.append(np.bincount(z, minlength=self.config.num_elements + 1))
-                energies.append(float(r[K.ENERGY]))
-                natoms.append(len(z))
-            if K.FORCES in r:
-                f = r[K.FORCES].double()
-                f_sq += float((f**2).sum())
-                f_n += f.numel()
-        if not seen:
-            raise ValueError("no training structures to fit the normalisation on")
-        self.known_elements.zero_()
-        self.known_elements[sorted(seen)] = True
-        shift = np.zeros(self.config.num_elements + 1)
-        if energies and self.config.energy_reference != "none":
-            e = np.asarray(energies)
-            if self.config.energy_reference == "mean":
-                shift[sorted(seen)] = float(np.sum(e) / np.sum(natoms))
-            else:
-                a = np.asarray(counts, dtype=np.float64)[:, sorted(seen)]
-                ata = a.T @ a + 1e-8 * np.eye(a.shape[1]) * max(1.0, np.trace(a.T @ a) / a.shape[1])
-                shift[sorted(seen)] = np.linalg.solve(ata, a.T @ e)
-        self.energy_shift.copy_(torch.from_numpy(shift).to(self.energy_shift.dtype))
-        f_rms = float(np.sqrt(f_sq / f_n)) if f_n else 0.0
-        if f_rms > 0:
-            e_scale = f_rms
-        elif energies:
-            resid = np.asarray(energies) - np.asarray(counts) @ shift
-            e_scale = float(np.sqrt(np.mean((resid / np.asarray(natoms)) ** 2))) or 1.0
-        else:
-            e_scale = 1.0
-        self.energy_scale.fill_(e_scale)
-        self.force_scale.fill_(f_rms if f_rms > 0 else 1.0)
-        return {"energy_scale": e_scale, "force_scale": float(self.force_scale), "n_elements": len(seen)}
+        """Fit the energy reference, energy scale and force scale on training records
+        (see :class:`~quintet.atomistic.nn.EnergyNormalisation`); also records the trained elements."""
+        return self.normalisation.fit(records)
 
     def check_elements(self, z: Tensor) -> None:
         """Raise a clear error if ``z`` holds elements absent from the training set."""
-        if not bool(self.known_elements.any()):
-            return  # untrained / normalisation not fitted: accept everything
-        if z.numel() and (int(z.min()) < 1 or int(z.max()) > self.config.num_elements):
-            raise ValueError(f"atomic numbers must lie in 1..{self.config.num_elements}")
-        bad = torch.unique(z[~self.known_elements[z]])
-        if bad.numel():
-            from ase.data import chemical_symbols
-
-            names = ", ".join(chemical_symbols[int(b)] for b in bad)
-            known = ", ".join(chemical_symbols[int(b)] for b in torch.nonzero(self.known_elements).flatten())
-            raise ValueError(
-                f"element(s) {names} were not in this model's training data (trained on: {known})"
-            )
+        self.normalisation.check_elements(z)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Mapping[str, Tensor], compute_stress: bool = False) -> dict[str, Tensor]:
@@ -209,7 +149,7 @@ class LEIGNN(nn.Module):
                     out[K.STRESS] = grads[1] / vol.view(-1, 1, 1)
             else:
                 assert self.force_head is not None
-                out[K.FORCES] = self.force_head(v).squeeze(-1) * self.force_scale
+                out[K.FORCES] = self.force_head(v).squeeze(-1) * self.normalisation.force_scale
         if not self.training and conservative:
             out = {k: t.detach() for k, t in out.items()}
         return out
@@ -230,5 +170,5 @@ class LEIGNN(nn.Module):
         x = self.embedding(z).to(pos.dtype)
         v = x.new_zeros((x.shape[0], 3, x.shape[1]))
         x, v = self.backbone(x, v, edge_index, rbf, unit, idx, num_graphs)
-        atom_energy = self.energy_head(x).squeeze(-1) * self.energy_scale + self.energy_shift[z].to(x.dtype)
+        atom_energy = self.normalisation.atom_energy(self.energy_head(x).squeeze(-1), z)
         return scatter_sum(atom_energy, idx, num_graphs), atom_energy, v

@@ -47,7 +47,7 @@ class PotentialTask(Task):
 
     def on_fit_start(self, train_dataset: Any) -> None:
         """Fit the energy reference and force scale on the training set (once; kept on resume)."""
-        if not bool(self.model.known_elements.any()):
+        if not self.model.normalisation.fitted:
             self.model.fit_normalisation(train_dataset[i] for i in range(len(train_dataset)))
 
     def step(self, batch: Mapping[str, Tensor], split: str) -> StepOutput:

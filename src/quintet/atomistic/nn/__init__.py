@@ -14,11 +14,13 @@ from quintet.atomistic.nn.blocks import (
     VectorReadout,
     mlp,
 )
+from quintet.atomistic.nn.normalisation import EnergyNormalisation
 from quintet.atomistic.nn.radial import GaussianRBF, PolynomialEnvelope, RadialBasis
 from quintet.atomistic.nn.scatter import scatter_mean, scatter_sum
 
 __all__ = [
     "AtomEmbedding",
+    "EnergyNormalisation",
     "GatedUpdate",
     "GaussianRBF",
     "GlobalScalar",
