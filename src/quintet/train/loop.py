@@ -231,6 +231,8 @@ class _TaskModule(pl.LightningModule):
             collate_fn=self.collate_fn,
             num_workers=cfg.num_workers,
             worker_init_fn=_WorkerInit(self.train_sampler) if cfg.num_workers > 0 else None,
+            # an own generator: creating the iterator must not draw from the global RNG (exact resume)
+            generator=torch.Generator(),
         )
 
     def val_dataloader(self) -> DataLoader | list:
@@ -243,6 +245,7 @@ class _TaskModule(pl.LightningModule):
             sampler=sampler,
             collate_fn=self.collate_fn,
             num_workers=self.cfg.num_workers,
+            generator=torch.Generator(),
         )
 
     # ------------------------------------------------------------ optimizer
