@@ -102,6 +102,7 @@ def _integrator(atoms: Any, cfg: MDConfig) -> Any:
             timestep=dt,
             temperature_K=cfg.temperature_K,
             friction=cfg.friction_per_fs / units.fs,
+            fixcm=False,
             rng=np.random.default_rng(cfg.seed),
         )
     if cfg.ensemble == "nose_hoover":
