@@ -213,3 +213,22 @@ def test_tensorboard_without_package_says_so(tiny, data, tmp_path):
             tiny.config(max_epochs=1, tensorboard=True),
             tmp_path,
         )
+
+
+def test_ctrl_c_raises_keyboard_interrupt_and_resumes(tiny, data, tmp_path):
+    import signal
+
+    train, val = data
+    before = signal.getsignal(signal.SIGINT)
+
+    def interrupt(task, call):
+        if call == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt, match="resume"):
+        fit(
+            tiny.RegressionTask(tiny.make_net(), on_train_step=interrupt), train, val, tiny.config(), tmp_path
+        )
+    assert signal.getsignal(signal.SIGINT) == before  # Lightning's SIG_IGN is undone
+    res = fit(tiny.RegressionTask(tiny.make_net()), train, val, tiny.config(), tmp_path)
+    assert len(res.history) == 4 and res.stop_reason == "max_epochs"

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning import pytorch as pl
+from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader
 
 from quintet.config import config_to_dict, save_config
@@ -176,6 +177,29 @@ class _Accumulator:
         }
 
 
+class _InterruptFlag(pl.Callback):
+    """Remembers that training ended by Ctrl-C (Lightning does not tell the module)."""
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        pl_module.interrupted = isinstance(exception, KeyboardInterrupt)
+
+
+class _EpochBar(TQDMProgressBar):
+    """tqdm bar that counts epochs over the whole run (resumes included), e.g. ``Epoch 7/100``."""
+
+    def on_train_epoch_start(self, trainer: Any, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        module = trainer.lightning_module
+        st, cfg = getattr(module, "run_state", None), getattr(module, "cfg", None)
+        if st is not None and cfg is not None:
+            self.train_progress_bar.set_description(f"Epoch {st.epoch + 1}/{cfg.max_epochs}")
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
 class _TaskModule(pl.LightningModule):
     """The LightningModule around a Task: optimizer, plateau schedule, metrics, epoch-end bookkeeping."""
 
@@ -212,6 +236,7 @@ class _TaskModule(pl.LightningModule):
         self._val_metrics: dict[str, float] = {}
         self._t0 = time.monotonic()
         self._steps_at_start = state.step
+        self.interrupted = False
 
     # ----------------------------------------------------------------- data
     def train_dataloader(self) -> DataLoader:
@@ -599,7 +624,9 @@ def fit(
         task, cfg, train_dataset, val_dataset, collate_fn, out_dir, state, ckpt, ema_cb, extra, monitor
     )
     del ckpt
-    callbacks: list[pl.Callback] = [ema_cb] if ema_cb is not None else []
+    callbacks: list[pl.Callback] = [_InterruptFlag()] + ([ema_cb] if ema_cb is not None else [])
+    if cfg.progress:
+        callbacks.append(_EpochBar())
     with _quiet_lightning():
         trainer = pl.Trainer(
             **trainer_kwargs(cfg, has_val=val_dataset is not None),
@@ -608,10 +635,32 @@ def fit(
             logger=_make_logger(cfg, out_dir),
             default_root_dir=str(out_dir),
         )
-        trainer.fit(module)
+        _fit_interruptible(trainer, module)
     # a run stopped by Lightning itself (e.g. its max_epochs) still has a reason
     state.stop_reason = state.stop_reason or _limits_reached(cfg, state) or "stopped"
     return _result(out_dir, state)
+
+
+def _fit_interruptible(trainer: pl.Trainer, module: _TaskModule) -> None:
+    """``trainer.fit`` that turns Ctrl-C back into ``KeyboardInterrupt`` (Lightning calls
+    ``sys.exit(1)`` and leaves SIGINT ignored) with a message on how to resume."""
+    import signal
+
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        trainer.fit(module)
+    except SystemExit as exc:
+        if not module.interrupted:
+            raise
+        if previous is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGINT, previous)
+        raise KeyboardInterrupt(
+            f"training interrupted; run the same command again to resume from {module.out_dir / LAST_NAME}"
+        ) from exc
 
 
 def _warn_config_changes(path: Path, ckpt: Mapping[str, Any], cfg: TrainConfig, num_train: int) -> None:
