@@ -29,6 +29,7 @@ from torch import Tensor
 from quintet.atomistic import keys as K
 from quintet.config import save_config
 from quintet.definet.model import PRED_POSITIONS, DefiNet
+from quintet.definet.run import DataConfig
 from quintet.io import atomic_save_json, atomic_write_text
 
 __all__ = [
@@ -346,7 +347,7 @@ class EvalJob:
     """
 
     model: str = "runs/definet/best.pt"
-    data: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
     split: Literal["train", "val", "test", "all"] = "test"
     radii: list[float] = field(default_factory=lambda: [3.0, 4.0, 5.0, 6.0])
     finish_with: Literal["none", "emt", "chgnet", "sevenn"] = "none"
@@ -355,12 +356,6 @@ class EvalJob:
     max_steps: int = 400
     batch_size: int = 8
     out_dir: str = "definet_eval"
-
-    def __post_init__(self) -> None:
-        if self.data is None:
-            from quintet.definet.run import DataConfig
-
-            self.data = DataConfig()
 
 
 def _record_metrics(rec: dict[str, Tensor], pred: np.ndarray, radii: Sequence[float]) -> dict[str, float]:
