@@ -1,0 +1,380 @@
+"""FedAux and the baselines as (client update, server aggregate) pairs over plain tensors.
+
+Every method runs through the same two functions, so the in-process simulation and the Flower apps
+execute identical code:
+
+* :func:`client_round` — load the received parameters into the client's model (its local-only parameters
+  and Adam state come from its own ``local_state``), train ``local_epochs`` full-batch epochs, evaluate
+  on the client's val/test nodes, return the upload (shared parameters only), the new local state and
+  scalar metrics. Randomness (dropout, init) is seeded from (run seed, client id, round), so results do
+  not depend on the order or the process in which clients run.
+* :func:`server_aggregate` — turn the uploads of the clients that replied into one download per client.
+
+Methods (``AlgoConfig.name``):
+
+=========  =========================  ==============================  ===========================================
+method     backbone                   kept local                      server
+=========  =========================  ==============================  ===========================================
+local      GCN                        everything                      nothing
+fedavg     GCN                        nothing                         train-size weighted average
+fedprox    GCN (+ μ/2‖θ−θ_g‖²)        nothing                         train-size weighted average
+fedper     GCN                        classifier head                 weighted average of the GNN layers
+fedpub     MaskedGCN (+L1, +prox)     masks                           softmax(α·cos(functional embeddings)) mix
+fedaux     MaskedGCN + APV + kernel   nothing (``official``: masks)   softmax(α·cos(APVs)) mix of θ and a
+=========  =========================  ==============================  ===========================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quintet.fedaux.aggregation import (
+    cosine_similarity_matrix,
+    personalised_mix,
+    similarity_weights,
+    size_weights,
+    weighted_average,
+)
+from quintet.fedaux.data import ClientData, gcn_norm_adjacency
+from quintet.fedaux.models import APV_KEY, FedAuxNet, GCNNet
+
+__all__ = [
+    "METHODS",
+    "AlgoConfig",
+    "ClientResult",
+    "build_model",
+    "client_round",
+    "derive_seed",
+    "initial_state",
+    "local_keys",
+    "server_aggregate",
+    "shared_keys",
+]
+
+Method = Literal["local", "fedavg", "fedprox", "fedper", "fedpub", "fedaux"]
+METHODS: tuple[str, ...] = ("local", "fedavg", "fedprox", "fedper", "fedpub", "fedaux")
+#: upload key of FED-PUB's functional embedding
+FE_KEY = "functional_embedding"
+
+
+@dataclass
+class AlgoConfig:
+    """Hyperparameters of one federated method (defaults: the paper's, spec §1.4 / §4.6).
+
+    Attributes:
+        name: local | fedavg | fedprox | fedper | fedpub | fedaux.
+        hidden: GNN width d' (FedAux sweeps 64/128/256; FED-PUB uses 128).
+        num_layers: GCN layers (2).
+        dropout: 0.5.
+        lr / weight_decay: Adam (0.01 / 1e-6, the logged official Cora-10 run).
+        local_epochs: Q (1 for Cora/CiteSeer).
+        variant: fedaux ``paper`` (score ⟨h/max‖h‖, a⟩, Gaussian APV init, masks shared) or ``official``
+            (cosine score, U[0,1) APV init, masks kept local), see docs/fedaux.md.
+        kernel: fedaux ``gaussian`` (paper) or ``hard`` (sort + Conv1D ablation, width ``conv_kernel``).
+        sigma: kernel bandwidth σ (1).
+        alpha: FedAux similarity temperature α (10).
+        chunk_size: kernel rows computed at once (memory bound O(chunk·N)).
+        mu: FedProx proximal coefficient.
+        fedpub_alpha: FED-PUB norm_scale (3 for disjoint partitions).
+        fedpub_l1: L1 coefficient on the masks. FED-PUB states 1e-3 (summed over entries); with Adam that
+            drives every mask to 0 within ~100 steps (measured Cora-10: 68.5% vs 83.3%), so the default is 0.
+        fedpub_prox: FED-PUB coefficient of ‖θ − θ_received‖₂ (1e-3).
+        proxy_seed: seed of FED-PUB's proxy graph (5 × 100-node random partition graph, N(0,1) features).
+    """
+
+    name: Method = "fedaux"
+    hidden: int = 128
+    num_layers: int = 2
+    dropout: float = 0.5
+    lr: float = 0.01
+    weight_decay: float = 1e-6
+    local_epochs: int = 1
+    variant: Literal["paper", "official"] = "paper"
+    local_masks: bool = True
+    kernel: Literal["gaussian", "hard"] = "gaussian"
+    sigma: float = 1.0
+    alpha: float = 10.0
+    conv_kernel: int = 3
+    chunk_size: int = 2048
+    mu: float = 0.01
+    fedpub_alpha: float = 3.0
+    fedpub_l1: float = 0.0
+    fedpub_prox: float = 1e-3
+    proxy_seed: int = 1234
+
+    def __post_init__(self) -> None:
+        if self.name not in METHODS:
+            raise ValueError(f"unknown method {self.name!r}; valid: {', '.join(METHODS)}")
+        if self.hidden < 1 or self.local_epochs < 1 or self.num_layers < 1:
+            raise ValueError("hidden, num_layers and local_epochs must be >= 1")
+        if self.sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+
+
+@dataclass
+class ClientResult:
+    """What one client round produces.
+
+    Attributes:
+        upload: tensors sent to the server (shared parameters; APV for FedAux; functional embedding for
+            FED-PUB).
+        local_state: tensors the client keeps (full model + Adam moments).
+        metrics: scalars (train_loss, val_acc, test_acc, num_train, num_val, num_test).
+    """
+
+    upload: dict[str, torch.Tensor]
+    local_state: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+
+
+def derive_seed(seed: int, client_id: int, rnd: int) -> int:
+    """A deterministic per-(run, client, round) seed."""
+    return (seed * 1_000_003 + client_id * 10_007 + rnd * 101) % (2**31 - 1)
+
+
+def build_model(cfg: AlgoConfig, in_dim: int, num_classes: int) -> nn.Module:
+    """The network of ``cfg.name`` (plain GCN for local/fedavg/fedprox/fedper, masked for fedpub/fedaux)."""
+    if cfg.name == "fedaux":
+        official = cfg.variant == "official"
+        return FedAuxNet(
+            in_dim,
+            cfg.hidden,
+            num_classes,
+            cfg.num_layers,
+            masked=True,
+            dropout=cfg.dropout,
+            kernel=cfg.kernel,
+            score="cosine" if official else "paper",
+            sigma=cfg.sigma,
+            apv_init="uniform" if official else "gaussian",
+            conv_kernel=cfg.conv_kernel,
+            chunk_size=cfg.chunk_size,
+        )
+    return GCNNet(
+        in_dim, cfg.hidden, num_classes, cfg.num_layers, masked=cfg.name == "fedpub", dropout=cfg.dropout
+    )
+
+
+def local_keys(cfg: AlgoConfig, names: list[str]) -> set[str]:
+    """Parameter names that never leave the client."""
+    if cfg.name == "local":
+        return set(names)
+    if cfg.name == "fedper":
+        return {n for n in names if n.startswith("head.")}
+    if cfg.name == "fedpub" or (cfg.name == "fedaux" and cfg.local_masks):
+        return {n for n in names if n.endswith(".mask")}
+    return set()
+
+
+def shared_keys(cfg: AlgoConfig, names: list[str]) -> list[str]:
+    """Parameter names that are uploaded and mixed (sorted)."""
+    loc = local_keys(cfg, names)
+    return sorted(n for n in names if n not in loc)
+
+
+def initial_state(cfg: AlgoConfig, in_dim: int, num_classes: int, seed: int) -> dict[str, torch.Tensor]:
+    """The server's round-0 model θ⁽⁰⁾ (and a⁽⁰⁾ ~ N(0, I) for FedAux), seeded."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model(cfg, in_dim, num_classes)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------- client side
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for idx, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            out[f"opt/{idx}/{k}"] = torch.as_tensor(v).detach().clone()
+    return out
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, flat: Mapping[str, torch.Tensor]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in flat.items():
+        if key.startswith("opt/"):
+            _, idx, name = key.split("/", 2)
+            state.setdefault(int(idx), {})[name] = v.clone()
+    if state:
+        sd = opt.state_dict()
+        sd["state"] = state
+        opt.load_state_dict(sd)
+
+
+def _proxy_graph(seed: int, in_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FED-PUB's proxy input: 5 blocks of 100 nodes, p_in=0.1, p_out=0, N(0,1) features (seeded)."""
+    import networkx as nx
+
+    g = nx.random_partition_graph([100] * 5, 0.1, 0.0, seed=seed)
+    ei = torch.tensor(list(g.edges()), dtype=torch.long).t()
+    ei = torch.cat([ei, ei.flip(0)], 1)
+    x = torch.randn(500, in_dim, generator=torch.Generator().manual_seed(seed))
+    return x, gcn_norm_adjacency(ei, 500)
+
+
+_PROXY_CACHE: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
+    if not bool(mask.any()):
+        return float("nan")
+    return float((logits[mask].argmax(1) == y[mask]).float().mean())
+
+
+def _regulariser(cfg: AlgoConfig, model: nn.Module, anchor: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    reg = torch.zeros(())
+    params = dict(model.named_parameters())
+    if cfg.name == "fedprox" and anchor:
+        for k, a in anchor.items():
+            reg = reg + 0.5 * cfg.mu * (params[k] - a).pow(2).sum()
+    if cfg.name == "fedpub":
+        for k, p in params.items():
+            if k.endswith(".mask") and cfg.fedpub_l1 > 0:
+                reg = reg + cfg.fedpub_l1 * p.abs().sum()
+            elif (
+                cfg.fedpub_prox > 0
+                and anchor
+                and k in anchor
+                and (k.endswith(".weight") or k.endswith("bias"))
+            ):
+                reg = reg + cfg.fedpub_prox * (p - anchor[k]).norm(2)
+    return reg
+
+
+def client_round(
+    cfg: AlgoConfig,
+    data: ClientData,
+    num_classes: int,
+    received: Mapping[str, torch.Tensor],
+    local_state: Mapping[str, torch.Tensor] | None,
+    rnd: int,
+    seed: int,
+) -> ClientResult:
+    """One round on one client: load, train ``cfg.local_epochs`` epochs, evaluate, package the upload.
+
+    Args:
+        cfg: the method.
+        data: this client's subgraph.
+        num_classes: C of the global task.
+        received: parameters from the server (the full θ⁽⁰⁾ in round 1; shared keys afterwards; may be
+            empty for ``local`` or for a client the server has nothing new for).
+        local_state: what :attr:`ClientResult.local_state` returned last round (``None`` in round 1).
+        rnd: round number (1-based), used for seeding.
+        seed: run seed.
+    """
+    torch.manual_seed(derive_seed(seed, data.client_id, rnd))
+    model = build_model(cfg, data.x.shape[1], num_classes)
+    names = [n for n, _ in model.named_parameters()]
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    state = model.state_dict()
+    if local_state is not None:
+        model_part = {k[len("model/") :]: v for k, v in local_state.items() if k.startswith("model/")}
+        unknown = set(model_part) - set(state)
+        if unknown:
+            raise ValueError(f"client {data.client_id}: local state has unknown keys {sorted(unknown)[:3]}")
+        state.update(model_part)
+        _restore_optimizer(opt, local_state)
+    elif not received:
+        raise ValueError(
+            f"client {data.client_id}: round {rnd} has neither a local state nor a received model"
+        )
+    for k, v in received.items():
+        if k not in state:
+            raise ValueError(f"client {data.client_id}: received unknown parameter {k!r}")
+        if tuple(v.shape) != tuple(state[k].shape):
+            raise ValueError(
+                f"client {data.client_id}: {k} has shape {tuple(v.shape)}, model has {tuple(state[k].shape)}"
+            )
+        state[k] = v.to(state[k].dtype)
+    model.load_state_dict(state)
+    anchor = {k: v.detach().clone() for k, v in received.items() if k in set(names) and k != APV_KEY}
+
+    adj = data.gcn_adjacency()
+    model.train()
+    loss_val = float("nan")
+    for _ in range(cfg.local_epochs):
+        opt.zero_grad(set_to_none=True)
+        logits = model(data.x, adj)
+        loss = F.cross_entropy(logits[data.train_mask], data.y[data.train_mask])
+        total = loss + _regulariser(cfg, model, anchor)
+        total.backward()
+        opt.step()
+        loss_val = float(loss.detach())
+
+    model.eval()
+    with torch.no_grad():
+        logits = model(data.x, adj)
+        metrics = {
+            "train_loss": loss_val,
+            "train_acc": _accuracy(logits, data.y, data.train_mask),
+            "val_acc": _accuracy(logits, data.y, data.val_mask),
+            "test_acc": _accuracy(logits, data.y, data.test_mask),
+            "num_train": float(data.train_mask.sum()),
+            "num_val": float(data.val_mask.sum()),
+            "num_test": float(data.test_mask.sum()),
+        }
+        full = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        upload = {k: full[k] for k in shared_keys(cfg, names)}
+        if cfg.name == "fedpub":
+            key = (cfg.proxy_seed, data.x.shape[1])
+            if key not in _PROXY_CACHE:
+                _PROXY_CACHE[key] = _proxy_graph(*key)
+            px, padj = _PROXY_CACHE[key]
+            assert isinstance(model, GCNNet)
+            upload[FE_KEY] = model.gnn.embed(px, padj).mean(0)
+    if not all(math.isfinite(float(v.sum())) for v in upload.values()):
+        metrics["non_finite_upload"] = 1.0
+    new_local = {f"model/{k}": v for k, v in full.items()}
+    new_local.update(_flatten_optimizer(opt))
+    return ClientResult(upload=upload, local_state=new_local, metrics=metrics)
+
+
+# ----------------------------------------------------------------------------------------------- server side
+
+
+def expected_upload(cfg: AlgoConfig, init: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Keys and shapes a valid upload must have (used to reject malformed replies)."""
+    shapes = {k: tuple(init[k].shape) for k in shared_keys(cfg, list(init))}
+    if cfg.name == "fedpub":
+        shapes[FE_KEY] = (cfg.hidden,)
+    return shapes
+
+
+def server_aggregate(
+    cfg: AlgoConfig, uploads: Mapping[int, Mapping[str, torch.Tensor]], sizes: Mapping[int, float]
+) -> tuple[dict[int, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Downloads for the clients that replied, plus diagnostics (e.g. the mixing matrix).
+
+    Args:
+        cfg: the method.
+        uploads: ``{client_id: upload}`` of the valid replies of this round.
+        sizes: ``{client_id: number of training nodes}``.
+
+    Returns:
+        ``({client_id: download}, {"weights": (K, K) mixing matrix, "clients": ids})``.
+    """
+    ids = sorted(uploads)
+    if cfg.name == "local" or not ids:
+        return {}, {}
+    params = [{k: v for k, v in uploads[c].items() if k != FE_KEY} for c in ids]
+    if cfg.name in ("fedavg", "fedprox", "fedper"):
+        w = size_weights([sizes[c] for c in ids])
+        avg = weighted_average(params, w)
+        return {c: avg for c in ids}, {"weights": w.repeat(len(ids), 1), "clients": torch.tensor(ids)}
+    if cfg.name == "fedpub":
+        vec = torch.stack([uploads[c][FE_KEY] for c in ids])
+        w = similarity_weights(cosine_similarity_matrix(vec), cfg.fedpub_alpha)
+    else:
+        vec = torch.stack([uploads[c][APV_KEY] for c in ids])
+        w = similarity_weights(cosine_similarity_matrix(vec), cfg.alpha)
+    mixed = personalised_mix(params, w)
+    return dict(zip(ids, mixed, strict=True)), {"weights": w, "clients": torch.tensor(ids)}

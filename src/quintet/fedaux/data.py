@@ -1,0 +1,574 @@
+"""Graphs and client partitions for subgraph federated learning (FED-PUB / FedAux protocol).
+
+Pipeline: a graph (Planetoid raw files, an ``.npz`` or a ``.pt`` dict of tensors) → largest connected
+component → row-normalised features → one seeded 20/40/40 train/val/test node split → K client
+subgraphs (METIS disjoint, FED-PUB overlapping, or Louvain) → induced subgraphs with cross-client edges
+dropped. Partitions are cached on disk under a fingerprint of (graph bytes, method, K, seed, split).
+
+Nothing here downloads: Planetoid files are read with PyG's offline reader and their sha256 is checked
+against the values recorded in ``shared/data/planetoid/PROVENANCE.md`` before unpickling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from quintet.io import atomic_torch_save, fingerprint
+
+__all__ = [
+    "PLANETOID_SHA256",
+    "ClientData",
+    "Graph",
+    "build_clients",
+    "induced_subgraph",
+    "largest_connected_component",
+    "load_clients",
+    "load_graph",
+    "louvain_partition",
+    "metis_partition",
+    "normalize_features",
+    "overlapping_partition",
+    "random_split",
+    "synthetic_community_graph",
+]
+
+PartitionMethod = Literal["metis", "overlapping", "louvain"]
+
+#: sha256 of the Planetoid raw files (kimiyoung/planetoid @ af6abf46), checked before unpickling.
+PLANETOID_SHA256: dict[str, str] = {
+    "ind.citeseer.allx": "2ac30345d95c9ec933a817ee0bdd6a5f077f8c184a20e696910192d534414668",
+    "ind.citeseer.ally": "f704b2d986dde6c2669934de1f3ae5696a6cf9455c0f6b2646a2d135ea0a1c95",
+    "ind.citeseer.graph": "d79a4ef9d3e7169aee8946145f6b7306e35bc79bffad26346cfb94e10e9912a7",
+    "ind.citeseer.test.index": "2af990671580b6b2df5d158d1038f8292e30c9cd821b5453f399659b25b723d4",
+    "ind.citeseer.tx": "539a8906a2da97628d212f2fdd668c109a8b3f0d36574b59e5d3fd5b5303da21",
+    "ind.citeseer.ty": "55e5bd1ba1e733a04598753ad1a8d57957f4b8f89e74519f41f4f4938767e4ce",
+    "ind.citeseer.x": "d20de19150741e555de0ed037195630fc194114ebc7fd72ced62810148aa22f6",
+    "ind.citeseer.y": "8ba87e515d8e3ee3cf52f6d2c5b86aa73f11ecad825a808455209ec26cd54924",
+    "ind.cora.allx": "9419ba2f26f5c35243db64aba110e0f35a04851609e0dc5433450676ca6b8543",
+    "ind.cora.ally": "2b998f5cc7fedc86e7f97ca2498f47a1ffc1462c29e2d578b23bf3f62b6e7d71",
+    "ind.cora.graph": "58f13302f39dde8852dad6fe6d15b89b077b6d7f837626bce671ef80344b383d",
+    "ind.cora.test.index": "297ce89af2b51a6a194181c7dbe1796c6a1cf9cd9349a88383b1b1e227867875",
+    "ind.cora.tx": "b9afbaa4a400df991f6f02ef677e1e44da55ffc04801fd02f9e673987829226a",
+    "ind.cora.ty": "41f5ac76596a1699cc33f53084a2419e92961c42bb75f36fc38e616d348532ad",
+    "ind.cora.x": "23cfa55d91c6f624233f5eb7b6e3f141f1bd2b2ae39608a63cf5d084bb27baab",
+    "ind.cora.y": "94465c14eb53e04ca262198dcbb2521ee8af60fb3f3d546cd6ca24a511b0e7d1",
+}
+_PLANETOID_EXTS = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
+
+
+@dataclass
+class Graph:
+    """One undirected graph with node features and labels.
+
+    Args:
+        x: node features, (N, F) float32.
+        edge_index: (2, E) int64, both directions present, no self loops.
+        y: node labels, (N,) int64 in [0, C).
+        name: a short name used in cache keys and reports.
+        source_files: files the graph was read from (their bytes enter the cache fingerprint).
+    """
+
+    x: torch.Tensor
+    edge_index: torch.Tensor
+    y: torch.Tensor
+    name: str = "graph"
+    source_files: list[Path] = field(default_factory=list)
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.y.max().item()) + 1
+
+
+@dataclass
+class ClientData:
+    """The subgraph one client owns (local node ids 0..n-1).
+
+    Args:
+        x: (n, F) features; edge_index: (2, e) local ids; y: (n,) labels.
+        train_mask/val_mask/test_mask: (n,) bool, restrictions of the global split.
+        node_ids: (n,) ids of these nodes in the (LCC) global graph.
+        client_id: index of the client.
+    """
+
+    x: torch.Tensor
+    edge_index: torch.Tensor
+    y: torch.Tensor
+    train_mask: torch.Tensor
+    val_mask: torch.Tensor
+    test_mask: torch.Tensor
+    node_ids: torch.Tensor
+    client_id: int
+    _adj: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.x.shape[0])
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """Plain tensors only (safe to load with ``weights_only=True``)."""
+        return {
+            "x": self.x,
+            "edge_index": self.edge_index,
+            "y": self.y,
+            "train_mask": self.train_mask,
+            "val_mask": self.val_mask,
+            "test_mask": self.test_mask,
+            "node_ids": self.node_ids,
+            "client_id": torch.tensor(self.client_id),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, torch.Tensor]) -> ClientData:
+        return cls(
+            x=d["x"],
+            edge_index=d["edge_index"],
+            y=d["y"],
+            train_mask=d["train_mask"],
+            val_mask=d["val_mask"],
+            test_mask=d["test_mask"],
+            node_ids=d["node_ids"],
+            client_id=int(d["client_id"]),
+        )
+
+    def gcn_adjacency(self) -> torch.Tensor:
+        """Sparse D^-1/2 (A + I) D^-1/2 of this subgraph (cached)."""
+        if self._adj is None:
+            self._adj = gcn_norm_adjacency(self.edge_index, self.num_nodes)
+        return self._adj
+
+
+def gcn_norm_adjacency(edge_index: torch.Tensor, n: int) -> torch.Tensor:
+    """Symmetric-normalised adjacency with self loops as a sparse CSR tensor."""
+    loops = torch.arange(n, dtype=torch.long)
+    row = torch.cat([edge_index[0], loops])
+    col = torch.cat([edge_index[1], loops])
+    deg = torch.zeros(n).index_add_(0, row, torch.ones(row.numel()))
+    dinv = deg.pow(-0.5)
+    val = dinv[row] * dinv[col]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is beta" / invariant-check notices
+        adj = torch.sparse_coo_tensor(torch.stack([row, col]), val, (n, n)).coalesce().to_sparse_csr()
+    return adj
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _planetoid_raw_dir(root: Path, name: str) -> Path:
+    prefix = name.lower()
+    for cand in (
+        root,
+        root / "raw",
+        root / "planetoid" / "raw",
+        root / name / "raw",
+        root / "planetoid" / name / "raw",
+    ):
+        if (cand / f"ind.{prefix}.x").is_file():
+            return cand
+    raise FileNotFoundError(
+        f"Planetoid files ind.{prefix}.* not found under {root} (looked in {root}, {root}/raw, "
+        f"{root}/planetoid/raw, {root}/{name}/raw); nothing is downloaded"
+    )
+
+
+def load_planetoid(name: str, root: str | Path, verify: bool = True) -> Graph:
+    """Read Cora / CiteSeer (or PubMed) Planetoid raw files offline.
+
+    Args:
+        name: ``cora``, ``citeseer`` or ``pubmed`` (case-insensitive).
+        root: a folder holding ``ind.<name>.*`` (directly, in ``raw/`` or ``planetoid/raw``).
+        verify: check the sha256 of each file against :data:`PLANETOID_SHA256` before unpickling.
+    """
+    from torch_geometric.io import read_planetoid_data
+
+    prefix = name.lower()
+    raw = _planetoid_raw_dir(Path(root), name)
+    files = [raw / f"ind.{prefix}.{ext}" for ext in _PLANETOID_EXTS]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{raw}: missing Planetoid file(s) {missing}; nothing is downloaded")
+    if verify:
+        for f in files:
+            want = PLANETOID_SHA256.get(f.name)
+            if want is not None and _sha256(f) != want:
+                raise ValueError(f"{f}: sha256 does not match the recorded value; refusing to unpickle it")
+    data = read_planetoid_data(str(raw), prefix)
+    return Graph(
+        x=data.x.float(), edge_index=data.edge_index.long(), y=data.y.long(), name=prefix, source_files=files
+    )
+
+
+def load_graph(path_or_name: str | Path, data_root: str | Path | None = None) -> Graph:
+    """Load a graph by Planetoid name (``cora``/``citeseer``/``pubmed``) or from a file.
+
+    Files: ``.npz`` with arrays ``x`` (N,F), ``edge_index`` (2,E) and ``y`` (N,); or ``.pt`` holding a dict
+    of tensors with the same keys (loaded with ``weights_only=True``). Edges are symmetrised and
+    self-loops removed.
+    """
+    key = str(path_or_name)
+    if key.lower() in ("cora", "citeseer", "pubmed"):
+        if data_root is None:
+            raise ValueError(f"dataset {key!r} needs a data root (--data-root / data.root)")
+        g = load_planetoid(key, data_root)
+    else:
+        p = Path(key)
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"graph file {p} does not exist (expected .npz or .pt, or a Planetoid name)"
+            )
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                missing = {"x", "edge_index", "y"} - set(z.files)
+                if missing:
+                    raise ValueError(f"{p}: missing array(s) {sorted(missing)}; need x, edge_index, y")
+                d = {k: torch.from_numpy(np.asarray(z[k])) for k in ("x", "edge_index", "y")}
+        elif p.suffix == ".pt":
+            try:
+                d = torch.load(p, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise ValueError(
+                    f"{p}: not a dict of tensors loadable with weights_only=True ({exc})"
+                ) from exc
+            if not isinstance(d, dict) or not {"x", "edge_index", "y"} <= set(d):
+                raise ValueError(f"{p}: expected a dict with tensors x, edge_index, y")
+        else:
+            raise ValueError(f"{p}: unsupported graph file type {p.suffix!r} (use .npz or .pt)")
+        g = Graph(
+            x=d["x"].float(),
+            edge_index=d["edge_index"].long(),
+            y=d["y"].long(),
+            name=p.stem,
+            source_files=[p],
+        )
+    _check_graph(g, key)
+    g.edge_index = _symmetrise(g.edge_index, g.num_nodes)
+    return g
+
+
+def _check_graph(g: Graph, where: str) -> None:
+    n = g.num_nodes
+    if g.x.ndim != 2 or g.y.shape != (n,):
+        raise ValueError(
+            f"{where}: x must be (N,F) and y (N,), got {tuple(g.x.shape)} and {tuple(g.y.shape)}"
+        )
+    if g.edge_index.ndim != 2 or g.edge_index.shape[0] != 2:
+        raise ValueError(f"{where}: edge_index must be (2,E), got {tuple(g.edge_index.shape)}")
+    if g.edge_index.numel() and (g.edge_index.min() < 0 or g.edge_index.max() >= n):
+        raise ValueError(f"{where}: edge_index refers to nodes outside [0, {n})")
+    if (g.y < 0).any():
+        raise ValueError(f"{where}: labels must be non-negative integers")
+
+
+def _symmetrise(edge_index: torch.Tensor, n: int) -> torch.Tensor:
+    ei = torch.cat([edge_index, edge_index.flip(0)], 1)
+    ei = ei[:, ei[0] != ei[1]]
+    key = torch.unique(ei[0] * n + ei[1])
+    return torch.stack([key // n, key % n])
+
+
+# ----------------------------------------------------------------------------------------------- transforms
+
+
+def largest_connected_component(g: Graph) -> Graph:
+    """Keep the largest connected component (node order preserved, ids relabelled)."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    n = g.num_nodes
+    ei = g.edge_index.numpy()
+    adj = sp.coo_matrix((np.ones(ei.shape[1]), (ei[0], ei[1])), shape=(n, n))
+    _, comp = connected_components(adj, directed=False)
+    biggest = np.bincount(comp).argmax()
+    keep = torch.from_numpy(np.flatnonzero(comp == biggest))
+    ei2, _ = induced_subgraph(g.edge_index, keep, n)
+    return Graph(x=g.x[keep], edge_index=ei2, y=g.y[keep], name=g.name, source_files=g.source_files)
+
+
+def normalize_features(x: torch.Tensor) -> torch.Tensor:
+    """Row-normalise features to sum 1 (rows of zeros stay zero), as PyG ``NormalizeFeatures``."""
+    s = x.sum(dim=1, keepdim=True)
+    return x / s.clamp(min=1e-12) * (s != 0)
+
+
+def random_split(
+    n: int, seed: int, fractions: tuple[float, float, float] = (0.2, 0.4, 0.4)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One seeded random train/val/test node split; returns three (n,) bool masks."""
+    if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"split fractions {fractions} must be non-negative and sum to 1")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_tr = round(fractions[0] * n)
+    n_va = round(fractions[1] * n)
+    masks = [torch.zeros(n, dtype=torch.bool) for _ in range(3)]
+    masks[0][perm[:n_tr]] = True
+    masks[1][perm[n_tr : n_tr + n_va]] = True
+    masks[2][perm[n_tr + n_va :]] = True
+    return masks[0], masks[1], masks[2]
+
+
+def induced_subgraph(
+    edge_index: torch.Tensor, nodes: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edges with both ends in ``nodes``, relabelled to 0..len(nodes)-1; also returns the edge mask."""
+    mapping = torch.full((n,), -1, dtype=torch.long)
+    mapping[nodes] = torch.arange(nodes.numel())
+    src, dst = mapping[edge_index[0]], mapping[edge_index[1]]
+    keep = (src >= 0) & (dst >= 0)
+    return torch.stack([src[keep], dst[keep]]), keep
+
+
+# ----------------------------------------------------------------------------------------------- partitions
+
+
+def _csr(edge_index: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
+    order = torch.argsort(edge_index[0] * n + edge_index[1])
+    src, dst = edge_index[0][order].numpy(), edge_index[1][order].numpy()
+    xadj = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(xadj, src + 1, 1)
+    return np.cumsum(xadj), dst.astype(np.int64)
+
+
+def metis_partition(edge_index: torch.Tensor, n: int, k: int, seed: int = 1234) -> list[torch.Tensor]:
+    """Disjoint K-way METIS partition (pymetis); returns the sorted node ids of each part."""
+    import pymetis
+
+    if k < 1 or k > n:
+        raise ValueError(f"cannot split {n} nodes into {k} parts")
+    if k == 1:
+        return [torch.arange(n)]
+    xadj, adjncy = _csr(edge_index, n)
+    opts = pymetis.Options(seed=seed)
+    _, membership = pymetis.part_graph(k, adjacency=pymetis.CSRAdjacency(xadj, adjncy), options=opts)
+    member = torch.as_tensor(np.asarray(membership), dtype=torch.long)
+    parts = [torch.nonzero(member == c).flatten() for c in range(k)]
+    if any(p.numel() == 0 for p in parts):
+        raise ValueError(f"METIS produced an empty part for K={k}; use fewer clients")
+    return parts
+
+
+def overlapping_partition(
+    edge_index: torch.Tensor, n: int, n_communities: int, seed: int = 1234, clients_per_community: int = 5
+) -> list[torch.Tensor]:
+    """FED-PUB's overlapping scheme: METIS communities, each client a random half of one community."""
+    comms = metis_partition(edge_index, n, n_communities, seed)
+    rng = random.Random(seed)
+    parts = []
+    for comm in comms:
+        ids = comm.tolist()
+        for _ in range(clients_per_community):
+            parts.append(torch.tensor(sorted(rng.sample(ids, len(ids) // 2)), dtype=torch.long))
+    return parts
+
+
+def louvain_partition(edge_index: torch.Tensor, n: int, k: int, seed: int = 1234) -> list[torch.Tensor]:
+    """Louvain communities (networkx) packed into K clients of similar size.
+
+    Communities larger than N/K are cut into chunks of at most N/K nodes; the pieces are then given,
+    largest first, to the currently smallest client (a deterministic variant of FedSage+/OpenFGL packing).
+    """
+    import networkx as nx
+
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n))
+    graph.add_edges_from(edge_index.t().tolist())
+    comms = [sorted(c) for c in nx.community.louvain_communities(graph, seed=seed)]
+    cap = max(1, int(np.ceil(n / k)))
+    pieces = [c[i : i + cap] for c in comms for i in range(0, len(c), cap)]
+    pieces.sort(key=lambda p: (-len(p), p[0]))
+    buckets: list[list[int]] = [[] for _ in range(k)]
+    for piece in pieces:
+        j = min(range(k), key=lambda b: (len(buckets[b]), b))
+        buckets[j].extend(piece)
+    if any(not b for b in buckets):
+        raise ValueError(f"Louvain packing left a client empty for K={k}; use fewer clients")
+    return [torch.tensor(sorted(b), dtype=torch.long) for b in buckets]
+
+
+def make_clients(
+    g: Graph, parts: list[torch.Tensor], masks: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+) -> list[ClientData]:
+    """Induced subgraph + restricted split masks for every part; each client must have training nodes."""
+    clients = []
+    for cid, nodes in enumerate(parts):
+        ei, _ = induced_subgraph(g.edge_index, nodes, g.num_nodes)
+        c = ClientData(
+            x=g.x[nodes],
+            edge_index=ei,
+            y=g.y[nodes],
+            train_mask=masks[0][nodes],
+            val_mask=masks[1][nodes],
+            test_mask=masks[2][nodes],
+            node_ids=nodes,
+            client_id=cid,
+        )
+        if not bool(c.train_mask.any()):
+            raise ValueError(
+                f"client {cid} ({nodes.numel()} nodes) has no training node; use fewer clients or another seed"
+            )
+        clients.append(c)
+    return clients
+
+
+def prepare_graph(g: Graph) -> Graph:
+    """Largest connected component and row-normalised features (the FED-PUB preprocessing)."""
+    g = largest_connected_component(g)
+    g.x = normalize_features(g.x)
+    return g
+
+
+def partition(g: Graph, method: PartitionMethod, k: int, seed: int) -> list[torch.Tensor]:
+    """Dispatch to the partitioner; for ``overlapping`` K is the number of communities × 5 clients."""
+    if method == "metis":
+        return metis_partition(g.edge_index, g.num_nodes, k, seed)
+    if method == "overlapping":
+        if k % 5:
+            raise ValueError(
+                f"overlapping partitions need K divisible by 5 (5 clients per community), got {k}"
+            )
+        return overlapping_partition(g.edge_index, g.num_nodes, k // 5, seed)
+    if method == "louvain":
+        return louvain_partition(g.edge_index, g.num_nodes, k, seed)
+    raise ValueError(f"unknown partition method {method!r}; valid: metis, overlapping, louvain")
+
+
+def build_clients(
+    dataset: str | Path | Graph,
+    method: PartitionMethod = "metis",
+    num_clients: int = 10,
+    seed: int = 1234,
+    data_root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    split: tuple[float, float, float] = (0.2, 0.4, 0.4),
+) -> tuple[list[ClientData], dict[str, int]]:
+    """Graph → LCC → normalise → split → partition → client subgraphs, cached under a fingerprint.
+
+    Args:
+        dataset: Planetoid name, a graph file, or an in-memory :class:`Graph`.
+        method: ``metis`` (disjoint), ``overlapping`` (FED-PUB) or ``louvain``.
+        num_clients: K.
+        seed: seeds the split and the partitioner.
+        data_root: folder with the Planetoid raw files.
+        cache_dir: where partitions are cached (``None``: no cache).
+        split: train/val/test fractions.
+
+    Returns:
+        The clients and ``{"num_features", "num_classes", "num_nodes"}`` of the preprocessed graph.
+    """
+    g = dataset if isinstance(dataset, Graph) else load_graph(dataset, data_root)
+    if isinstance(dataset, Graph):
+        graph_key: object = fingerprint(
+            g.x.sum().item(), g.edge_index.sum().item(), g.y.tolist(), g.num_nodes
+        )
+    else:
+        graph_key = g.name
+    key = fingerprint(
+        "fedaux-partition-v1", graph_key, method, num_clients, seed, list(split), files=g.source_files
+    )
+    cache = Path(cache_dir) / f"{g.name}_{method}_{num_clients}_{seed}_{key}.pt" if cache_dir else None
+    if cache is not None and cache.is_file():
+        blob = torch.load(cache, map_location="cpu", weights_only=True)
+        return [ClientData.from_dict(c) for c in blob["clients"]], {
+            k: int(v) for k, v in blob["info"].items()
+        }
+    g = prepare_graph(g)
+    masks = random_split(g.num_nodes, seed, split)
+    clients = make_clients(g, partition(g, method, num_clients, seed), masks)
+    info = {"num_features": int(g.x.shape[1]), "num_classes": g.num_classes, "num_nodes": g.num_nodes}
+    if cache is not None:
+        atomic_torch_save(cache, {"clients": [c.to_dict() for c in clients], "info": info})
+    return clients, info
+
+
+def load_clients(path: str | Path) -> tuple[list[ClientData], dict[str, int]]:
+    """Load a partition file written by :func:`build_clients` (``weights_only=True``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"partition file {p} does not exist")
+    blob = torch.load(p, map_location="cpu", weights_only=True)
+    return [ClientData.from_dict(c) for c in blob["clients"]], {k: int(v) for k, v in blob["info"].items()}
+
+
+# ----------------------------------------------------------------------------------------------- synthetic
+
+
+def synthetic_community_graph(
+    num_groups: int = 2,
+    clients_per_group: int = 2,
+    nodes_per_client: int = 120,
+    num_classes: int = 4,
+    num_features: int = 16,
+    p_in: float = 0.08,
+    p_out: float = 0.002,
+    noise: float = 1.0,
+    seed: int = 0,
+) -> tuple[Graph, list[torch.Tensor]]:
+    """A small graph whose communities disagree on what the features mean (concept shift).
+
+    Every community is one client's subgraph. Clients of one *group* share a random class→feature-mean map;
+    different groups use different maps, and labels are homophilous inside a community. A single averaged
+    model (FedAvg) must compromise between groups, while a personalised method that mixes only with its
+    own group can fit its map. Returns the graph and the natural partition (one community per client).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    k = num_groups * clients_per_group
+    n = k * nodes_per_client
+    means = [torch.randn(num_classes, num_features, generator=gen) * 2.0 for _ in range(num_groups)]
+    xs, ys, parts, edges = [], [], [], []
+    for c in range(k):
+        grp = c // clients_per_group
+        base = c * nodes_per_client
+        y = torch.randint(0, num_classes, (nodes_per_client,), generator=gen)
+        x = means[grp][y] + noise * torch.randn(nodes_per_client, num_features, generator=gen)
+        xs.append(x)
+        ys.append(y)
+        parts.append(torch.arange(base, base + nodes_per_client))
+        same = (y[:, None] == y[None, :]).float()
+        prob = p_in * (0.2 + 1.6 * same)
+        a = torch.rand(nodes_per_client, nodes_per_client, generator=gen) < prob
+        a = torch.triu(a, 1)
+        i, j = a.nonzero(as_tuple=True)
+        edges.append(torch.stack([i + base, j + base]))
+        # a ring keeps each community connected
+        ring = torch.arange(nodes_per_client)
+        edges.append(torch.stack([ring + base, (ring + 1) % nodes_per_client + base]))
+    cross = torch.rand(n, n, generator=gen) < p_out
+    cross = torch.triu(cross, 1)
+    i, j = cross.nonzero(as_tuple=True)
+    edges.append(torch.stack([i, j]))
+    ei = _symmetrise(torch.cat(edges, 1), n)
+    x = torch.cat(xs).clamp(min=0)  # non-negative like bag-of-words, so row-normalisation is meaningful
+    g = Graph(x=x, edge_index=ei, y=torch.cat(ys), name=f"synthetic{seed}")
+    return g, parts
+
+
+def synthetic_clients(seed: int = 0, **kwargs: int | float) -> tuple[list[ClientData], dict[str, int]]:
+    """Clients of :func:`synthetic_community_graph` with a seeded 20/40/40 split (no LCC step)."""
+    g, parts = synthetic_community_graph(seed=seed, **kwargs)  # type: ignore[arg-type]
+    g.x = normalize_features(g.x)
+    masks = random_split(g.num_nodes, seed)
+    clients = make_clients(g, parts, masks)
+    return clients, {
+        "num_features": int(g.x.shape[1]),
+        "num_classes": g.num_classes,
+        "num_nodes": g.num_nodes,
+    }
