@@ -19,6 +19,7 @@ import io
 import os
 import re
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -213,7 +214,9 @@ def read_structures(
         if fmt == "db":
             out = _read_db(path, index)
         else:
-            got = ase.io.read(path, index=index, format=fmt)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Occupancies present")
+                got = ase.io.read(path, index=index, format=fmt)
             out = got if isinstance(got, list) else [got]
     except (FileNotFoundError, ValueError) as exc:
         if str(path) in str(exc):
@@ -288,7 +291,9 @@ def write_structure(path: PathLike, atoms: Any | Sequence[Any], format: str | No
             raise ValueError(f"{path}: {fmt} holds one structure, got {len(frames)}")
         if fmt == "cif":  # ASE's CIF writer wants a binary stream
             buf = io.BytesIO()
-            ase.io.write(buf, frames[0], format="cif")
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Occupancies present")
+                ase.io.write(buf, frames[0], format="cif")
             data = buf.getvalue()
         else:
             sbuf = io.StringIO()
