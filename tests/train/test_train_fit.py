@@ -232,3 +232,26 @@ def test_ctrl_c_raises_keyboard_interrupt_and_resumes(tiny, data, tmp_path):
     assert signal.getsignal(signal.SIGINT) == before  # Lightning's SIG_IGN is undone
     res = fit(tiny.RegressionTask(tiny.make_net()), train, val, tiny.config(), tmp_path)
     assert len(res.history) == 4 and res.stop_reason == "max_epochs"
+
+
+def test_resume_is_exact_with_workers_and_random_augmentation(tiny, data, tmp_path):
+    class Noisy(tiny.RegressionData):
+        def __getitem__(self, i):
+            d = super().__getitem__(i)
+            return {"x": d["x"] + 0.1 * torch.randn(4), "y": d["y"]}  # drawn inside the worker
+
+    train, val = Noisy(64, seed=1), data[1]
+    cfg = tiny.config(num_workers=2, max_epochs=3)
+    ref = fit(tiny.RegressionTask(tiny.make_net()), train, val, cfg, tmp_path / "ref")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(tiny.RegressionTask(tiny.make_net(), crash_at=8), train, val, cfg, tmp_path / "run")
+    res = fit(tiny.RegressionTask(tiny.make_net()), train, val, cfg, tmp_path / "run")
+    assert _strip_time(res.history) == _strip_time(ref.history)
+    other = fit(
+        tiny.RegressionTask(tiny.make_net()),
+        train,
+        val,
+        tiny.config(num_workers=2, max_epochs=1, seed=1),
+        tmp_path / "o",
+    )
+    assert other.history[0]["train/loss"] != ref.history[0]["train/loss"]  # the seed matters

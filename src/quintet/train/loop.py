@@ -589,6 +589,11 @@ def fit(
         raise TypeError(f"fit expects a quintet.train.Task, got {type(task).__name__}")
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    for name, ds in (("train_dataset", train_dataset), ("val_dataset", val_dataset)):
+        if ds is not None and not (hasattr(ds, "__len__") and hasattr(ds, "__getitem__")):
+            raise TypeError(
+                f"{name} must be a map-style dataset (__len__ and __getitem__), got {type(ds).__name__}"
+            )
     if len(train_dataset) == 0:
         raise ValueError("the training dataset is empty")
     if val_dataset is not None and len(val_dataset) == 0:
