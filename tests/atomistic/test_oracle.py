@@ -60,7 +60,7 @@ def test_structure_specs(tmp_path: Path) -> None:
         build_structure("Cu:fccc")
     with pytest.raises(ValueError, match="neither a file"):
         build_structure("notamolecule")
-    with pytest.raises(FileNotFoundError, match="missing.cif"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.cif"):
         build_structure(str(tmp_path / "missing.cif"))
 
 
@@ -159,7 +159,7 @@ def test_relax_pairs_layout_resume_and_loader(tmp_path: Path, monkeypatch: pytes
     ds = RelaxPairDataset(out, dtype=torch.float64)
     assert ds.ids == ["emt_s1_00000", "emt_s1_00001", "emt_s1_00002"]
     assert ds.meta["emt_s1_00001"]["oracle"] == "emt" and int(ds.meta["emt_s1_00001"]["steps"]) > 0
-    u, r = ds.atoms(1)
+    _u, r = ds.atoms(1)
     r.calc = EMT()
     # the stored relaxed structure is an EMT minimum (CIF precision allows a little slack)
     assert np.abs(r.get_forces()).max() < 0.08
