@@ -103,3 +103,20 @@ def test_empty_and_out_of_range_inputs() -> None:
     }
     with pytest.raises(ValueError, match="empty"):
         m(collate([empty]))
+
+
+@pytest.mark.parametrize("kind", ["schnet", "visnet"])
+def test_peer_wrappers_are_periodic_and_conservative(kind: str) -> None:
+    from quintet.leignn.peers import PeerConfig, PeerPotential
+
+    torch.manual_seed(0)
+    m = (
+        PeerPotential(PeerConfig(kind=kind, hidden=16, num_layers=2, cutoff=4.0, max_neighbors=None))
+        .double()
+        .eval()
+    )  # type: ignore[arg-type]
+    assert_forces_match_fd(m, RECORDS["bulk"])
+    assert_supercell_consistent(m, RECORDS["bulk"], extensive=[K.ENERGY], node_outputs=[K.FORCES], atol=1e-5)
+    assert_rotation_equivariant(
+        m, [RECORDS["molecule"], RECORDS["slab"]], invariant=[K.ENERGY], vectors=[K.FORCES], atol=1e-5
+    )

@@ -21,7 +21,7 @@ from quintet.atomistic.neighbors import with_neighbors
 from quintet.config import config_to_dict, from_dict, save_config
 from quintet.io import atomic_save_json
 from quintet.leignn.model import LEIGNN, LEIGNNModelConfig
-from quintet.leignn.task import LossConfig, PotentialTask, potential_errors
+from quintet.leignn.task import LossConfig, PotentialTask
 from quintet.train import TrainConfig
 
 __all__ = ["DataConfig", "EvalResult", "LEIGNNJob", "evaluate", "load_model", "load_splits", "train"]
@@ -148,6 +148,43 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LEIGNN:
     return model.to(device).eval()
 
 
+def predict_errors(
+    model: torch.nn.Module, dataset: Any, batch_size: int = 32, desc: str = "eval"
+) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Errors of any quintet potential on a dataset of labelled records.
+
+    Returns:
+        metrics (energy MAE per atom and per structure in meV, force MAE/RMSE in meV/Å, timing) and
+        the arrays (true/predicted energy per atom, true/predicted force components) for plots.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    e_true, e_pred, f_true, f_pred = [], [], [], []
+    t0 = time.perf_counter()
+    for batch in tqdm(loader, desc=desc, unit="batch"):
+        pred = model(batch)
+        n_at = batch[K.NUM_ATOMS].to(dtype)
+        e_true.append((batch[K.ENERGY] / n_at).detach().numpy())
+        e_pred.append((pred[K.ENERGY] / n_at).detach().numpy())
+        f_true.append(batch[K.FORCES].detach().numpy().ravel())
+        f_pred.append(pred[K.FORCES].detach().numpy().ravel())
+    seconds = time.perf_counter() - t0
+    et, ep, ft, fp = (np.concatenate(x) for x in (e_true, e_pred, f_true, f_pred))
+    n_atoms = np.concatenate([[len(dataset[i][K.ATOMIC_NUMBERS])] for i in range(len(dataset))])
+    metrics = {
+        "energy_mae_meV_atom": float(1000 * np.abs(et - ep).mean()),
+        "energy_mae_meV": float(1000 * np.abs((et - ep) * n_atoms).mean()),
+        "force_mae_meV_A": float(1000 * np.abs(ft - fp).mean()),
+        "force_rmse_meV_A": float(1000 * np.sqrt(((ft - fp) ** 2).mean())),
+        "n_structures": len(et),
+        "seconds": seconds,
+    }
+    return metrics, (et, ep, ft, fp)
+
+
 @dataclass
 class EvalResult:
     """Errors of a model on a split, plus where the outputs were written."""
@@ -171,8 +208,6 @@ class EvalConfig:
 
 def evaluate(cfg: EvalConfig) -> EvalResult:
     """Energy MAE (meV/atom) and force MAE (meV/Å) on a split; writes JSON and a parity plot."""
-    from tqdm.auto import tqdm
-
     model = load_model(cfg.model)
     dtype = next(model.parameters()).dtype
     ds = load_splits(cfg.data, model.config.cutoff, model.config.max_neighbors, dtype)[cfg.split]
@@ -181,45 +216,19 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, collate_fn=collate)
-    sums: dict[str, float] = {}
-    n_struct = 0
-    e_true, e_pred, f_true, f_pred = [], [], [], []
-    t0 = time.perf_counter()
-    for batch in tqdm(loader, desc=f"eval {cfg.split}", unit="batch"):
-        pred = model(batch)
-        b = int(batch[K.NUM_ATOMS].numel())
-        for k, v in potential_errors(pred, batch).items():
-            w = b if "energy" in k else int(batch[K.FORCES].numel())
-            sums[k] = sums.get(k, 0.0) + (float(v) ** (2 if "rmse" in k else 1)) * w
-        sums["_n_f"] = sums.get("_n_f", 0.0) + batch[K.FORCES].numel()
-        n_struct += b
-        n_at = batch[K.NUM_ATOMS].to(dtype)
-        e_true.append((batch[K.ENERGY] / n_at).detach().numpy())
-        e_pred.append((pred[K.ENERGY] / n_at).detach().numpy())
-        f_true.append(batch[K.FORCES].detach().numpy().ravel())
-        f_pred.append(pred[K.FORCES].detach().numpy().ravel())
-    nf = sums.pop("_n_f")
-    metrics = {}
-    for k, v in sums.items():
-        denom = n_struct if "energy" in k else nf
-        metrics[k] = float(np.sqrt(v / denom)) if "rmse" in k else v / denom
-    metrics["n_structures"] = n_struct
-    metrics["seconds"] = time.perf_counter() - t0
+    metrics, arrays = predict_errors(model, ds, cfg.batch_size, desc=f"eval {cfg.split}")
     json_path = out / "metrics.json"
     atomic_save_json(json_path, {"split": cfg.split, "model": cfg.model, **metrics})
     png = out / "parity.png"
-    _parity_plot(
-        png, np.concatenate(e_true), np.concatenate(e_pred), np.concatenate(f_true), np.concatenate(f_pred)
-    )
+    parity_plot(png, *arrays)
     print(
         f"{cfg.split}: energy MAE {metrics['energy_mae_meV_atom']:.2f} meV/atom, "
-        f"force MAE {metrics['force_mae_meV_A']:.1f} meV/Å over {n_struct} structures"
+        f"force MAE {metrics['force_mae_meV_A']:.1f} meV/Å over {metrics['n_structures']} structures"
     )
     return EvalResult(metrics, png, json_path)
 
 
-def _parity_plot(path: Path, et: np.ndarray, ep: np.ndarray, ft: np.ndarray, fp: np.ndarray) -> None:
+def parity_plot(path: Path, et: np.ndarray, ep: np.ndarray, ft: np.ndarray, fp: np.ndarray) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
