@@ -1,0 +1,183 @@
+"""End to end on synthetic defect pairs: a tiny training beats the dummy, reload, CLI, bad inputs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from quintet.atomistic.structures import read_structure, write_structure
+from quintet.cli import main
+from quintet.definet.data import defect_record, unwrap_to_reference
+from quintet.definet.model import DefiNetConfig
+from quintet.definet.predict import EvalJob, evaluate_model, predict_batches
+from quintet.definet.run import DataConfig, TrainJob, host_folders, load_definet, load_pairs, train
+from quintet.definet.synthetic import write_2dmd
+from quintet.train import TrainConfig, save_model
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("defects")
+    write_2dmd(root, "MoS2", 40, seed=0)
+    job = TrainJob(
+        data=DataConfig(root=str(root)),
+        model=DefiNetConfig(hidden=16, num_layers=2, num_rbf=8, cutoff=4.5, max_neighbors=None),
+        train=TrainConfig(
+            max_epochs=10,
+            steps_per_epoch=8,
+            batch_size=4,
+            lr=3e-3,
+            ema_decay=0.0,
+            early_stop_patience=None,
+            monitor="val/coord_mae",
+            progress=False,
+        ),
+        out_dir=str(root / "run"),
+    )
+    torch.manual_seed(0)
+    res = train(job)
+    return root, job, res
+
+
+def test_tiny_training_beats_the_dummy(trained):
+    _, _, res = trained
+    hist = res.history
+    assert hist[-1]["train/loss"] < hist[0]["train/loss"]
+    best = min(r["val/coord_mae"] for r in hist)
+    assert best < 0.8 * hist[0]["val/dummy_coord_mae"], (best, hist[0]["val/dummy_coord_mae"])
+
+
+def test_reload_reproduces_outputs_and_eval_agrees(trained, tmp_path):
+    _, job, res = trained
+    model, d = load_definet(res.best_path)
+    assert d["extra"]["system"] == "definet"
+    ds = load_pairs(job.data, "test", model.cfg)
+    recs = [ds[i] for i in range(len(ds))]
+    p1, _ = predict_batches(model, recs, batch_size=3)
+    save_model(tmp_path / "copy.pt", model, {}, d["extra"])
+    again, _ = load_definet(tmp_path / "copy.pt")
+    p2, _ = predict_batches(again, recs, batch_size=2)
+    for a, b in zip(p1, p2, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    summary = evaluate_model(
+        EvalJob(model=str(res.best_path), data=job.data, out_dir=str(tmp_path / "ev")), progress=False
+    )
+    assert summary["structures"] == len(recs)
+    assert summary["coord_mae_ratio_vs_dummy"] < 1.0
+    assert set(summary["local_mae_A"]) == {"3", "4", "5", "6"}
+    assert (tmp_path / "ev" / "eval.json").is_file() and (tmp_path / "ev" / "per_structure.csv").is_file()
+
+
+def test_cli_predict_writes_cifs_and_resumes(trained, tmp_path, capsys):
+    root, _, res = trained
+    host = root / "MoS2" / "MoS2_pristine_supercell.cif"
+    inputs = sorted((root / "MoS2" / "CIF").glob("*_unrelaxed.cif"))[:5]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in inputs:
+        (folder / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "pred"
+    argv = [
+        "definet",
+        "predict",
+        str(folder),
+        "batch_size=2",
+        "--model",
+        str(res.best_path),
+        "--pristine",
+        str(host),
+    ]
+    assert main([*argv, "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "predictions.csv").read_text().splitlines()))
+    assert [r["id"] for r in rows] == [f.name[: -len("_unrelaxed.cif")] for f in inputs]
+    model, _ = load_definet(res.best_path)
+    atoms = read_structure(inputs[0])
+    rec, lab = defect_record(atoms, read_structure(host))
+    pred, _ = predict_batches(model, [rec])
+    written = read_structure(out / rows[0]["output"])
+    assert len(written) == len(atoms) == lab.num_atoms
+    expected = pred[0][: lab.num_atoms]
+    # CIF stores fractional coordinates wrapped into the cell: compare the nearest images
+    unwrapped = unwrap_to_reference(written.positions, expected, np.asarray(atoms.cell), atoms.pbc)
+    np.testing.assert_allclose(unwrapped, expected, atol=1e-4)
+    assert (out / "config.yaml").is_file()
+    # a second run finds everything done
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "resuming: 5 of 5" in capsys.readouterr().out
+    assert len(list(csv.DictReader((out / "predictions.csv").read_text().splitlines()))) == 5
+
+
+def test_cli_label_rejects_an_interstitial_cleanly(trained, tmp_path, capsys):
+    root, _, _ = trained
+    host = read_structure(root / "MoS2" / "MoS2_pristine_supercell.cif")
+    bad = host.copy()
+    bad.append("Li")
+    bad.positions[-1] = bad.cell[0] * 0.5 + bad.cell[1] * 0.2 + [0, 0, bad.positions[:, 2].max() + 2.0]
+    write_structure(tmp_path / "bad.cif", bad)
+    code = main(
+        [
+            "definet",
+            "label",
+            str(tmp_path / "bad.cif"),
+            "--pristine",
+            str(root / "MoS2" / "MoS2_pristine_supercell.cif"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "interstitials/adatoms are not supported" in err and "(Li" in err and "bad.cif" in err
+    good = host.copy()
+    del good[3]
+    write_structure(tmp_path / "good.cif", good)
+    assert (
+        main(
+            [
+                "definet",
+                "label",
+                str(tmp_path / "good.cif"),
+                "--pristine",
+                str(root / "MoS2" / "MoS2_pristine_supercell.cif"),
+                "--out",
+                str(tmp_path / "lab"),
+            ]
+        )
+        == 0
+    )
+    row = next(csv.DictReader((tmp_path / "lab" / "labels.csv").read_text().splitlines()))
+    assert row["n_vacancies"] == "1" and row["vacancies"] == f"{host.get_chemical_symbols()[3]}3"
+    labelled = read_structure(tmp_path / "lab" / "good_labelled.extxyz")
+    assert labelled.arrays["defect"].tolist() == [0] * (len(host) - 1) + [2]
+
+
+def test_bad_inputs_raise_clear_errors(trained, tmp_path):
+    root, _, _ = trained
+    save_model(tmp_path / "other.pt", torch.nn.Linear(2, 2), {}, {"system": "leignn"})
+    with pytest.raises(ValueError, match="not a DefiNet model file"):
+        load_definet(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError):
+        load_definet(tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match="no host folder"):
+        host_folders(root, ["WSe2"])
+    with pytest.raises(FileNotFoundError, match="every host was excluded"):
+        host_folders(root, exclude=["MoS2"])
+    code = main(
+        ["definet", "predict", str(tmp_path), "--model", str(tmp_path / "missing.pt"), "--pristine", "x.cif"]
+    )
+    assert code == 1
+    assert main(["definet", "train", "model.hidden=abc", "--out", str(tmp_path / "r")]) == 1
+
+
+def test_record_dtype_follows_the_model(trained):
+    root, _, res = trained
+    model, _ = load_definet(res.best_path)
+    atoms = read_structure(next((root / "MoS2" / "CIF").glob("*_unrelaxed.cif")))
+    rec, _ = defect_record(
+        atoms, read_structure(root / "MoS2" / "MoS2_pristine_supercell.cif"), dtype=torch.float64
+    )
+    pred, _ = predict_batches(model, [rec])
+    assert pred[0].shape == (rec["pos"].shape[0], 3) and np.isfinite(pred[0]).all()
+    assert Path(res.best_path).name == "best.pt"
