@@ -39,7 +39,7 @@ def test_image_edges_cross_cells_only_and_small_cells_get_large_offsets() -> Non
     atoms = bulk("Cu", "fcc", a=3.6)  # one atom, cell much smaller than the cutoff
     from ase.neighborlist import neighbor_list
 
-    ei, sh, mask = G.build_edges(atoms.positions, atoms.cell[:], atoms.pbc, cutoff=8.0, max_neighbors=None)
+    _ei, sh, mask = G.build_edges(atoms.positions, atoms.cell[:], atoms.pbc, cutoff=8.0, max_neighbors=None)
     assert not mask.any()  # one atom: no displace edges
     assert (np.abs(sh).sum(1) > 0).all()
     assert np.abs(sh).max() >= 3  # beyond the [-2, 2] the published encoding supports
@@ -50,7 +50,7 @@ def test_image_edges_cross_cells_only_and_small_cells_get_large_offsets() -> Non
 def test_slab_has_no_offsets_along_the_vacuum() -> None:
     slab = mx2("MoS2", size=(3, 3, 1), vacuum=8.0)
     slab.pbc = (True, True, False)
-    ei, sh, mask = G.build_edges(slab.positions, slab.cell[:], slab.pbc, cutoff=6.0)
+    _ei, sh, mask = G.build_edges(slab.positions, slab.cell[:], slab.pbc, cutoff=6.0)
     assert (sh[:, 2] == 0).all()
     assert mask.sum() == len(slab) * 20
 

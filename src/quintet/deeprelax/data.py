@@ -128,7 +128,9 @@ def emt_pairs(
     rng = np.random.default_rng(seed)
     pairs = []
     for _ in tqdm(range(n), desc="EMT pairs", disable=not progress):
-        host, guest = rng.choice(list(elements), size=2, replace=False)
+        host, guest = (
+            rng.choice(list(elements), size=2, replace=False) if len(elements) > 1 else (elements[0],) * 2
+        )
         atoms = bulk(str(host), "fcc", cubic=True).repeat(tuple(repeats[rng.integers(len(repeats))]))
         frac = rng.uniform(0.1, 0.5)
         sub = rng.random(len(atoms)) < frac

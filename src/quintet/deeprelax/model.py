@@ -114,6 +114,11 @@ class _DistanceHead(nn.Module):
         self.edge = mlp(edge_dim, hidden, hidden)
         self.out = mlp(3 * hidden, hidden, 2)
         self.residual = residual
+        # start at "no change, b = e^-2 ≈ 0.14 Å": the unrelaxed distance is already a good guess
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.constant_(self.out[-1].bias, 0.0)
+        with torch.no_grad():
+            self.out[-1].bias[1] = -2.0
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, d0: Tensor) -> tuple[Tensor, Tensor]:
         h = self.branch(x)

@@ -1,0 +1,252 @@
+"""DeepRelax benchmark: one-shot relaxation vs the dummy baseline and vs iterative oracle relaxation.
+
+For each dataset (EMT fcc alloys generated here, CHGNet bulk oxides, CHGNet 2D defects):
+1. train DeepRelax with the shared trainer under a wall-clock budget;
+2. on the held-out test split: coordinate / cell / distance errors next to the dummy (unrelaxed input),
+   uncertainty calibration, and the time per structure of forward + solve (batched, 1 CPU thread);
+3. on a subset of the test split: iterative relaxation with the oracle (FIRE, fmax 0.05) from the
+   unrelaxed input (steps and time) and from the DeepRelax prediction (steps: "predict, then finish").
+
+Writes ``benchmarks/results/deeprelax.json`` (updated after every dataset) and PNG plots.
+Run: ``nice -n 10 .venv/bin/python benchmarks/deeprelax.py [--quick] [--only emt,oxides,defects]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quintet.atomistic import keys as K
+from quintet.atomistic.batch import collate
+from quintet.atomistic.structures import to_ase
+from quintet.deeprelax.jobs import (
+    MODEL_KEY,
+    DataConfig,
+    evaluate_model,
+    load_dataset,
+    load_deeprelax,
+    make_calculator,
+    relax_with,
+)
+from quintet.deeprelax.model import DeepRelax, ModelConfig
+from quintet.deeprelax.relax import SolveConfig, relax_batch
+from quintet.deeprelax.task import DeepRelaxTask, LossConfig
+from quintet.io import atomic_save_json
+from quintet.train import TrainConfig, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "materials"
+RESULTS = ROOT / "benchmarks" / "results"
+WORK = ROOT / "benchmarks" / "work" / "deeprelax"
+
+
+def datasets(quick: bool) -> dict[str, dict]:
+    return {
+        "emt_alloys": {
+            "data": DataConfig(layout="emt", num_emt=120 if quick else 1500, seed=0),
+            "oracle": "emt",
+            "cell": True,
+            "budget_s": 60 if quick else 720,
+            "oracle_subset": 10 if quick else 40,
+            "relax_cell": True,
+        },
+        "bulk_oxides": {
+            "data": DataConfig(
+                root=str(SHARED / "bulk_oxides"), layout="custom", seed=0, fractions=(0.7, 0.1, 0.2)
+            ),
+            "oracle": "chgnet",
+            "cell": True,
+            "budget_s": 60 if quick else 360,
+            "oracle_subset": 1 if quick else 3,
+            "relax_cell": True,
+        },
+        "defects2d": {
+            "data": DataConfig(root=str(SHARED / "defects2d"), layout="2dmd", seed=0),
+            "oracle": "chgnet",
+            "cell": False,
+            "budget_s": 60 if quick else 720,
+            "oracle_subset": 2 if quick else 8,
+            "relax_cell": False,
+        },
+    }
+
+
+def train_one(name: str, spec: dict, quick: bool) -> tuple[DeepRelax, dict]:
+    mcfg = ModelConfig(hidden=64, num_layers=3, num_rbf=32, relax_cell=spec["relax_cell"])
+    tr = load_dataset(spec["data"], "train", mcfg)
+    va = load_dataset(spec["data"], "val", mcfg)
+    torch.manual_seed(0)
+    model = DeepRelax(mcfg)
+    cfg = TrainConfig(
+        max_epochs=10_000,
+        max_time_s=spec["budget_s"],
+        batch_size=8,
+        lr=1e-3,
+        ema_decay=0.99,
+        grad_clip=150.0,
+        early_stop_patience=None,
+        plateau_patience=5,
+        monitor="val/coord_mae",
+        accelerator="cpu",
+        progress=False,
+    )
+    t0 = time.perf_counter()
+    res = fit(
+        DeepRelaxTask(model, LossConfig()),
+        tr,
+        va,
+        cfg,
+        WORK / name,
+        collate_fn=collate,
+        extra={MODEL_KEY: model.config_dict()},
+    )
+    model, _ = load_deeprelax(res.best_path)
+    info = {
+        "train_pairs": len(tr),
+        "val_pairs": len(va),
+        "epochs": len(res.history),
+        "train_time_s": round(time.perf_counter() - t0, 1),
+        "best_val_coord_mae_A": res.best_metric,
+        "model": mcfg.__dict__,
+    }
+    return model, info
+
+
+def oracle_compare(model: DeepRelax, ds, spec: dict, k: int, calc) -> dict:
+    """Iterative relaxation from the unrelaxed input and from the prediction, on k test structures."""
+    steps_u, steps_f, t_u, n_atoms = [], [], [], []
+    for idx in range(min(k, len(ds))):
+        rec = ds[idx]
+        unrel = to_ase({kk: rec[kk] for kk in (K.POSITIONS, K.ATOMIC_NUMBERS, K.CELL, K.PBC)})
+        su, _, tu = relax_with(unrel.copy(), calc, 0.05, 1000, spec["cell"])
+        res = relax_batch(model, collate([rec]), SolveConfig())
+        pred = to_ase(
+            {
+                K.POSITIONS: res["positions"],
+                K.ATOMIC_NUMBERS: rec[K.ATOMIC_NUMBERS],
+                K.CELL: res["cell"][0],
+                K.PBC: rec[K.PBC],
+            }
+        )
+        sf, _, _ = relax_with(pred, calc, 0.05, 1000, spec["cell"])
+        steps_u.append(su)
+        steps_f.append(sf)
+        t_u.append(tu)
+        n_atoms.append(len(unrel))
+        print(
+            f"  oracle {idx}: {len(unrel)} atoms, from unrelaxed {su} steps {tu:.1f}s, from DeepRelax {sf} steps"
+        )
+    return {"steps_unrelaxed": steps_u, "steps_finish": steps_f, "oracle_time_s": t_u, "n_atoms": n_atoms}
+
+
+def plots(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, [results[n]["dummy_coord_mae_A"] for n in names], 0.4, label="dummy (unrelaxed)")
+    ax.bar(x + 0.2, [results[n]["coord_mae_A"] for n in names], 0.4, label="DeepRelax")
+    ax.set_xticks(x, names)
+    ax.set_yscale("log")
+    ax.set_ylabel("coordinate MAE (Å)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "deeprelax_error_vs_dummy.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
+    for ax, n in zip(axes[0], names, strict=True):
+        rows = results[n]["_rows"]
+        ax.scatter([r["uncertainty_A"] for r in rows], [r["coord_mae_A"] for r in rows], s=8)
+        ax.set_xlabel("mean σ (Å)")
+        ax.set_ylabel("coordinate MAE (Å)")
+        ax.set_title(f"{n}: Spearman {results[n]['uncertainty_spearman']:.2f}")
+    fig.tight_layout()
+    fig.savefig(out / "deeprelax_sigma_vs_error.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
+    for ax, n in zip(axes[0], names, strict=True):
+        o = results[n]["_oracle"]
+        bins = np.linspace(0, max(o["steps_unrelaxed"] + o["steps_finish"] + [1]), 15)
+        ax.hist(o["steps_unrelaxed"], bins=bins, alpha=0.6, label="from unrelaxed")
+        ax.hist(o["steps_finish"], bins=bins, alpha=0.6, label="from DeepRelax")
+        ax.set_xlabel("oracle FIRE steps to fmax 0.05")
+        ax.set_title(n)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "deeprelax_finish_steps.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_json = RESULTS / ("deeprelax_quick.json" if args.quick else "deeprelax.json")
+    results: dict = {}
+    if out_json.is_file() and args.only:
+        results = {k: v for k, v in json.loads(out_json.read_text()).items() if not k.startswith("_")}
+    specs = datasets(args.quick)
+    names = args.only.split(",") if args.only else list(specs)
+    calcs: dict = {}
+    full: dict = {}
+    for name in names:
+        spec = specs[name]
+        print(f"== {name}: training (budget {spec['budget_s']} s)")
+        model, info = train_one(name, spec, args.quick)
+        test = load_dataset(spec["data"], "test", model.cfg)
+        summary, rows = evaluate_model(model, test, batch_size=16, solve=SolveConfig(), progress=False)
+        print(f"  test: {summary}")
+        if spec["oracle"] not in calcs:
+            calcs[spec["oracle"]] = make_calculator(spec["oracle"])
+            # warm-up call so the first timed relaxation does not pay the model load
+            rec = test[0]
+            warm = to_ase({kk: rec[kk] for kk in (K.POSITIONS, K.ATOMIC_NUMBERS, K.CELL, K.PBC)})
+            warm.calc = calcs[spec["oracle"]]
+            warm.get_forces()
+        orc = oracle_compare(model, test, spec, spec["oracle_subset"], calcs[spec["oracle"]])
+        oracle_t = float(np.mean(orc["oracle_time_s"]))
+        med_u = float(np.median(orc["steps_unrelaxed"]))
+        med_f = float(np.median(orc["steps_finish"]))
+        res = {
+            **{k: v for k, v in summary.items()},
+            "oracle": spec["oracle"],
+            "oracle_time_per_structure_s": oracle_t,
+            "speedup_vs_oracle": oracle_t / summary["time_per_structure_s"],
+            "median_finish_steps": med_f,
+            "median_unrelaxed_steps": med_u,
+            "finish_steps_ratio": med_f / med_u if med_u > 0 else float("nan"),
+            "oracle_subset_size": len(orc["steps_unrelaxed"]),
+            "training": info,
+            "targets": {
+                "coord_mae_ratio_vs_dummy<=0.35": summary["coord_mae_ratio_vs_dummy"] <= 0.35,
+                "speedup_vs_oracle>=50": oracle_t / summary["time_per_structure_s"] >= 50,
+                "finish_steps_ratio<=0.3": (med_f / med_u if med_u > 0 else 1.0) <= 0.3,
+                "uncertainty_spearman>=0.3": summary["uncertainty_spearman"] >= 0.3,
+            },
+        }
+        results[name] = res
+        full[name] = {**res, "_rows": rows, "_oracle": orc}
+        atomic_save_json(
+            out_json,
+            {**results, "_meta": {"torch_threads": 1, "cpu": "shared 2-core CPU", "quick": args.quick}},
+        )
+        print(f"== {name}: {json.dumps({k: v for k, v in res.items() if k != 'training'}, default=str)}")
+    plots(full, RESULTS)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,547 @@
+"""DeepRelax jobs: train, evaluate, predict (each a typed function of a dataclass config).
+
+- :func:`train` fits the model with the shared trainer on relaxation pairs (custom/2DMD layout, an
+  ASE db of pairs, or EMT pairs generated on the fly) and writes ``best.pt``.
+- :func:`evaluate_model` / :func:`evaluate` measure coordinate, cell, volume and distance errors next to
+  the "dummy" baseline (the unrelaxed input) and the calibration of the uncertainty.
+- :func:`predict` relaxes a file, folder or glob of structures in batches, writes relaxed CIFs and a
+  CSV, resumes a half-done folder and can finish each prediction with an ASE calculator.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from quintet.atomistic import keys as K
+from quintet.atomistic.batch import collate
+from quintet.config import from_dict, save_config
+from quintet.deeprelax.data import DeepRelaxTransform, check_record, emt_pairs, pairs_to_records
+from quintet.deeprelax.maths import coverage, edge_lengths, per_graph_mean, spearman, volume
+from quintet.deeprelax.model import DeepRelax, ModelConfig
+from quintet.deeprelax.relax import SolveConfig, relax_batch
+from quintet.deeprelax.task import DeepRelaxTask, LossConfig, targets
+from quintet.io import atomic_save_json, atomic_write_text
+from quintet.train import TrainConfig, fit, load_model_file
+
+__all__ = [
+    "DataConfig",
+    "EvalJob",
+    "PredictJob",
+    "TrainJob",
+    "evaluate",
+    "evaluate_model",
+    "load_dataset",
+    "load_deeprelax",
+    "make_calculator",
+    "predict",
+    "train",
+]
+
+MODEL_KEY = "deeprelax_model"
+
+
+@dataclass
+class DataConfig:
+    """Where relaxation pairs come from.
+
+    Attributes:
+        root: data folder (``custom``/``2dmd`` layouts) or ASE db file (``db``); unused for ``emt``.
+        layout: ``"custom"`` (``CIF/<id>_{un}relaxed.cif`` + csv), ``"2dmd"`` (host folders),
+            ``"db"`` (an ASE db whose rows carry ``pair_id`` and ``relaxed`` = 0/1 key-values), or
+            ``"emt"`` (generate ``num_emt`` fcc-alloy pairs relaxed by EMT).
+        num_emt: pairs to generate for ``emt``.
+        seed: seed of new splits and generated data.
+        fractions: train/val/test fractions of new splits.
+        cache_dir: keep parsed pairs here between runs (optional).
+    """
+
+    root: str = ""
+    layout: Literal["custom", "2dmd", "db", "emt"] = "custom"
+    num_emt: int = 1500
+    seed: int = 0
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    cache_dir: str | None = None
+
+
+@dataclass
+class TrainJob:
+    """``quintet deeprelax train``: model, loss and trainer settings plus the data and the run folder."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            lr=5e-4,
+            batch_size=16,
+            grad_clip=150.0,
+            monitor="val/disp_mae",
+            min_lr=1e-6,
+            early_stop_patience=50,
+        )
+    )
+    out: str = "runs/deeprelax"
+    init_from: str | None = None
+
+
+@dataclass
+class EvalJob:
+    """``quintet deeprelax eval``: a trained model file evaluated on a data split."""
+
+    model: str = "runs/deeprelax/best.pt"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: Literal["train", "val", "test", "all"] = "test"
+    batch_size: int = 16
+    solve: SolveConfig = field(default_factory=SolveConfig)
+    out: str = "runs/deeprelax/eval"
+
+
+@dataclass
+class PredictJob:
+    """``quintet deeprelax predict``: relax every structure of ``inputs`` with a trained model.
+
+    Attributes:
+        model: model file (``best.pt``).
+        inputs: files, folders (every CIF/POSCAR/extxyz inside) or glob patterns.
+        out: output folder (relaxed CIFs + ``predictions.csv``); never an input's folder.
+        batch_size: structures per forward pass + solve.
+        solve: coordinate-solve settings.
+        finish_with: relax each prediction further with ``emt``, ``chgnet`` or ``sevenn`` (``none``: don't).
+        fmax: force threshold of the finishing relaxation, eV/Å.
+        finish_steps: most optimizer steps of the finishing relaxation.
+        finish_cell: also relax the cell while finishing (periodic directions only).
+        resume: skip inputs already listed in ``predictions.csv`` with their CIF present.
+    """
+
+    model: str = "runs/deeprelax/best.pt"
+    inputs: list[str] = field(default_factory=list)
+    out: str = "deeprelax_out"
+    batch_size: int = 16
+    solve: SolveConfig = field(default_factory=SolveConfig)
+    finish_with: Literal["none", "emt", "chgnet", "sevenn"] = "none"
+    fmax: float = 0.05
+    finish_steps: int = 500
+    finish_cell: bool = True
+    resume: bool = True
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, records: list[dict[str, Tensor]], transform: Callable[[dict], dict]) -> None:
+        self.records = records
+        self.transform = transform
+        self.ids = [str(int(r[K.STRUCTURE_ID])) for r in records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, k: int) -> dict[str, Tensor]:
+        return self.transform(self.records[k])
+
+
+def _split_indices(n: int, fractions: Sequence[float], seed: int) -> dict[str, list[int]]:
+    perm = np.random.default_rng(seed).permutation(n)
+    n_tr = round(fractions[0] * n)
+    n_va = round(fractions[1] * n)
+    return {
+        "train": sorted(perm[:n_tr].tolist()),
+        "val": sorted(perm[n_tr : n_tr + n_va].tolist()),
+        "test": sorted(perm[n_tr + n_va :].tolist()),
+        "all": list(range(n)),
+    }
+
+
+def read_db_pairs(path: str | Path) -> list[tuple[Any, Any]]:
+    """Pairs from an ASE db: rows with key-values ``pair_id`` (any) and ``relaxed`` (0 or 1).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a pair lacks one of its two rows.
+    """
+    import ase.db
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ASE db")
+    found: dict[str, dict[int, Any]] = {}
+    with ase.db.connect(str(path)) as db:
+        for row in db.select():
+            kv = row.key_value_pairs
+            if "pair_id" not in kv or "relaxed" not in kv:
+                raise ValueError(f"{path}: row {row.id} lacks the 'pair_id' and 'relaxed' key-values")
+            found.setdefault(str(kv["pair_id"]), {})[int(kv["relaxed"])] = row.toatoms()
+    pairs = []
+    for pid, d in sorted(found.items()):
+        if 0 not in d or 1 not in d:
+            raise ValueError(f"{path}: pair {pid!r} needs one row with relaxed=0 and one with relaxed=1")
+        pairs.append((d[0], d[1]))
+    if not pairs:
+        raise ValueError(f"{path}: no pairs")
+    return pairs
+
+
+_GENERATED: dict[tuple[int, int], list[dict[str, Tensor]]] = {}
+
+
+def load_dataset(data: DataConfig, split: str, model_cfg: ModelConfig) -> torch.utils.data.Dataset:
+    """The dataset of ``split`` with the DeepRelax graph transform applied."""
+    tf = DeepRelaxTransform(model_cfg.cutoff, model_cfg.max_neighbors, model_cfg.max_displace)
+    if data.layout in ("custom", "2dmd"):
+        from quintet.atomistic.datasets import RelaxPairDataset
+
+        return RelaxPairDataset(
+            data.root,
+            layout=data.layout,
+            split=None if split == "all" else split,
+            transform=tf,
+            fractions=data.fractions,
+            seed=data.seed,
+            defects=False,
+            cache_dir=data.cache_dir,
+            dtype=torch.float32,
+        )
+    if data.layout == "db":
+        records = pairs_to_records(read_db_pairs(data.root))
+    elif data.layout == "emt":
+        key = (data.num_emt, data.seed)
+        if key not in _GENERATED:
+            _GENERATED[key] = pairs_to_records(emt_pairs(data.num_emt, seed=data.seed, progress=True))
+        records = _GENERATED[key]
+    else:
+        raise ValueError(f"unknown data layout {data.layout!r}")
+    idx = _split_indices(len(records), data.fractions, data.seed)[split]
+    if not idx:
+        raise ValueError(f"split {split!r} of {data.layout} data is empty ({len(records)} pairs)")
+    return _ListDataset([records[i] for i in idx], tf)
+
+
+# -------------------------------------------------------------------------------------------- model
+
+
+def load_deeprelax(path: str | Path) -> tuple[DeepRelax, dict[str, Any]]:
+    """Rebuild a :class:`DeepRelax` from a model file; returns ``(model in eval mode, file dict)``.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not a DeepRelax model file.
+    """
+    d = load_model_file(path)
+    if MODEL_KEY not in d.get("extra", {}):
+        raise ValueError(f"{path}: not a DeepRelax model file (no {MODEL_KEY!r} in its metadata)")
+    cfg = from_dict(ModelConfig, dict(d["extra"][MODEL_KEY]))
+    model = DeepRelax(cfg)
+    model.load_state_dict(d["state_dict"])
+    model.eval()
+    return model, d
+
+
+def train(job: TrainJob) -> Path:
+    """Train DeepRelax; returns the path of the best model file (``<out>/best.pt``)."""
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(job, out / "config.yaml")
+    train_ds = load_dataset(job.data, "train", job.model)
+    val_ds = load_dataset(job.data, "val", job.model)
+    model = DeepRelax(job.model)
+    if job.init_from:
+        init, _ = load_deeprelax(job.init_from)
+        if asdict(init.cfg) != asdict(job.model):
+            raise ValueError(
+                f"{job.init_from}: its architecture {asdict(init.cfg)} differs from model={asdict(job.model)}"
+            )
+        model.load_state_dict(init.state_dict())
+    task = DeepRelaxTask(model, job.loss)
+    res = fit(
+        task, train_ds, val_ds, job.train, out, collate_fn=collate, extra={MODEL_KEY: model.config_dict()}
+    )
+    return res.best_path
+
+
+# --------------------------------------------------------------------------------------- evaluation
+
+
+def evaluate_model(
+    model: DeepRelax,
+    dataset: Any,
+    batch_size: int = 16,
+    solve: SolveConfig | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Errors of the one-shot relaxation next to the dummy baseline (the unrelaxed input).
+
+    Returns:
+        ``(summary, rows)``: the summary has ``coord_mae_A``, ``dummy_coord_mae_A``, ``cell_mae_A``,
+        ``dummy_cell_mae_A``, ``volume_mae_A3``, ``dummy_volume_mae_A3``, ``distance_mae_A``,
+        ``dummy_distance_mae_A``, their ratios, ``time_per_structure_s`` (forward + solve, batched),
+        ``uncertainty_spearman`` (per structure: mean σ vs coordinate MAE), ``distance_spearman``
+        (per edge: σ vs |error|) and ``coverage`` (fraction of relaxed distances inside mu ± σ);
+        one row per structure with its errors, uncertainty and residuals.
+    """
+    from tqdm.auto import tqdm
+
+    solve = solve or SolveConfig()
+    model.eval()
+    rows: list[dict[str, Any]] = []
+    sig_all, err_all = [], []
+    cov_n = cov_in = 0.0
+    t_total = 0.0
+    for s in tqdm(range(0, len(dataset), batch_size), desc="evaluate", disable=not progress):
+        recs = [dataset[k] for k in range(s, min(s + batch_size, len(dataset)))]
+        batch = collate(recs)
+        t0 = time.perf_counter()
+        res = relax_batch(model, batch, solve)
+        t_total += time.perf_counter() - t0
+        b = batch[K.BATCH]
+        nb = len(recs)
+        rel, unrel = batch[K.RELAXED_POSITIONS], batch[K.POSITIONS]
+        cell_r, cell_u = batch[K.RELAXED_CELL].reshape(-1, 3, 3), batch[K.CELL].reshape(-1, 3, 3)
+        coord = per_graph_mean((res["positions"] - rel).abs().mean(-1), b, nb)
+        dummy = per_graph_mean((unrel - rel).abs().mean(-1), b, nb)
+        cell_e = (res["cell"] - cell_r).abs().mean((-1, -2))
+        dcell_e = (cell_u - cell_r).abs().mean((-1, -2))
+        vol_e = (volume(res["cell"]) - volume(cell_r)).abs()
+        dvol_e = (volume(cell_u) - volume(cell_r)).abs()
+        ei, sh = res[K.EDGE_INDEX], res[K.EDGE_SHIFT]
+        _, y_r = targets(batch, ei, sh, res["deeprelax_displace"])
+        d_solved = edge_lengths(res["positions"], res["cell"], ei, sh, b)
+        d_unrel = edge_lengths(unrel, cell_u, ei, sh, b)
+        eg = b[ei[0]]
+        dist_e = per_graph_mean((d_solved - y_r).abs(), eg, nb)
+        ddist_e = per_graph_mean((d_unrel - y_r).abs(), eg, nb)
+        sig_all.append(res["sigma_relaxed"].numpy())
+        err_all.append((res["mu_relaxed"] - y_r).abs().numpy())
+        cov_in += coverage(res["mu_relaxed"], res["sigma_relaxed"], y_r) * len(y_r)
+        cov_n += len(y_r)
+        for g, r in enumerate(recs):
+            rows.append(
+                {
+                    "structure_id": int(r[K.STRUCTURE_ID]) if K.STRUCTURE_ID in r else s + g,
+                    "n_atoms": int(r[K.POSITIONS].shape[0]),
+                    "coord_mae_A": float(coord[g]),
+                    "dummy_coord_mae_A": float(dummy[g]),
+                    "cell_mae_A": float(cell_e[g]),
+                    "dummy_cell_mae_A": float(dcell_e[g]),
+                    "volume_err_A3": float(vol_e[g]),
+                    "dummy_volume_err_A3": float(dvol_e[g]),
+                    "distance_mae_A": float(dist_e[g]),
+                    "dummy_distance_mae_A": float(ddist_e[g]),
+                    "uncertainty_A": float(res["uncertainty"][g]),
+                    "displace_residual_A": float(res["displace_residual"][g]),
+                    "relaxed_residual_A": float(res["relaxed_residual"][g]),
+                }
+            )
+
+    def mean(key: str) -> float:
+        return float(np.mean([r[key] for r in rows]))
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b > 0 else float("nan")
+
+    summary: dict[str, float] = {"num_structures": float(len(rows))}
+    for key in ("coord_mae_A", "cell_mae_A", "distance_mae_A"):
+        summary[key] = mean(key)
+        summary["dummy_" + key] = mean("dummy_" + key)
+        summary[key.replace("_A", "_ratio_vs_dummy")] = ratio(summary[key], summary["dummy_" + key])
+    summary["volume_mae_A3"] = mean("volume_err_A3")
+    summary["dummy_volume_mae_A3"] = mean("dummy_volume_err_A3")
+    summary["time_per_structure_s"] = t_total / max(len(rows), 1)
+    summary["uncertainty_spearman"] = spearman(
+        [r["uncertainty_A"] for r in rows], [r["coord_mae_A"] for r in rows]
+    )
+    summary["distance_spearman"] = spearman(np.concatenate(sig_all), np.concatenate(err_all))
+    summary["coverage"] = cov_in / cov_n if cov_n else float("nan")
+    return summary, rows
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def evaluate(job: EvalJob) -> dict[str, float]:
+    """Evaluate a model file on a split; writes ``metrics.json``, ``per_structure.csv`` and the config."""
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(job, out / "config.yaml")
+    model, _ = load_deeprelax(job.model)
+    ds = load_dataset(job.data, job.split, model.cfg)
+    summary, rows = evaluate_model(model, ds, job.batch_size, job.solve)
+    atomic_save_json(out / "metrics.json", summary)
+    _write_csv(out / "per_structure.csv", rows)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ predict
+
+_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".extxyz")
+
+
+def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files.extend(
+                sorted(f for f in p.iterdir() if f.suffix.lower() in _SUFFIXES or f.name.upper() == "POSCAR")
+            )
+        elif p.is_file():
+            files.append(p)
+        else:
+            hits = sorted(Path(h) for h in glob.glob(item))
+            if not hits:
+                raise FileNotFoundError(f"{item}: no such file, folder or matching glob")
+            files.extend(h for h in hits if h.is_file())
+    if not files:
+        raise FileNotFoundError(f"no structure files (CIF/POSCAR/extxyz) found in {list(inputs)}")
+    return list(dict.fromkeys(files))
+
+
+def make_calculator(name: str) -> Any:
+    """An ASE calculator by name: ``emt``, ``chgnet`` (CHGNet 0.3.0) or ``sevenn`` (SevenNet-0), all offline."""
+    if name == "emt":
+        from ase.calculators.emt import EMT
+
+        return EMT()
+    if name == "chgnet":
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from chgnet.model import CHGNet, CHGNetCalculator
+
+            return CHGNetCalculator(CHGNet.load(verbose=False), use_device="cpu")
+    if name == "sevenn":
+        from sevenn.calculator import SevenNetCalculator
+
+        return SevenNetCalculator(model="7net-0", device="cpu")
+    raise ValueError(f"unknown calculator {name!r}; use emt, chgnet or sevenn")
+
+
+def relax_with(atoms: Any, calc: Any, fmax: float, steps: int, cell: bool) -> tuple[int, float, float]:
+    """Relax ``atoms`` in place with FIRE (cell too when ``cell`` and periodic); returns (steps, final fmax, s)."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    atoms.calc = calc
+    t0 = time.perf_counter()
+    mask = [bool(p) for p in atoms.pbc]
+    target = (
+        FrechetCellFilter(atoms, mask=[*mask, False, False, False] if not all(mask) else None)
+        if cell and any(mask)
+        else atoms
+    )
+    opt = FIRE(target, logfile=None)
+    opt.run(fmax=fmax, steps=steps)
+    f = target.get_forces()
+    return int(opt.nsteps), float(np.linalg.norm(f, axis=1).max()), time.perf_counter() - t0
+
+
+def _record_from_atoms(atoms: Any, source: str) -> dict[str, Tensor]:
+    from quintet.atomistic.structures import from_ase
+
+    rec = from_ase(atoms, dtype=torch.float32)
+    rec = {k: rec[k] for k in (K.POSITIONS, K.ATOMIC_NUMBERS, K.CELL, K.PBC)}
+    check_record(rec, source)
+    return rec
+
+
+def predict(job: PredictJob) -> Path:
+    """Relax every input structure; writes ``<out>/<name>_relaxed.cif`` and ``<out>/predictions.csv``.
+
+    Returns:
+        The CSV path.
+
+    Raises:
+        ValueError: the output folder holds an input file, or an input is invalid (named in the message).
+    """
+    from tqdm.auto import tqdm
+
+    from quintet.atomistic.structures import read_structures, to_ase, write_structure
+
+    out = Path(job.out)
+    files = _expand_inputs(job.inputs)
+    for f in files:
+        if f.resolve().parent == out.resolve():
+            raise ValueError(
+                f"output folder {out} contains the input {f}; choose another --out (inputs are never overwritten)"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(job, out / "config.yaml")
+    csv_path = out / "predictions.csv"
+    done: dict[str, dict[str, Any]] = {}
+    if job.resume and csv_path.is_file():
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                if (out / row["output"]).is_file():
+                    done[row["id"]] = row
+    items: list[tuple[str, Any]] = []
+    for f in files:
+        frames = read_structures(f)
+        for k, atoms in enumerate(frames):
+            sid = f.stem if len(frames) == 1 else f"{f.stem}_{k}"
+            items.append((sid, atoms))
+    ids = [i for i, _ in items]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        raise ValueError(f"several inputs share the name(s) {sorted(dup)[:5]}; outputs would collide")
+    todo = [(i, a) for i, a in items if i not in done]
+    model, _ = load_deeprelax(job.model)
+    calc = make_calculator(job.finish_with) if job.finish_with != "none" else None
+    rows = list(done.values())
+    bar = tqdm(total=len(todo), desc="deeprelax predict", unit="structure")
+    for s in range(0, len(todo), job.batch_size):
+        chunk = todo[s : s + job.batch_size]
+        recs = [_record_from_atoms(a, sid) for sid, a in chunk]
+        batch = collate(recs)
+        t0 = time.perf_counter()
+        res = relax_batch(model, batch, job.solve)
+        dt = (time.perf_counter() - t0) / len(chunk)
+        starts = np.concatenate([[0], np.cumsum([len(r[K.POSITIONS]) for r in recs])])
+        for g, ((sid, atoms), rec) in enumerate(zip(chunk, recs, strict=True)):
+            pred = dict(rec)
+            pred[K.POSITIONS] = res["positions"][starts[g] : starts[g + 1]]
+            pred[K.CELL] = res["cell"][g]
+            new = to_ase(pred)
+            row: dict[str, Any] = {
+                "id": sid,
+                "n_atoms": len(new),
+                "uncertainty_A": round(float(res["uncertainty"][g]), 6),
+                "max_atom_uncertainty_A": round(
+                    float(res["atom_uncertainty"][starts[g] : starts[g + 1]].max()), 6
+                ),
+                "displace_residual_A": round(float(res["displace_residual"][g]), 6),
+                "relaxed_residual_A": round(float(res["relaxed_residual"][g]), 6),
+                "time_s": round(dt, 6),
+            }
+            if calc is not None:
+                n_steps, fmax, ft = relax_with(new, calc, job.fmax, job.finish_steps, job.finish_cell)
+                new.calc = None
+                row.update(
+                    {"finish_steps": n_steps, "finish_fmax": round(fmax, 5), "finish_time_s": round(ft, 3)}
+                )
+            name = f"{sid}_relaxed.cif"
+            write_structure(out / name, new)
+            row["output"] = name
+            rows.append(row)
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        _write_csv(csv_path, [{k: r.get(k, "") for k in keys} for r in rows])
+        bar.update(len(chunk))
+    bar.close()
+    if not rows:
+        _write_csv(csv_path, [])
+    return csv_path
