@@ -512,7 +512,7 @@ def predict(job: PredictJob) -> Path:
         res = relax_batch(model, batch, job.solve)
         dt = (time.perf_counter() - t0) / len(chunk)
         starts = np.concatenate([[0], np.cumsum([len(r[K.POSITIONS]) for r in recs])])
-        for g, ((sid, atoms), rec) in enumerate(zip(chunk, recs, strict=True)):
+        for g, ((sid, _atoms), rec) in enumerate(zip(chunk, recs, strict=True)):
             pred = dict(rec)
             pred[K.POSITIONS] = res["positions"][starts[g] : starts[g + 1]]
             pred[K.CELL] = res["cell"][g]
