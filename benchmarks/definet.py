@@ -1,0 +1,396 @@
+"""DefiNet vs DeepRelax vs the dummy (unrelaxed) baseline on the CHGNet-relaxed 2D defect sets.
+
+One run, side by side, on ``../shared/data/materials/defects2d/{MoS2,WSe2,MoSe2,hBN}``:
+
+1. DefiNet and DeepRelax trained on the pooled training splits of all four hosts with the same
+   wall-clock budget (the trainer's ``max_time_s``), same seed, same records;
+2. per host and pooled, on the test splits: coordinate MAE and local MAE within 3/4/5/6 Å of a
+   defect for both models and the dummy; inference time per structure (graph + forward (+ solve));
+3. leave-one-host-out: DefiNet trained without MoSe2, tested on every MoSe2 pair;
+4. the CHGNet oracle (FIRE, positions only, fmax 0.05 eV/Å) started from each prediction and from
+   the unrelaxed input on a subset of test structures: steps and seconds.
+
+Writes ``benchmarks/results/definet.json`` and ``definet_{hosts,local,steps}.png``. Training runs
+live in ``benchmarks/work/definet/`` (git-ignored) and resume after a kill. CPU only, one thread::
+
+    nice -n 10 .venv/bin/python benchmarks/definet.py            # about 30 min on 1 core
+    .venv/bin/python benchmarks/definet.py --quick                # smoke test, ~3 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from quintet.atomistic import keys as K
+from quintet.atomistic.batch import collate
+from quintet.definet.model import DefiNet, DefiNetConfig
+from quintet.definet.predict import _atoms_from, _dataset_ids, _record_metrics, predict_batches
+from quintet.definet.run import DataConfig, load_definet, load_pairs
+from quintet.definet.task import DefiNetTask
+from quintet.io import atomic_save_json
+from quintet.train import TrainConfig, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+RADII = (3.0, 4.0, 5.0, 6.0)
+HELD_OUT = "MoSe2"
+
+
+def _train_cfg(budget_s: float, seed: int, monitor: str = "val/coord_mae") -> TrainConfig:
+    return TrainConfig(
+        max_epochs=10_000,
+        max_time_s=budget_s,
+        steps_per_epoch=60,
+        batch_size=8,
+        lr=1e-3,
+        grad_clip=150.0,
+        ema_decay=0.999,
+        ema_warmup=True,
+        plateau_patience=4,
+        early_stop_patience=None,
+        monitor=monitor,
+        seed=seed,
+        progress=False,
+    )
+
+
+def train_definet(
+    data: DataConfig, cfg: DefiNetConfig, budget_s: float, out: Path, exclude: list[str], seed: int
+):
+    train_ds = load_pairs(data, "train", cfg, exclude=exclude)
+    val_ds = load_pairs(data, "val", cfg, exclude=exclude)
+    torch.manual_seed(seed)
+    task = DefiNetTask(DefiNet(cfg))
+    t0 = time.perf_counter()
+    res = fit(
+        task, train_ds, val_ds, _train_cfg(budget_s, seed), out, collate_fn=collate, extra=task.export_extra()
+    )
+    model, _ = load_definet(res.best_path)
+    return model, {
+        "epochs": len(res.history),
+        "steps": res.history[-1]["step"],
+        "seconds": time.perf_counter() - t0,
+        "best_val_coord_mae": res.best_metric,
+        "train_pairs": len(train_ds),
+        "params": model.num_parameters(),
+    }
+
+
+class _Swap(torch.utils.data.Dataset):
+    """The same records with another transform (DeepRelax's graph instead of DefiNet's)."""
+
+    def __init__(self, ds: Any, transform: Any) -> None:
+        self.ds, self.transform = ds, transform
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        return self.transform(self.ds[k])
+
+
+def train_deeprelax(
+    data: DataConfig, budget_s: float, out: Path, seed: int, hidden: int, layers: int, num_rbf: int
+):
+    from quintet.deeprelax.data import DeepRelaxTransform
+    from quintet.deeprelax.jobs import MODEL_KEY, load_deeprelax
+    from quintet.deeprelax.model import DeepRelax, ModelConfig
+    from quintet.deeprelax.task import DeepRelaxTask, LossConfig
+
+    mcfg = ModelConfig(hidden=hidden, num_layers=layers, num_rbf=num_rbf, relax_cell=False)
+    tf = DeepRelaxTransform(mcfg.cutoff, mcfg.max_neighbors, mcfg.max_displace)
+    train_ds = _Swap(load_pairs(data, "train", None), tf)
+    val_ds = _Swap(load_pairs(data, "val", None), tf)
+    torch.manual_seed(seed)
+    model = DeepRelax(mcfg)
+    task = DeepRelaxTask(model, LossConfig())
+    t0 = time.perf_counter()
+    res = fit(
+        task,
+        train_ds,
+        val_ds,
+        _train_cfg(budget_s, seed),
+        out,
+        collate_fn=collate,
+        extra={MODEL_KEY: model.config_dict()},
+    )
+    model, _ = load_deeprelax(res.best_path)
+    return (
+        model,
+        tf,
+        {
+            "epochs": len(res.history),
+            "steps": res.history[-1]["step"],
+            "seconds": time.perf_counter() - t0,
+            "best_val_coord_mae": res.best_metric,
+            "params": sum(p.numel() for p in model.parameters()),
+        },
+    )
+
+
+@torch.no_grad()
+def deeprelax_predict(model: Any, tf: Any, records: list[dict[str, torch.Tensor]], batch_size: int = 8):
+    """DeepRelax positions for DefiNet records (placeholders dropped by its transform, re-appended here)."""
+    from quintet.deeprelax.relax import relax_batch
+
+    preds, seconds = [], 0.0
+    for s in range(0, len(records), batch_size):
+        chunk = records[s : s + batch_size]
+        t0 = time.perf_counter()
+        batch = collate([tf(dict(r)) for r in chunk])
+        pos = relax_batch(model, batch)["positions"].double().numpy()
+        seconds += time.perf_counter() - t0
+        off = 0
+        for r in chunk:
+            real = (r[K.DEFECT] != 2).numpy()
+            n = int(real.sum())
+            full = r[K.POSITIONS].double().numpy().copy()
+            full[real] = pos[off : off + n]
+            preds.append(full)
+            off += n
+    return preds, seconds
+
+
+def _mean(rows: list[dict[str, float]], key: str) -> float:
+    vals = [r[key] for r in rows if not math.isnan(r[key])]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def summarize(rows: list[dict[str, float]]) -> dict[str, Any]:
+    out = {
+        "structures": len(rows),
+        "coord_mae_A": _mean(rows, "coord_mae"),
+        "dummy_coord_mae_A": _mean(rows, "dummy_coord_mae"),
+    }
+    out["ratio_vs_dummy"] = out["coord_mae_A"] / out["dummy_coord_mae_A"]
+    out["local_mae_A"] = {f"{r:g}": _mean(rows, f"local_mae_{r:g}") for r in RADII}
+    out["dummy_local_mae_A"] = {f"{r:g}": _mean(rows, f"dummy_local_mae_{r:g}") for r in RADII}
+    return out
+
+
+def oracle_steps(
+    records, ids, preds: dict[str, list[np.ndarray]], n: int, fmax: float = 0.05
+) -> dict[str, Any]:
+    """CHGNet FIRE from each method's prediction and from the unrelaxed input on ``n`` structures."""
+    from tqdm.auto import tqdm
+
+    from quintet.atomistic.oracle import get_calculator, relax
+
+    calc = get_calculator("chgnet")
+    # round-robin over hosts so every host is represented
+    by_host: dict[str, list[int]] = {}
+    for k, i in enumerate(ids):
+        by_host.setdefault(i.split("_")[0], []).append(k)
+    order = [
+        ks[j] for j in range(max(len(v) for v in by_host.values())) for ks in by_host.values() if j < len(ks)
+    ][:n]
+    rows = []
+    for k in tqdm(order, desc="CHGNet finish", unit="structure"):
+        rec = records[k]
+        real = (rec[K.DEFECT] != 2).numpy()
+        z = rec[K.ATOMIC_NUMBERS].numpy()[real]
+        cell, pbc = rec[K.CELL].double().numpy(), rec[K.PBC].numpy()
+        row: dict[str, Any] = {"id": ids[k]}
+        starts = {"unrelaxed": rec[K.POSITIONS].double().numpy(), **{m: p[k] for m, p in preds.items()}}
+        for name, pos in starts.items():
+            res = relax(_atoms_from(z, pos[real], cell, pbc), calc, fmax=fmax, max_steps=400)
+            row[f"{name}_steps"] = res.steps
+            row[f"{name}_s"] = res.seconds
+            row[f"{name}_e_initial"] = res.e_initial
+        rows.append(row)
+    out: dict[str, Any] = {"structures": len(rows), "rows": rows}
+    for name in ["unrelaxed", *preds]:
+        out[f"median_{name}_steps"] = float(np.median([r[f"{name}_steps"] for r in rows]))
+        out[f"mean_{name}_steps"] = float(np.mean([r[f"{name}_steps"] for r in rows]))
+        out[f"mean_{name}_s"] = float(np.mean([r[f"{name}_s"] for r in rows]))
+    return out
+
+
+def plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    hosts = list(result["per_host"])
+    x = np.arange(len(hosts))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for j, (name, key) in enumerate([("dummy", "dummy"), ("DeepRelax", "deeprelax"), ("DefiNet", "definet")]):
+        vals = [
+            result["per_host"][h][key]["coord_mae_A"]
+            if key != "dummy"
+            else result["per_host"][h]["definet"]["dummy_coord_mae_A"]
+            for h in hosts
+        ]
+        ax.bar(x + (j - 1) * 0.27, vals, 0.27, label=name)
+    ax.set_xticks(x, [h + (" (held out)" if h.endswith("held out") else "") for h in hosts], fontsize=8)
+    ax.set_ylabel("coordinate MAE (Å)")
+    ax.set_title("test-split coordinate MAE per host (lower is better)")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out_dir / "definet_hosts.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    pooled = result["pooled"]
+    for name, key, style in [
+        ("dummy", "dummy_local_mae_A", "k--"),
+        ("DeepRelax", "deeprelax", "s-"),
+        ("DefiNet", "definet", "o-"),
+    ]:
+        d = pooled["definet"][key] if key.startswith("dummy") else pooled[key]["local_mae_A"]
+        ax.plot([float(r) for r in d], list(d.values()), style, label=name)
+    ax.set_xlabel("radius around defects (Å)")
+    ax.set_ylabel("local coordinate MAE (Å)")
+    ax.set_title("errors near defects (pooled test)")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out_dir / "definet_local.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    if result.get("oracle"):
+        rows = result["oracle"]["rows"]
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        names = [("unrelaxed", "unrelaxed input"), ("deeprelax", "DeepRelax"), ("definet", "DefiNet")]
+        ax.boxplot([[r[f"{n}_steps"] for r in rows] for n, _ in names], tick_labels=[t for _, t in names])
+        ax.set_ylabel("CHGNet FIRE steps to fmax 0.05 eV/Å")
+        ax.set_title(f"oracle steps from each start ({len(rows)} test structures)")
+        fig.tight_layout()
+        paths.append(out_dir / "definet_steps.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "materials" / "defects2d"))
+    ap.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "definet"))
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--budget", type=float, default=540.0, help="training seconds per model (pooled)")
+    ap.add_argument("--loho-budget", type=float, default=360.0, help="training seconds, leave-one-host-out")
+    ap.add_argument("--oracle-n", type=int, default=12, help="test structures relaxed by CHGNet")
+    ap.add_argument("--hidden", type=int, default=48)
+    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--num-rbf", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="tiny budgets (smoke test)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if args.quick:
+        args.budget, args.loho_budget, args.oracle_n = 30.0, 20.0, 2
+    work, results = Path(args.work), Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    data = DataConfig(root=args.data, cache_dir=str(work / "cache"))
+    cfg = DefiNetConfig(hidden=args.hidden, num_layers=args.layers, num_rbf=args.num_rbf)
+    t_start = time.perf_counter()
+
+    print("== DefiNet, all hosts")
+    definet, info_def = train_definet(data, cfg, args.budget, work / "definet_all", [], args.seed)
+    print("== DeepRelax, all hosts (same records, same budget)")
+    deeprelax, dr_tf, info_dr = train_deeprelax(
+        data, args.budget, work / "deeprelax_all", args.seed, args.hidden, args.layers, args.num_rbf
+    )
+    print(f"== DefiNet without {HELD_OUT}")
+    definet_loho, info_loho = train_definet(
+        data, cfg, args.loho_budget, work / f"definet_no_{HELD_OUT}", [HELD_OUT], args.seed
+    )
+
+    test = load_pairs(data, "test", None)
+    ids = _dataset_ids(test)
+    records = [test[k] for k in range(len(test))]
+    p_def, s_def = predict_batches(definet, records, 8)
+    p_dr, s_dr = deeprelax_predict(deeprelax, dr_tf, records, 8)
+    rows = {
+        "definet": [_record_metrics(r, p, RADII) for r, p in zip(records, p_def, strict=True)],
+        "deeprelax": [_record_metrics(r, p, RADII) for r, p in zip(records, p_dr, strict=True)],
+    }
+    hosts = sorted({i.split("_")[0] for i in ids})
+    per_host = {}
+    for h in hosts:
+        sel = [k for k, i in enumerate(ids) if i.split("_")[0] == h]
+        per_host[h] = {m: summarize([rows[m][k] for k in sel]) for m in rows}
+    pooled = {m: summarize(rows[m]) for m in rows}
+
+    held = load_pairs(data, None, None, hosts=[HELD_OUT])
+    held_recs = [held[k] for k in range(len(held))]
+    p_loho, _ = predict_batches(definet_loho, held_recs, 8)
+    loho = summarize([_record_metrics(r, p, RADII) for r, p in zip(held_recs, p_loho, strict=True)])
+    p_seen, _ = predict_batches(definet, held_recs, 8)
+    seen_same = summarize([_record_metrics(r, p, RADII) for r, p in zip(held_recs, p_seen, strict=True)])
+
+    oracle = (
+        oracle_steps(records, ids, {"definet": p_def, "deeprelax": p_dr}, args.oracle_n)
+        if args.oracle_n
+        else None
+    )
+    n = len(records)
+    t_def, t_dr = s_def / n, s_dr / n
+    result: dict[str, Any] = {
+        "benchmark": "definet",
+        "data": "defects2d (CHGNet-relaxed 2D point defects: MoS2, MoSe2, WSe2, hBN); test splits 10% per host",
+        "device": f"CPU, 1 thread ({platform.processor() or platform.machine()}), shared machine",
+        "definet_config": dataclasses.asdict(cfg),
+        "train_budget_s": args.budget,
+        "training": {"definet": info_def, "deeprelax": info_dr, f"definet_without_{HELD_OUT}": info_loho},
+        "coord_mae_A": pooled["definet"]["coord_mae_A"],
+        "dummy_coord_mae_A": pooled["definet"]["dummy_coord_mae_A"],
+        "deeprelax_coord_mae_A": pooled["deeprelax"]["coord_mae_A"],
+        "coord_mae_ratio_vs_dummy": pooled["definet"]["ratio_vs_dummy"],
+        "coord_mae_ratio_vs_deeprelax": pooled["definet"]["coord_mae_A"] / pooled["deeprelax"]["coord_mae_A"],
+        "deeprelax_ratio_vs_dummy": pooled["deeprelax"]["ratio_vs_dummy"],
+        "heldout_host": HELD_OUT,
+        "heldout_host_ratio_vs_dummy": loho["ratio_vs_dummy"],
+        "heldout_host_coord_mae_A": loho["coord_mae_A"],
+        "heldout_host_seen_model_ratio_vs_dummy": seen_same["ratio_vs_dummy"],
+        "inference_s_per_structure": {"definet": t_def, "deeprelax": t_dr},
+        "pooled": pooled,
+        "per_host": per_host,
+        "leave_one_host_out": {
+            "trained_without": HELD_OUT,
+            "tested_on_all_pairs": loho,
+            "model_that_saw_it": seen_same,
+        },
+    }
+    if oracle is not None:
+        result.update(
+            median_finish_steps=oracle["median_definet_steps"],
+            median_deeprelax_finish_steps=oracle["median_deeprelax_steps"],
+            median_unrelaxed_steps=oracle["median_unrelaxed_steps"],
+            finish_steps_ratio_vs_unrelaxed=oracle["median_definet_steps"]
+            / max(oracle["median_unrelaxed_steps"], 1.0),
+            oracle_s_per_structure=oracle["mean_unrelaxed_s"],
+            speedup_vs_oracle=oracle["mean_unrelaxed_s"] / t_def,
+            oracle=oracle,
+        )
+    result["targets"] = {
+        "coord_mae_ratio_vs_dummy<=0.30": result["coord_mae_ratio_vs_dummy"] <= 0.30,
+        "heldout_ratio_vs_dummy<=0.5": result["heldout_host_ratio_vs_dummy"] <= 0.5,
+        "better_than_deeprelax": result["coord_mae_ratio_vs_deeprelax"] < 1.0,
+    }
+    if oracle is not None:
+        result["targets"]["median_finish_steps<=3"] = result["median_finish_steps"] <= 3
+        result["targets"]["finish_steps<=0.25x_unrelaxed"] = result["finish_steps_ratio_vs_unrelaxed"] <= 0.25
+    result["wall_s"] = time.perf_counter() - t_start
+    name = "definet_quick" if args.quick else "definet"
+    atomic_save_json(results / f"{name}.json", result)
+    if not args.quick:
+        plots(result, results)
+    print({k: v for k, v in result.items() if not isinstance(v, dict)})
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    main()
