@@ -514,7 +514,7 @@ def load_clients(path: str | Path) -> tuple[list[ClientData], dict[str, int]]:
 def synthetic_community_graph(
     num_groups: int = 2,
     clients_per_group: int = 2,
-    nodes_per_client: int = 120,
+    nodes_per_client: int = 100,
     num_classes: int = 4,
     num_features: int = 16,
     p_in: float = 0.08,
@@ -525,46 +525,46 @@ def synthetic_community_graph(
     """A small graph whose communities disagree on what the features mean (concept shift).
 
     Every community is one client's subgraph. Clients of one *group* share a random class→feature-mean map;
-    different groups use different maps, and labels are homophilous inside a community. A single averaged
-    model (FedAvg) must compromise between groups, while a personalised method that mixes only with its
-    own group can fit its map. Returns the graph and the natural partition (one community per client).
+    different groups use different maps. Each client sees mostly two classes (label skew, as METIS
+    communities do) and labels are homophilous inside a community. A single averaged model (FedAvg) must
+    compromise between the groups' maps, while personalised methods can fit their own. Returns the graph
+    and the natural partition (one community per client).
     """
     gen = torch.Generator().manual_seed(seed)
     k = num_groups * clients_per_group
     n = k * nodes_per_client
-    means = [torch.randn(num_classes, num_features, generator=gen) * 2.0 for _ in range(num_groups)]
+    means = [torch.randn(num_classes, num_features, generator=gen) * 1.5 for _ in range(num_groups)]
     xs, ys, parts, edges = [], [], [], []
     for c in range(k):
         grp = c // clients_per_group
         base = c * nodes_per_client
-        y = torch.randint(0, num_classes, (nodes_per_client,), generator=gen)
+        major = torch.randperm(num_classes, generator=gen)[:2]
+        y = torch.where(
+            torch.rand(nodes_per_client, generator=gen) < 0.8,
+            major[torch.randint(0, 2, (nodes_per_client,), generator=gen)],
+            torch.randint(0, num_classes, (nodes_per_client,), generator=gen),
+        )
         x = means[grp][y] + noise * torch.randn(nodes_per_client, num_features, generator=gen)
         xs.append(x)
         ys.append(y)
         parts.append(torch.arange(base, base + nodes_per_client))
         same = (y[:, None] == y[None, :]).float()
         prob = p_in * (0.2 + 1.6 * same)
-        a = torch.rand(nodes_per_client, nodes_per_client, generator=gen) < prob
-        a = torch.triu(a, 1)
+        a = torch.triu(torch.rand(nodes_per_client, nodes_per_client, generator=gen) < prob, 1)
         i, j = a.nonzero(as_tuple=True)
         edges.append(torch.stack([i + base, j + base]))
-        # a ring keeps each community connected
-        ring = torch.arange(nodes_per_client)
+        ring = torch.arange(nodes_per_client)  # keeps each community connected
         edges.append(torch.stack([ring + base, (ring + 1) % nodes_per_client + base]))
-    cross = torch.rand(n, n, generator=gen) < p_out
-    cross = torch.triu(cross, 1)
+    cross = torch.triu(torch.rand(n, n, generator=gen) < p_out, 1)
     i, j = cross.nonzero(as_tuple=True)
     edges.append(torch.stack([i, j]))
     ei = _symmetrise(torch.cat(edges, 1), n)
-    x = torch.cat(xs).clamp(min=0)  # non-negative like bag-of-words, so row-normalisation is meaningful
-    g = Graph(x=x, edge_index=ei, y=torch.cat(ys), name=f"synthetic{seed}")
-    return g, parts
+    return Graph(x=torch.cat(xs), edge_index=ei, y=torch.cat(ys), name=f"synthetic{seed}"), parts
 
 
 def synthetic_clients(seed: int = 0, **kwargs: int | float) -> tuple[list[ClientData], dict[str, int]]:
-    """Clients of :func:`synthetic_community_graph` with a seeded 20/40/40 split (no LCC step)."""
+    """Clients of :func:`synthetic_community_graph` with a seeded 20/40/40 split (raw Gaussian features)."""
     g, parts = synthetic_community_graph(seed=seed, **kwargs)  # type: ignore[arg-type]
-    g.x = normalize_features(g.x)
     masks = random_split(g.num_nodes, seed)
     clients = make_clients(g, parts, masks)
     return clients, {
