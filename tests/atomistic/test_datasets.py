@@ -362,3 +362,44 @@ def test_trajectory_split_and_bad_npz(tmp_path: Path) -> None:
     np.savez(tmp_path / "nan.npz", R=np.full((1, 2, 3), np.nan), z=np.array([1, 1]))
     with pytest.raises(ValueError, match=r"nan\.npz \(frame 0\): non-finite"):
         TrajectoryDataset(tmp_path / "nan.npz")
+
+
+# ---- integration: the generated data sets in ../shared/data/materials ----------------------------
+
+
+@pytest.mark.integration
+def test_shared_defects2d_labels_and_dummy_mae(shared_data: Path, tmp_path: Path) -> None:
+    root = shared_data / "materials" / "defects2d"
+    readme_mae = {"MoS2": 0.013, "MoSe2": 0.010, "WSe2": 0.014, "hBN": 0.011}
+    for host, mae_ref in readme_mae.items():
+        ds = RelaxPairDataset(root / host, layout="2dmd", split_dir=tmp_path / host, dtype=torch.float64)
+        maes = []
+        for k, pid in enumerate(ds.ids):
+            rec = ds[k]
+            tags = ds.meta[pid]["defects"].split(";")
+            assert int((rec[K.DEFECT] == 2).sum()) == sum(t.startswith("vac_") for t in tags), pid
+            assert int((rec[K.DEFECT] == 1).sum()) == sum(t.startswith("sub_") for t in tags), pid
+            real = rec[K.DEFECT] != 2
+            maes.append(float((rec[K.RELAXED_POSITIONS][real] - rec[K.POSITIONS][real]).abs().mean()))
+        assert np.mean(maes) == pytest.approx(mae_ref, abs=0.003), host
+    train = RelaxPairDataset(root, layout="2dmd", split="train", split_dir=tmp_path / "all")
+    test = RelaxPairDataset(root, layout="2dmd", split="test", split_dir=tmp_path / "all")
+    assert len(train) + len(test) < 836 and not set(train.ids) & set(test.ids)
+    assert set(test.groups) == {"MoS2", "MoSe2", "WSe2", "hBN"}
+
+
+@pytest.mark.integration
+def test_shared_bulk_oxides_and_md(shared_data: Path, tmp_path: Path) -> None:
+    ds = RelaxPairDataset(shared_data / "materials" / "bulk_oxides", split_dir=tmp_path, dtype=torch.float64)
+    assert len(ds) == 50
+    maes = []
+    for k, pid in enumerate(ds.ids):
+        rec = ds[k]
+        vol = float(torch.linalg.det(rec[K.RELAXED_CELL]).abs())
+        assert vol == pytest.approx(float(ds.meta[pid]["vol_relaxed"]), rel=1e-3)
+        maes.append(float((rec[K.RELAXED_POSITIONS] - rec[K.POSITIONS]).abs().mean()))
+    assert np.mean(maes) == pytest.approx(0.17, abs=0.03)
+    md = TrajectoryDataset(
+        shared_data / "materials" / "md_xtb" / "ethanol_500K.extxyz", split="val", split_dir=tmp_path / "md"
+    )
+    assert len(md) == 500 and md[0][K.FORCES].shape == (9, 3) and md[0][K.PBC].tolist() == [False] * 3
