@@ -237,6 +237,7 @@ class _TaskModule(pl.LightningModule):
         self._t0 = time.monotonic()
         self._steps_at_start = state.step
         self.interrupted = False
+        self._ddp_flags: tuple[bool, bool] | None = None
 
     # ----------------------------------------------------------------- data
     def train_dataloader(self) -> DataLoader:
@@ -345,6 +346,21 @@ class _TaskModule(pl.LightningModule):
         if reason:
             self.run_state.stop_reason = reason
             self.trainer.should_stop = True
+
+    def on_validation_start(self) -> None:
+        # Validation must not talk to the other ranks through DDP: shards may hold different numbers
+        # of batches, and with grad_in_eval the reducer would wait for a backward that never comes.
+        ddp = self.trainer.strategy.model
+        if isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+            self._ddp_flags = (ddp.require_backward_grad_sync, ddp.require_forward_param_sync)
+            ddp.require_backward_grad_sync = False
+            ddp.require_forward_param_sync = False
+
+    def on_validation_end(self) -> None:
+        ddp = self.trainer.strategy.model
+        if isinstance(ddp, torch.nn.parallel.DistributedDataParallel) and self._ddp_flags is not None:
+            ddp.require_backward_grad_sync = self._ddp_flags[0]
+            self._ddp_flags = None
 
     def on_validation_epoch_start(self) -> None:
         self._val_acc = _Accumulator()
