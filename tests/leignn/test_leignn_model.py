@@ -25,7 +25,9 @@ RECORDS = example_records()
 def tiny(variant: str = "leignn", forces: str = "direct") -> LEIGNN:
     torch.manual_seed(0)
     cfg = LEIGNNModelConfig(hidden=16, num_layers=2, num_rbf=8, cutoff=4.0, variant=variant, forces=forces)  # type: ignore[arg-type]
-    return LEIGNN(cfg).double().eval()
+    model = LEIGNN(cfg).double().eval()
+    torch.nn.init.normal_(model.energy_head.net[-1].weight)  # zero-initialised: make the energy non-trivial
+    return model
 
 
 @pytest.mark.parametrize("variant", ["leignn", "vanilla", "vanilla_nmu"])

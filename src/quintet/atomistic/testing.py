@@ -60,6 +60,12 @@ def _close(a: Tensor, b: Tensor, what: str, atol: float, rtol: float) -> None:
         raise AssertionError(f"{what}: max abs error {err:.3e} > tolerance {tol:.3e}")
 
 
+def _not_vacuous(out: Mapping[str, Tensor], names: Sequence[str], what: str) -> None:
+    for k in names:
+        if out[k].numel() and float(out[k].abs().max()) < 1e-10:
+            raise AssertionError(f"{what}: output {k!r} is identically zero, so the check would prove nothing")
+
+
 def _run(fn: ModelFn, records: Records) -> dict[str, Tensor]:
     out = fn(collate([dict(r) for r in records]))
     return {k: v.detach() for k, v in out.items()}
@@ -104,6 +110,7 @@ def assert_rotation_equivariant(
     """Outputs transform correctly when positions and cell rotate by a random rotation R."""
     rot = random_rotation(seed)
     ref = _run(fn, records)
+    _not_vacuous(ref, (*vectors, *positions, *tensors), "rotation")
     out = _run(fn, _transform(records, rot=rot))
     for k in invariant:
         _close(out[k], ref[k], f"rotation: invariant output {k!r}", atol, rtol)
@@ -222,6 +229,7 @@ def assert_forces_match_fd(
     """Forces equal −∂E/∂r by central finite differences on random atom components (use float64)."""
     rec = dict(record)
     forces = _run(fn, [rec])[forces_key]
+    _not_vacuous({forces_key: forces}, (forces_key,), "forces vs FD")
     g = torch.Generator().manual_seed(seed + 3)
     n = rec[K.POSITIONS].shape[0]
     for _ in range(n_checks):

@@ -90,7 +90,7 @@ class LEIGNN(nn.Module):
             update="painn" if cfg.variant == "vanilla" else "gated",
             global_node=cfg.variant == "leignn",
         )
-        self.energy_head = ScalarReadout(cfg.hidden, 1)
+        self.energy_head = ScalarReadout(cfg.hidden, 1, zero_init=True)
         self.force_head = VectorReadout(cfg.hidden, 1) if cfg.forces == "direct" else None
         self.normalisation = EnergyNormalisation(cfg.num_elements, cfg.energy_reference)
 

@@ -258,15 +258,22 @@ class VectorActivation(nn.Module):
 
 
 class ScalarReadout(nn.Module):
-    """Atom-wise MLP H → H/2 → ``out`` on scalar features."""
+    """Atom-wise MLP H → H/2 → ``out`` on scalar features.
 
-    def __init__(self, hidden: int, out: int = 1) -> None:
+    ``zero_init`` starts the last layer at zero, so an energy head initially predicts exactly the
+    fitted reference energies instead of a random offset of tens of eV.
+    """
+
+    def __init__(self, hidden: int, out: int = 1, zero_init: bool = False) -> None:
         super().__init__()
         self.net = mlp(hidden, max(hidden // 2, 1), out)
+        self.zero_init = zero_init
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         _xavier(self)
+        if self.zero_init:
+            nn.init.zeros_(self.net[-1].weight)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, H) → (N, out)."""

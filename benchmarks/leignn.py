@@ -1,0 +1,418 @@
+"""LEIGNN benchmark: accuracy at equal training time, MD speed, scaling and NVE drift — one run.
+
+    .venv/bin/python benchmarks/leignn.py            # full run (~80 min on 2 CPU cores)
+    .venv/bin/python benchmarks/leignn.py --quick    # smoke test (~3 min)
+
+1. Accuracy on GFN2-xTB aspirin (../shared/data/materials/md_xtb; MD17 protocol 1000/500/rest,
+   seed 0): LEIGNN (direct and conservative forces), vanilla, vanilla+NMU, PyG SchNet and PyG
+   ViSNet, each trained by the same trainer for the same wall-clock budget, same split, same loss
+   (L1, 1·E + 50·F), same per-element energy reference.
+2. MD speed: ASE velocity-Verlet steps/s through each model's calculator on periodic fcc Cu cells
+   (~1,000 and ~10,000 atoms; 5 Å cutoff, 32 neighbours for every model), plus CHGNet at ~1,000
+   atoms; LEIGNN's time per step from ~100 to ~10,000 atoms gives the scaling exponent.
+3. NVE energy drift on ethanol (2.5 ps, 0.5 fs) with conservative and with direct forces.
+
+Every stage caches its results under benchmarks/work/leignn, so an interrupted run resumes.
+Writes benchmarks/results/leignn.json and leignn_{curves,parity,speed,nve}.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("QUINTET_SHARED_DATA", ROOT.parent / "shared" / "data")) / "materials" / "md_xtb"
+WORK = ROOT / "benchmarks" / "work" / "leignn"
+RESULTS = ROOT / "benchmarks" / "results"
+
+from quintet.atomistic import keys as K  # noqa: E402
+from quintet.atomistic.calculator import ModelCalculator  # noqa: E402
+from quintet.io import atomic_open, atomic_save_json, load_json  # noqa: E402
+from quintet.leignn.model import LEIGNN, LEIGNNModelConfig  # noqa: E402
+from quintet.leignn.peers import PeerConfig, PeerPotential  # noqa: E402
+from quintet.leignn.run import DataConfig, load_splits, parity_plot, predict_errors  # noqa: E402
+from quintet.leignn.task import LossConfig, PotentialTask  # noqa: E402
+from quintet.train import TrainConfig, fit, load_model_file  # noqa: E402
+
+MODELS: dict[str, Any] = {
+    "leignn_direct": lambda: LEIGNN(LEIGNNModelConfig(forces="direct", max_neighbors=32)),
+    "leignn_conservative": lambda: LEIGNN(LEIGNNModelConfig(forces="conservative", max_neighbors=32)),
+    "vanilla": lambda: LEIGNN(LEIGNNModelConfig(variant="vanilla", forces="direct", max_neighbors=32)),
+    "vanilla_nmu": lambda: LEIGNN(
+        LEIGNNModelConfig(variant="vanilla_nmu", forces="direct", max_neighbors=32)
+    ),
+    "schnet": lambda: PeerPotential(PeerConfig(kind="schnet")),
+    "visnet": lambda: PeerPotential(PeerConfig(kind="visnet")),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def train_and_test(name: str, data: DataConfig, budget_s: float, work: Path, quick: bool) -> dict[str, Any]:
+    """Train ``name`` for ``budget_s`` seconds of wall-clock and measure test errors (cached)."""
+    out = work / name
+    res_path = out / "test.json"
+    if res_path.is_file():
+        return load_json(res_path)
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    splits = load_splits(data, model.config.cutoff, model.config.max_neighbors, torch.float32)
+    task = PotentialTask(model, LossConfig(energy_weight=1.0, force_weight=50.0))
+    cfg = TrainConfig(
+        max_epochs=100_000,
+        max_time_s=budget_s,
+        batch_size=32,
+        lr=5e-4,
+        ema_decay=0.999,
+        plateau_patience=5,
+        min_lr=5e-5,
+        early_stop_patience=None,
+        monitor="val/force_mae_meV_A",
+        progress=False,
+        seed=0,
+    )
+    log(
+        f"train {name} ({n_params(model) / 1e6:.2f} M params) for {budget_s:.0f} s, load {os.getloadavg()[0]:.1f}"
+    )
+    result = fit(
+        task,
+        splits["train"],
+        splits["val"],
+        cfg,
+        out,
+        collate_fn=__import__("quintet.atomistic.batch", fromlist=["collate"]).collate,
+    )
+    model.load_state_dict(load_model_file(result.best_path)["state_dict"])
+    test = splits["test"]
+    if quick:
+        test = torch.utils.data.Subset(test, list(range(min(200, len(test)))))
+    metrics, arrays = predict_errors(model, test, 64, desc=f"test {name}")
+    np.savez(out / "parity.npz", *arrays)
+    history = [dict(r) for r in result.history]
+    res = {
+        **metrics,
+        "params": n_params(model),
+        "epochs": len(history),
+        "steps": int(history[-1].get("step", 0)) if history else 0,
+        "load_avg_start": os.getloadavg()[0],
+        "curve": [
+            {
+                "time_s": float(r.get("time_s", 0)),
+                "val_force_mae": float(r.get("val/force_mae_meV_A", np.nan)),
+            }
+            for r in history
+        ],
+    }
+    atomic_save_json(res_path, res)
+    log(
+        f"{name}: force MAE {metrics['force_mae_meV_A']:.1f} meV/Å, energy MAE {metrics['energy_mae_meV_atom']:.2f} meV/atom"
+    )
+    return res
+
+
+def cu_cell(n_target: int) -> Any:
+    from ase.build import bulk
+
+    reps = max(1, round((n_target / 4) ** (1 / 3)))
+    dims = [reps, reps, reps]
+    k = 0
+    while 4 * np.prod(dims) < 0.9 * n_target:
+        dims[k % 3] += 1
+        k += 1
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(tuple(dims))
+    atoms.rattle(0.05, seed=0)
+    return atoms
+
+
+def time_md(calc: Any, n_atoms: int, steps: int) -> float:
+    """Seconds per velocity-Verlet step (after one warm-up step)."""
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = cu_cell(n_atoms)
+    atoms.calc = calc
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    dyn.run(1)
+    t0 = time.perf_counter()
+    dyn.run(steps)
+    return (time.perf_counter() - t0) / steps
+
+
+def md_speed(quick: bool) -> dict[str, Any]:
+    path = WORK / ("speed_quick.json" if quick else "speed.json")
+    if path.is_file():
+        return load_json(path)
+    sizes = [108, 256, 500] if quick else [108, 256, 500, 1000, 2048, 4000, 10000]
+    big = [256, 500] if quick else [1000, 10000]
+    out: dict[str, Any] = {"sizes": {}, "at": {}}
+    torch.manual_seed(0)
+    calcs = {}
+    for name in ("leignn_direct", "leignn_conservative", "schnet", "visnet"):
+        model = MODELS[name]().eval()
+        model.fit_normalisation([{K.ATOMIC_NUMBERS: torch.tensor([29]), K.ENERGY: torch.tensor(-3.5)}])
+        calcs[name] = ModelCalculator(model, stress=False, check=model.check_elements)
+    for n in sizes:
+        steps = 5 if n <= 1000 else 2
+        s = time_md(calcs["leignn_direct"], n, steps)
+        out["sizes"][str(len(cu_cell(n)))] = {"leignn_direct": s}
+        log(f"LEIGNN direct, {len(cu_cell(n))} atoms: {s * 1000:.1f} ms/step")
+    for n in big:
+        na = len(cu_cell(n))
+        row: dict[str, float] = {}
+        for name, calc in calcs.items():
+            steps = 3 if na <= 1000 else 1
+            try:
+                row[name] = time_md(calc, n, steps)
+            except RuntimeError as exc:  # out of memory on this machine
+                row[name] = float("nan")
+                log(f"{name} at {na} atoms failed: {exc}")
+            log(f"{name}, {na} atoms: {row[name] * 1000:.1f} ms/step")
+        out["at"][str(na)] = row
+    try:
+        from chgnet.model.dynamics import CHGNetCalculator
+
+        chg = CHGNetCalculator(use_device="cpu")
+        n = big[0]
+        s = time_md(chg, n, 2)
+        out["at"][str(len(cu_cell(n)))]["chgnet"] = s
+        log(f"CHGNet, {len(cu_cell(n))} atoms: {s * 1000:.1f} ms/step")
+    except ImportError as exc:
+        log(f"CHGNet not available: {exc}")
+    xs = np.array([int(k) for k in out["sizes"]], dtype=float)
+    ys = np.array([v["leignn_direct"] for v in out["sizes"].values()])
+    fit_from = xs >= 500 if (xs >= 500).sum() >= 3 else xs > 0
+    out["scaling_exponent"] = float(np.polyfit(np.log(xs[fit_from]), np.log(ys[fit_from]), 1)[0])
+    out["scaling_fit_sizes"] = xs[fit_from].astype(int).tolist()
+    atomic_save_json(path, out)
+    return out
+
+
+def nve_drift(data: DataConfig, budget_s: float, quick: bool) -> dict[str, Any]:
+    from quintet.atomistic.md import MDConfig, run_md
+    from quintet.atomistic.structures import read_structures
+
+    path = WORK / ("nve_quick.json" if quick else "nve.json")
+    if path.is_file():
+        return load_json(path)
+    out: dict[str, Any] = {}
+    frames = read_structures(data.path, index="-1:")
+    for forces in ("conservative", "direct"):
+        name = f"ethanol_{forces}"
+        MODELS[name] = lambda f=forces: LEIGNN(LEIGNNModelConfig(forces=f))  # type: ignore[misc]
+        res = train_and_test(name, data, budget_s, WORK / "nve_models", quick)
+        model = MODELS[name]()
+        model.load_state_dict(load_model_file(WORK / "nve_models" / name / "best.pt")["state_dict"])
+        calc = ModelCalculator(model.double(), stress=False, check=model.check_elements)
+        atoms = frames[0].copy()
+        steps = 500 if quick else 5000
+        md = run_md(
+            atoms,
+            calc,
+            MDConfig(
+                ensemble="nve",
+                temperature_K=500,
+                timestep_fs=0.5,
+                steps=steps,
+                write_every=20,
+                out=str(WORK / f"nve_{forces}"),
+            ),
+            progress=False,
+        )
+        out[forces] = {
+            "drift_meV_atom_ps": md.energy_drift_meV_atom_ps,
+            "stopped_early": md.stopped_early,
+            "reason": md.reason,
+            "steps": md.steps_done,
+            "force_mae_meV_A": res["force_mae_meV_A"],
+        }
+        log(f"NVE {forces}: drift {md.energy_drift_meV_atom_ps} meV/atom/ps ({md.reason})")
+    atomic_save_json(path, out)
+    return out
+
+
+def plots(acc: dict[str, Any], speed: dict[str, Any], nve: dict[str, Any], work: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in acc.items():
+        c = [p for p in r["curve"] if np.isfinite(p["val_force_mae"])]
+        ax.plot([p["time_s"] / 60 for p in c], [p["val_force_mae"] for p in c], label=name)
+    ax.set_xlabel("training time (min)")
+    ax.set_ylabel("validation force MAE (meV/Å)")
+    ax.set_yscale("log")
+    ax.set_title("aspirin (GFN2-xTB), equal wall-clock budget")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_open(RESULTS / "leignn_curves.png", "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
+    files.append("leignn_curves.png")
+    for name in acc:
+        z = np.load(work / name / "parity.npz")
+        parity_plot(work / name / "parity.png", *(z[f"arr_{k}"] for k in range(4)))
+    fig, axes = plt.subplots(1, len(acc), figsize=(3 * len(acc), 3))
+    for ax, name in zip(np.atleast_1d(axes), acc, strict=False):
+        z = np.load(work / name / "parity.npz")
+        ft, fp = z["arr_2"], z["arr_3"]
+        ax.scatter(ft, fp, s=1, alpha=0.2)
+        lim = [float(ft.min()), float(ft.max())]
+        ax.plot(lim, lim, "k--", lw=0.8)
+        ax.set_title(f"{name}\nMAE {acc[name]['force_mae_meV_A']:.0f} meV/Å", fontsize=8)
+        ax.set_xlabel("xTB force (eV/Å)", fontsize=8)
+    fig.tight_layout()
+    with atomic_open(RESULTS / "leignn_parity.png", "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    plt.close(fig)
+    files.append("leignn_parity.png")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [int(k) for k in speed["sizes"]]
+    ax.loglog(xs, [v["leignn_direct"] * 1000 for v in speed["sizes"].values()], "o-", label="LEIGNN direct")
+    for name in ("leignn_conservative", "schnet", "visnet", "chgnet"):
+        pts = [
+            (int(n), row[name] * 1000)
+            for n, row in speed["at"].items()
+            if name in row and np.isfinite(row[name])
+        ]
+        if pts:
+            ax.loglog(*zip(*pts, strict=True), "s--", label=name)
+    ax.set_xlabel("atoms (periodic fcc Cu)")
+    ax.set_ylabel("ms per MD step")
+    ax.set_title(f"MD speed; LEIGNN exponent {speed['scaling_exponent']:.2f}")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_open(RESULTS / "leignn_speed.png", "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
+    files.append("leignn_speed.png")
+    if nve:
+        import csv
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for forces in nve:
+            with open(WORK / f"nve_{forces}" / "thermo.csv", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+            t = [float(r["time_fs"]) / 1000 for r in rows]
+            e = np.array([float(r["E_tot_eV"]) for r in rows])
+            ax.plot(t, (e - e[0]) * 1000 / 9, label=f"{forces} forces")
+        ax.set_xlabel("time (ps)")
+        ax.set_ylabel("E_tot − E_tot(0) (meV/atom)")
+        ax.set_title("NVE ethanol, 0.5 fs")
+        ax.legend()
+        fig.tight_layout()
+        with atomic_open(RESULTS / "leignn_nve.png", "wb") as fh:
+            fig.savefig(fh, format="png", dpi=110)
+        plt.close(fig)
+        files.append("leignn_nve.png")
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget-s", type=float, default=600.0, help="training wall-clock per model (aspirin)")
+    ap.add_argument("--nve-budget-s", type=float, default=300.0, help="training wall-clock per ethanol model")
+    ap.add_argument("--quick", action="store_true", help="tiny budgets and sizes (smoke test)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not DATA.is_dir():
+        print(f"data not found at {DATA} (set QUINTET_SHARED_DATA)", file=sys.stderr)
+        return 2
+    global WORK
+    if args.quick:
+        WORK = WORK / "quick"
+        args.budget_s, args.nve_budget_s = 20.0, 15.0
+    WORK.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    aspirin = DataConfig(
+        path=str(DATA / "aspirin_500K.extxyz"),
+        n_train=1000,
+        n_val=500,
+        seed=0,
+        split_dir=str(WORK / "splits_aspirin"),
+    )
+    ethanol = DataConfig(
+        path=str(DATA / "ethanol_500K.extxyz"),
+        n_train=1000,
+        n_val=500,
+        seed=0,
+        split_dir=str(WORK / "splits_ethanol"),
+    )
+    acc = {
+        name: train_and_test(name, aspirin, args.budget_s, WORK / "acc", args.quick) for name in list(MODELS)
+    }
+    speed = md_speed(args.quick)
+    nve = nve_drift(ethanol, args.nve_budget_s, args.quick)
+    ref_at = min(speed["at"], key=lambda k: abs(int(k) - 1000))
+    row = speed["at"][ref_at]
+    fm = {k: v["force_mae_meV_A"] for k, v in acc.items()}
+    best_leignn = min(fm["leignn_direct"], fm["leignn_conservative"])
+    result = {
+        "dataset": "aspirin GFN2-xTB 500 K, 1000 train / 500 val / 3500 test, seed 0",
+        "budget_s_per_model": args.budget_s,
+        "threads": args.threads,
+        "force_mae_meV_A": fm,
+        "energy_mae_meV_atom": {k: v["energy_mae_meV_atom"] for k, v in acc.items()},
+        "params": {k: v["params"] for k, v in acc.items()},
+        "epochs": {k: v["epochs"] for k, v in acc.items()},
+        "steps": {k: v["steps"] for k, v in acc.items()},
+        "force_mae_ratio_vs_schnet": best_leignn / fm["schnet"],
+        "force_mae_ratio_vs_visnet": best_leignn / fm["visnet"],
+        "force_mae_ratio_vs_schnet_by_mode": {
+            m: fm[f"leignn_{m}"] / fm["schnet"] for m in ("direct", "conservative")
+        },
+        "force_mae_ratio_vs_visnet_by_mode": {
+            m: fm[f"leignn_{m}"] / fm["visnet"] for m in ("direct", "conservative")
+        },
+        "md_seconds_per_step": speed["at"],
+        "md_atoms_reference": int(ref_at),
+        "md_speed_ratio_vs_visnet": row["visnet"] / row["leignn_direct"],
+        "md_speed_ratio_vs_visnet_conservative": row["visnet"] / row["leignn_conservative"],
+        "md_speed_ratio_vs_schnet": row["schnet"] / row["leignn_direct"],
+        "md_speed_ratio_vs_chgnet": row.get("chgnet", float("nan")) / row["leignn_direct"],
+        "md_speed_ratio_vs_chgnet_conservative": row.get("chgnet", float("nan")) / row["leignn_conservative"],
+        "scaling_exponent": speed["scaling_exponent"],
+        "scaling_seconds_per_step": speed["sizes"],
+        "nve_drift_meV_atom_ps": {k: v["drift_meV_atom_ps"] for k, v in nve.items()},
+        "nve": nve,
+        "quick": args.quick,
+        "wall_s": time.perf_counter() - t0,
+    }
+    result["plots"] = plots(acc, speed, nve, WORK / "acc")
+    out = RESULTS / ("leignn_quick.json" if args.quick else "leignn.json")
+    atomic_save_json(out, result)
+    print(
+        json.dumps(
+            {
+                k: v
+                for k, v in result.items()
+                if "ratio" in k or k in ("scaling_exponent", "nve_drift_meV_atom_ps")
+            },
+            indent=1,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
