@@ -3,7 +3,8 @@
 One run, side by side, on ``../shared/data/materials/defects2d/{MoS2,WSe2,MoSe2,hBN}``:
 
 1. DefiNet and DeepRelax trained on the pooled training splits of all four hosts with the same
-   wall-clock budget (the trainer's ``max_time_s``), same seed, same records;
+   budget (the same number of optimizer steps at batch 8, capped in wall-clock time), same seed,
+   same records;
 2. per host and pooled, on the test splits: coordinate MAE and local MAE within 3/4/5/6 Å of a
    defect for both models and the dummy; inference time per structure (graph + forward (+ solve));
 3. leave-one-host-out: DefiNet trained without MoSe2, tested on every MoSe2 pair;
@@ -45,10 +46,12 @@ RADII = (3.0, 4.0, 5.0, 6.0)
 HELD_OUT = "MoSe2"
 
 
-def _train_cfg(budget_s: float, seed: int, monitor: str = "val/coord_mae") -> TrainConfig:
+def _train_cfg(budget: tuple[int, float], seed: int, monitor: str = "val/coord_mae") -> TrainConfig:
+    steps, cap_s = budget
     return TrainConfig(
         max_epochs=10_000,
-        max_time_s=budget_s,
+        max_steps=steps,
+        max_time_s=cap_s,
         steps_per_epoch=60,
         batch_size=8,
         lr=1e-3,
@@ -64,7 +67,7 @@ def _train_cfg(budget_s: float, seed: int, monitor: str = "val/coord_mae") -> Tr
 
 
 def train_definet(
-    data: DataConfig, cfg: DefiNetConfig, budget_s: float, out: Path, exclude: list[str], seed: int
+    data: DataConfig, cfg: DefiNetConfig, budget: tuple[int, float], out: Path, exclude: list[str], seed: int
 ):
     train_ds = load_pairs(data, "train", cfg, exclude=exclude)
     val_ds = load_pairs(data, "val", cfg, exclude=exclude)
@@ -72,7 +75,7 @@ def train_definet(
     task = DefiNetTask(DefiNet(cfg))
     t0 = time.perf_counter()
     res = fit(
-        task, train_ds, val_ds, _train_cfg(budget_s, seed), out, collate_fn=collate, extra=task.export_extra()
+        task, train_ds, val_ds, _train_cfg(budget, seed), out, collate_fn=collate, extra=task.export_extra()
     )
     model, _ = load_definet(res.best_path)
     return model, {
@@ -99,7 +102,7 @@ class _Swap(torch.utils.data.Dataset):
 
 
 def train_deeprelax(
-    data: DataConfig, budget_s: float, out: Path, seed: int, hidden: int, layers: int, num_rbf: int
+    data: DataConfig, budget: tuple[int, float], out: Path, seed: int, hidden: int, layers: int, num_rbf: int
 ):
     from quintet.deeprelax.data import DeepRelaxTransform
     from quintet.deeprelax.jobs import MODEL_KEY, load_deeprelax
@@ -118,7 +121,7 @@ def train_deeprelax(
         task,
         train_ds,
         val_ds,
-        _train_cfg(budget_s, seed),
+        _train_cfg(budget, seed),
         out,
         collate_fn=collate,
         extra={MODEL_KEY: model.config_dict()},
@@ -279,8 +282,9 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "materials" / "defects2d"))
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "definet"))
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--budget", type=float, default=540.0, help="training seconds per model (pooled)")
-    ap.add_argument("--loho-budget", type=float, default=360.0, help="training seconds, leave-one-host-out")
+    ap.add_argument("--steps", type=int, default=1200, help="optimizer steps per model (pooled), batch 8")
+    ap.add_argument("--loho-steps", type=int, default=900, help="optimizer steps, leave-one-host-out")
+    ap.add_argument("--time-cap", type=float, default=900.0, help="wall-clock cap per training run, s")
     ap.add_argument("--oracle-n", type=int, default=12, help="test structures relaxed by CHGNet")
     ap.add_argument("--hidden", type=int, default=48)
     ap.add_argument("--layers", type=int, default=3)
@@ -290,7 +294,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.quick:
-        args.budget, args.loho_budget, args.oracle_n = 30.0, 20.0, 2
+        args.steps, args.loho_steps, args.oracle_n = 20, 10, 2
     work, results = Path(args.work), Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     data = DataConfig(root=args.data, cache_dir=str(work / "cache"))
@@ -298,14 +302,16 @@ def main() -> None:
     t_start = time.perf_counter()
 
     print("== DefiNet, all hosts")
-    definet, info_def = train_definet(data, cfg, args.budget, work / "definet_all", [], args.seed)
+    definet, info_def = train_definet(
+        data, cfg, (args.steps, args.time_cap), work / "definet_all", [], args.seed
+    )
     print("== DeepRelax, all hosts (same records, same budget)")
     deeprelax, dr_tf, info_dr = train_deeprelax(
-        data, args.budget, work / "deeprelax_all", args.seed, args.hidden, args.layers, args.num_rbf
+        data, (args.steps, args.time_cap), work / "deeprelax_all", args.seed, args.hidden, args.layers, args.num_rbf
     )
     print(f"== DefiNet without {HELD_OUT}")
     definet_loho, info_loho = train_definet(
-        data, cfg, args.loho_budget, work / f"definet_no_{HELD_OUT}", [HELD_OUT], args.seed
+        data, cfg, (args.loho_steps, args.time_cap), work / f"definet_no_{HELD_OUT}", [HELD_OUT], args.seed
     )
 
     test = load_pairs(data, "test", None)
@@ -343,7 +349,12 @@ def main() -> None:
         "data": "defects2d (CHGNet-relaxed 2D point defects: MoS2, MoSe2, WSe2, hBN); test splits 10% per host",
         "device": f"CPU, 1 thread ({platform.processor() or platform.machine()}), shared machine",
         "definet_config": dataclasses.asdict(cfg),
-        "train_budget_s": args.budget,
+        "train_budget": {
+            "steps": args.steps,
+            "batch_size": 8,
+            "time_cap_s": args.time_cap,
+            "loho_steps": args.loho_steps,
+        },
         "training": {"definet": info_def, "deeprelax": info_dr, f"definet_without_{HELD_OUT}": info_loho},
         "coord_mae_A": pooled["definet"]["coord_mae_A"],
         "dummy_coord_mae_A": pooled["definet"]["dummy_coord_mae_A"],
