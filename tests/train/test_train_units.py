@@ -203,3 +203,16 @@ def test_ddp_settings_reach_the_lightning_trainer(tmp_path):
     assert trainer.num_sanity_val_steps == 0
     assert trainer_kwargs(TrainConfig(grad_clip=0.0))["gradient_clip_val"] is None
     assert trainer_kwargs(TrainConfig(num_nodes=4))["num_nodes"] == 4
+
+
+def test_epoch_means_are_weighted_per_metric():
+    from quintet.train.loop import _Accumulator
+    from quintet.train.task import StepOutput
+
+    acc = _Accumulator()
+    acc.add(StepOutput(torch.tensor(1.0), {"a": torch.tensor(10.0)}, batch_size=3))
+    acc.add(StepOutput(torch.tensor(3.0), {}, batch_size=1))  # "a" only in the first batch
+    means = acc.reduce(None, "val")
+    assert means == {"val/loss": pytest.approx((1.0 * 3 + 3.0 * 1) / 4), "val/a": pytest.approx(10.0)}
+    with pytest.raises(ValueError, match="'b' must be a scalar"):
+        acc.add(StepOutput(torch.tensor(1.0), {"b": torch.ones(2)}, batch_size=1))

@@ -143,11 +143,14 @@ class _WorkerInit:
 
 
 class _Accumulator:
-    """Batch-size-weighted sums of scalar metrics over an epoch (reduced over DDP ranks)."""
+    """Batch-size-weighted sums of scalar metrics over an epoch (reduced over DDP ranks).
+
+    Each metric has its own weight, so a metric reported by only some steps is averaged over those.
+    """
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.weight: float = 0.0
+        self.weights: dict[str, float] = {}
 
     def add(self, out: StepOutput) -> None:
         w = float(out.batch_size)
@@ -159,21 +162,32 @@ class _Accumulator:
             dtype = torch.float32 if v.device.type == "mps" else torch.float64
             v = v.reshape(()).to(dtype) * w
             self.sums[k] = self.sums[k] + v if k in self.sums else v
-        self.weight += w
+            self.weights[k] = self.weights.get(k, 0.0) + w
 
     def reduce(self, strategy: Any, prefix: str) -> dict[str, float]:
-        if not self.sums:
-            return {}
+        """Weighted means ``{f"{prefix}/{name}": value}``; every DDP rank must call this (even with
+        no batches) because the sums travel in one collective."""
         names = sorted(self.sums)
-        vec = torch.stack(
-            [self.sums[k] for k in names] + [torch.as_tensor(self.weight).to(self.sums[names[0]])]
-        )
-        vec = strategy.reduce(vec, reduce_op="sum") if strategy is not None else vec
-        vec = vec.cpu().tolist()
-        total = vec[-1]
+        distributed = strategy is not None and getattr(strategy, "world_size", 1) > 1
+        if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[list[str] | None] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, names)
+            names = sorted({n for g in gathered for n in (g or [])})
+        if not names:
+            return {}
+        device = strategy.root_device if strategy is not None else torch.device("cpu")
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        zero = torch.zeros((), dtype=dtype, device=device)
+        sums = [self.sums[k].to(device, dtype) if k in self.sums else zero for k in names]
+        weights = [torch.as_tensor(self.weights.get(k, 0.0), dtype=dtype, device=device) for k in names]
+        vec = torch.stack(sums + weights)
+        if distributed:
+            vec = strategy.reduce(vec, reduce_op="sum")
+        vals = vec.cpu().tolist()
+        n = len(names)
         return {
-            f"{prefix}/{k}": (v / total if total > 0 else float("nan"))
-            for k, v in zip(names, vec, strict=False)
+            f"{prefix}/{k}": (vals[i] / vals[n + i] if vals[n + i] > 0 else float("nan"))
+            for i, k in enumerate(names)
         }
 
 
@@ -264,6 +278,11 @@ class _TaskModule(pl.LightningModule):
     def val_dataloader(self) -> DataLoader | list:
         if self.val_dataset is None:
             return []
+        if len(self.val_dataset) < self.trainer.world_size:
+            raise ValueError(
+                f"the validation set has {len(self.val_dataset)} samples, fewer than the "
+                f"{self.trainer.world_size} processes: every process needs at least one"
+            )
         sampler = ShardSampler(len(self.val_dataset), self.trainer.global_rank, self.trainer.world_size)
         return DataLoader(
             self.val_dataset,
