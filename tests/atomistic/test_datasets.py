@@ -209,13 +209,17 @@ def test_transform_applied(tmp_path: Path) -> None:
     _custom_pairs(tmp_path, n=2)
 
     def tf(rec: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {**rec, K.POSITIONS: rec[K.POSITIONS] + 1.0}
+        rec[K.POSITIONS] += 1.0  # in place, on purpose
+        return rec
 
     plain = RelaxPairDataset(tmp_path)
     moved = RelaxPairDataset(tmp_path, transform=tf)
     assert torch.allclose(moved[0][K.POSITIONS], plain[0][K.POSITIONS] + 1.0)
-    # the cached arrays are not modified by a transform
+    # the cached arrays are not modified by an in-place transform
     assert torch.allclose(moved[0][K.POSITIONS], plain[0][K.POSITIONS] + 1.0)
+    frames = TrajectoryDataset(_write_frames(tmp_path / "t.extxyz"), transform=tf)
+    first = frames[0][K.POSITIONS].clone()
+    assert torch.equal(frames[0][K.POSITIONS], first)
 
 
 def test_parsed_once_and_disk_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -319,6 +323,11 @@ def _frames(n: int = 6) -> list[Atoms]:
         a.get_potential_energy()
         out.append(a)
     return out
+
+
+def _write_frames(path: Path) -> Path:
+    write_structure(path, _frames(2))
+    return path
 
 
 def test_trajectory_formats_agree(tmp_path: Path) -> None:

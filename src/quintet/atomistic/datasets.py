@@ -461,7 +461,7 @@ class TrajectoryDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> Record:
-        rec = dict(self.records[i])
+        rec = {k: v.clone() for k, v in self.records[i].items()}  # in-place transforms leave the data intact
         return self.transform(rec) if self.transform is not None else rec
 
 
@@ -776,7 +776,7 @@ class RelaxPairDataset(Dataset):
         rec: Record = {}
         for key, v in arrays.items():
             t = torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
-            rec[key] = t.to(self.dtype) if t.is_floating_point() else t.clone()
+            rec[key] = t.to(self.dtype, copy=True) if t.is_floating_point() else t.clone()
         rec[K.STRUCTURE_ID] = torch.tensor(k, dtype=torch.long)
         return self.transform(rec) if self.transform is not None else rec
 
