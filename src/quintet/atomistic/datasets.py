@@ -169,12 +169,15 @@ def label_defects(unrelaxed: Any, pristine: Any, tol: float = 0.1, source: str =
         )
     f_u = _frac(np.asarray(unrelaxed.positions, dtype=float), cell_p, pbc)
     f_p = _frac(np.asarray(pristine.positions, dtype=float), cell_p, pbc)
-    diff = f_u[:, None, :] - f_p[None, :, :]
-    diff[..., pbc] -= np.round(diff[..., pbc])
     full = _frac_basis(cell_p, pbc)
-    dist = np.linalg.norm(diff @ full, axis=-1)  # (N, P)
-    site = np.argmin(dist, axis=1)
-    dmin = dist[np.arange(len(site)), site]
+    site = np.empty(len(f_u), dtype=np.int64)
+    dmin = np.empty(len(f_u))
+    for start in range(0, len(f_u), 512):  # chunks keep memory bounded for large supercells
+        diff = f_u[start : start + 512, None, :] - f_p[None, :, :]
+        diff[..., pbc] -= np.round(diff[..., pbc])
+        dist = np.linalg.norm(diff @ full, axis=-1)  # (chunk, P), minimum image
+        site[start : start + 512] = np.argmin(dist, axis=1)
+        dmin[start : start + 512] = dist.min(axis=1)
     far = np.flatnonzero(dmin > tol)
     if len(far):
         a = int(far[0])
