@@ -255,3 +255,13 @@ def test_resume_is_exact_with_workers_and_random_augmentation(tiny, data, tmp_pa
         tmp_path / "o",
     )
     assert other.history[0]["train/loss"] != ref.history[0]["train/loss"]  # the seed matters
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tiny, data, tmp_path):
+    train, val = data
+    fit(tiny.RegressionTask(tiny.make_net()), train, val, tiny.config(max_epochs=1), tmp_path)
+    other = torch.nn.Sequential(torch.nn.Linear(4, 7), torch.nn.Linear(7, 1))
+    with pytest.raises(ValueError, match=r"last\.ckpt holds another model.*resume=False"):
+        fit(tiny.RegressionTask(other), train, val, tiny.config(max_epochs=2), tmp_path)
+    res = fit(tiny.RegressionTask(other), train, val, tiny.config(max_epochs=1), tmp_path, resume=False)
+    assert res.stop_reason == "max_epochs"

@@ -39,6 +39,11 @@ def ema_update_(shadow: list[torch.Tensor], params: list[torch.Tensor], decay: f
     )
 
 
+def _shadow_copy(p: torch.Tensor) -> torch.Tensor:
+    t = p.detach().clone()
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 class ExponentialMovingAverage:
     """EMA of the trainable parameters of ``module`` (a shadow copy, same names as ``named_parameters``).
 
@@ -56,7 +61,8 @@ class ExponentialMovingAverage:
         self.num_updates = 0
         self.names = [n for n, p in module.named_parameters() if p.requires_grad]
         params = dict(module.named_parameters())
-        self.shadow = {n: params[n].detach().clone() for n in self.names}
+        # half-precision weights are averaged in float32: 0.001 * update vanishes in bf16/fp16
+        self.shadow = {n: _shadow_copy(params[n]) for n in self.names}
         self._backup: dict[str, torch.Tensor] | None = None
 
     def _params(self, module: nn.Module) -> list[torch.Tensor]:

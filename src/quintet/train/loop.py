@@ -23,6 +23,7 @@ import dataclasses
 import io
 import logging
 import math
+import os
 import random
 import time
 import warnings
@@ -314,7 +315,14 @@ class _TaskModule(pl.LightningModule):
         )
         if self.resume_state is not None:
             ck = self.resume_state
-            self.task.load_state_dict(ck["task_state"])
+            try:
+                self.task.load_state_dict(ck["task_state"])
+            except RuntimeError as exc:
+                detail = " ".join(str(exc).split())[:300]
+                raise ValueError(
+                    f"{self.out_dir / LAST_NAME} holds another model's weights ({detail}); "
+                    "use another out_dir or resume=False to start over"
+                ) from exc
             opt.load_state_dict(ck["optimizer"])
             self.scheduler.load_state_dict(ck["scheduler"])
             if self.ema_cb is not None and self.ema_cb.ema is not None:
@@ -578,6 +586,14 @@ def _result(out_dir: Path, st: _RunState) -> FitResult:
     )
 
 
+def _env_rank() -> int:
+    """This process's global rank as launchers announce it (0 before any launch)."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 def _limits_reached(cfg: TrainConfig, st: _RunState) -> str:
     if st.stop_reason in ("early_stop", "non_finite"):
         return st.stop_reason
@@ -644,6 +660,9 @@ def fit(
 
     state, ckpt = _RunState(), None
     last = out_dir / LAST_NAME
+    if not resume and _env_rank() == 0:  # start over: never let a later resume pick up the old run
+        for name in (LAST_NAME, BEST_NAME, HISTORY_NAME):
+            (out_dir / name).unlink(missing_ok=True)
     if resume and last.is_file():
         ckpt = load_checkpoint(last)
         state = _RunState.from_dict(ckpt["run"])
