@@ -114,7 +114,12 @@ def run_cell(dataset: str, k: int, method: str, seed: int) -> dict:
     if path.is_file():
         return load_json(path)
     clients, info = build_clients(
-        dataset, "metis", k, 1234, data_root=DATA_ROOT, cache_dir=ROOT / "benchmarks" / "work" / "fedaux_cache"
+        dataset,
+        "metis",
+        k,
+        1234,
+        data_root=DATA_ROOT,
+        cache_dir=ROOT / "benchmarks" / "work" / "fedaux_cache",
     )
     algo = algo_for(method, dataset, k)
     res = simulate(
@@ -143,12 +148,14 @@ def run_cell(dataset: str, k: int, method: str, seed: int) -> dict:
 def flower_check(rounds: int = 3) -> dict:
     """Run FedAux on Cora-5 with Flower's simulation engine and in-process; compare per-round accuracies."""
     from quintet.fedaux.flower import FlowerConfig, flower_simulate
-
     from quintet.fedaux.simulate import DataConfig
 
     cfg = FlowerConfig(
         data=DataConfig(
-            dataset="cora", root=DATA_ROOT, num_clients=5, cache_dir=str(ROOT / "benchmarks" / "work" / "fedaux_cache")
+            dataset="cora",
+            root=DATA_ROOT,
+            num_clients=5,
+            cache_dir=str(ROOT / "benchmarks" / "work" / "fedaux_cache"),
         ),
         algo=AlgoConfig(name="fedaux", hidden=64),
         rounds=rounds,
@@ -286,15 +293,16 @@ def main() -> int:
     if args.flower_check:
         print(flower_check())
     if not args.report_only and not args.flower_check:
-        for ds in args.datasets.split(","):
-            for k in map(int, args.clients.split(",")):
-                for seed in SEEDS:
+        # seed-major order: after the first third every cell has one seed, so a cut-short run is still useful
+        for seed in SEEDS:
+            for ds in args.datasets.split(","):
+                for k in map(int, args.clients.split(",")):
                     for m in args.methods.split(","):
                         cell = run_cell(ds, k, m, seed)
                         print(
                             f"{ds}-{k} {m} seed {seed}: {cell['test_at_best_val']:.2f} ({cell['seconds']:.0f} s)"
                         )
-                report()
+                    report()
     out = report()
     for ds in DATASETS:
         for k in CLIENTS:
