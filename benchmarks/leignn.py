@@ -79,6 +79,7 @@ def train_and_test(name: str, data: DataConfig, budget_s: float, work: Path, qui
         batch_size=32,
         lr=5e-4,
         ema_decay=0.999,
+        ema_warmup=True,
         plateau_patience=5,
         min_lr=5e-5,
         early_stop_patience=None,

@@ -52,7 +52,13 @@ class DataConfig:
 
 def _train_defaults() -> TrainConfig:
     return TrainConfig(
-        lr=5e-4, batch_size=32, max_epochs=300, steps_per_epoch=None, grad_clip=100.0, min_lr=5e-5
+        lr=5e-4,
+        batch_size=32,
+        max_epochs=300,
+        steps_per_epoch=None,
+        grad_clip=100.0,
+        min_lr=5e-5,
+        ema_warmup=True,
     )
 
 
