@@ -14,7 +14,7 @@ One run, side by side, on ``../shared/data/materials/defects2d/{MoS2,WSe2,MoSe2,
 Writes ``benchmarks/results/definet.json`` and ``definet_{hosts,local,steps}.png``. Training runs
 live in ``benchmarks/work/definet/`` (git-ignored) and resume after a kill. CPU only, one thread::
 
-    nice -n 10 .venv/bin/python benchmarks/definet.py            # about 30 min on 1 core
+    nice -n 10 .venv/bin/python benchmarks/definet.py            # about 35 min on a busy 2-core machine
     .venv/bin/python benchmarks/definet.py --quick                # smoke test, ~3 min
 """
 
@@ -281,12 +281,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "materials" / "defects2d"))
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "definet"))
+    ap.add_argument("--cache", default=None, help="parsed-pair cache (default: <work>/cache)")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--steps", type=int, default=1200, help="optimizer steps per model (pooled), batch 8")
-    ap.add_argument("--loho-steps", type=int, default=900, help="optimizer steps, leave-one-host-out")
-    ap.add_argument("--time-cap", type=float, default=900.0, help="wall-clock cap per training run, s")
-    ap.add_argument("--oracle-n", type=int, default=12, help="test structures relaxed by CHGNet")
-    ap.add_argument("--hidden", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=800, help="optimizer steps per model (pooled), batch 8")
+    ap.add_argument("--loho-steps", type=int, default=500, help="optimizer steps, leave-one-host-out")
+    ap.add_argument("--time-cap", type=float, default=660.0, help="wall-clock cap per training run, s")
+    ap.add_argument("--oracle-n", type=int, default=10, help="test structures relaxed by CHGNet")
+    ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--num-rbf", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
@@ -297,7 +298,7 @@ def main() -> None:
         args.steps, args.loho_steps, args.oracle_n = 20, 10, 2
     work, results = Path(args.work), Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    data = DataConfig(root=args.data, cache_dir=str(work / "cache"))
+    data = DataConfig(root=args.data, cache_dir=args.cache or str(work / "cache"))
     cfg = DefiNetConfig(hidden=args.hidden, num_layers=args.layers, num_rbf=args.num_rbf)
     t_start = time.perf_counter()
 
@@ -307,7 +308,13 @@ def main() -> None:
     )
     print("== DeepRelax, all hosts (same records, same budget)")
     deeprelax, dr_tf, info_dr = train_deeprelax(
-        data, (args.steps, args.time_cap), work / "deeprelax_all", args.seed, args.hidden, args.layers, args.num_rbf
+        data,
+        (args.steps, args.time_cap),
+        work / "deeprelax_all",
+        args.seed,
+        args.hidden,
+        args.layers,
+        args.num_rbf,
     )
     print(f"== DefiNet without {HELD_OUT}")
     definet_loho, info_loho = train_definet(
