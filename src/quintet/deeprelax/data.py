@@ -1,4 +1,4 @@
-"""DeepRelax data: record checks, the graph transform, and small EMT relaxation pairs for demos/tests."""
+"""DeepRelax data: record checks, the graph transform, ASE pairs to records."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from quintet.atomistic import keys as K
 from quintet.deeprelax.graph import with_deeprelax_graph
 from quintet.deeprelax.maths import check_displacements
 
-__all__ = ["DeepRelaxTransform", "check_record", "emt_pairs", "pairs_to_records"]
+__all__ = ["DeepRelaxTransform", "check_record", "pairs_to_records"]
 
 #: largest supported cell (atoms); beyond it the O(N^2) displace search is refused with a clear error
 MAX_ATOMS = 20000
@@ -93,59 +93,17 @@ def pairs_to_records(
 
     out = []
     for k, (u, r) in enumerate(pairs):
+        if len(u) != len(r):
+            raise ValueError(
+                f"pair {k}: the relaxed structure has {len(r)} atoms, the unrelaxed one {len(u)}"
+            )
+        if not np.array_equal(u.numbers, r.numbers):
+            j = int(np.flatnonzero(u.numbers != r.numbers)[0])
+            raise ValueError(
+                f"pair {k}: species differ between the unrelaxed and relaxed structures (atom {j}: "
+                f"{u.get_chemical_symbols()[j]} vs {r.get_chemical_symbols()[j]})"
+            )
         rec = pair_record(u, r, dtype=dtype, source=f"pair {k}")
         rec[K.STRUCTURE_ID] = torch.tensor(k)
         out.append(rec)
     return out
-
-
-def emt_pairs(
-    n: int,
-    seed: int = 0,
-    elements: Sequence[str] = ("Cu", "Ni", "Pd", "Ag", "Au", "Pt", "Al"),
-    repeats: Sequence[tuple[int, int, int]] = ((1, 1, 1), (2, 1, 1), (2, 2, 1)),
-    strain: float = 0.04,
-    rattle: float = 0.08,
-    fmax: float = 0.02,
-    max_steps: int = 400,
-    progress: bool = False,
-) -> list[tuple[Any, Any]]:
-    """Substituted, strained and rattled fcc alloy cells relaxed (positions + cell) by ASE's EMT.
-
-    EMT costs milliseconds per step, so a few hundred pairs take seconds to a minute. The unrelaxed
-    structure is the strained/rattled one; the relaxed one is its EMT minimum (FIRE on a
-    UnitCellFilter, to ``fmax``).
-
-    Returns:
-        list of ``(unrelaxed, relaxed)`` ASE ``Atoms``.
-    """
-    from ase.build import bulk
-    from ase.calculators.emt import EMT
-    from ase.filters import UnitCellFilter
-    from ase.optimize import FIRE
-    from tqdm.auto import tqdm
-
-    rng = np.random.default_rng(seed)
-    pairs = []
-    for _ in tqdm(range(n), desc="EMT pairs", disable=not progress):
-        host, guest = (
-            rng.choice(list(elements), size=2, replace=False) if len(elements) > 1 else (elements[0],) * 2
-        )
-        atoms = bulk(str(host), "fcc", cubic=True).repeat(tuple(repeats[rng.integers(len(repeats))]))
-        frac = rng.uniform(0.1, 0.5)
-        sub = rng.random(len(atoms)) < frac
-        symbols = np.array(atoms.get_chemical_symbols(), dtype=object)
-        symbols[sub] = str(guest)
-        atoms.set_chemical_symbols(list(symbols))
-        eps = rng.uniform(-strain, strain, size=(3, 3))
-        eps = 0.5 * (eps + eps.T)
-        atoms.set_cell(atoms.cell[:] @ (np.eye(3) + eps), scale_atoms=True)
-        atoms.positions += rng.normal(scale=rattle, size=atoms.positions.shape)
-        unrelaxed = atoms.copy()
-        atoms.calc = EMT()
-        opt = FIRE(UnitCellFilter(atoms), logfile=None)
-        opt.run(fmax=fmax, steps=max_steps)
-        relaxed = atoms.copy()
-        relaxed.calc = None
-        pairs.append((unrelaxed, relaxed))
-    return pairs

@@ -26,7 +26,7 @@ from torch import Tensor
 from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate
 from quintet.config import from_dict, save_config
-from quintet.deeprelax.data import DeepRelaxTransform, check_record, emt_pairs, pairs_to_records
+from quintet.deeprelax.data import DeepRelaxTransform, check_record, pairs_to_records
 from quintet.deeprelax.maths import coverage, edge_lengths, per_graph_mean, spearman, volume
 from quintet.deeprelax.model import DeepRelax, ModelConfig
 from quintet.deeprelax.relax import SolveConfig, relax_batch
@@ -39,12 +39,14 @@ __all__ = [
     "EvalJob",
     "PredictJob",
     "TrainJob",
+    "cell_mask",
     "evaluate",
     "evaluate_model",
+    "finish",
     "load_dataset",
     "load_deeprelax",
-    "make_calculator",
     "predict",
+    "read_db_pairs",
     "train",
 ]
 
@@ -58,17 +60,15 @@ class DataConfig:
     Attributes:
         root: data folder (``custom``/``2dmd`` layouts) or ASE db file (``db``); unused for ``emt``.
         layout: ``"custom"`` (``CIF/<id>_{un}relaxed.cif`` + csv), ``"2dmd"`` (host folders),
-            ``"db"`` (an ASE db whose rows carry ``pair_id`` and ``relaxed`` = 0/1 key-values), or
-            ``"emt"`` (generate ``num_emt`` fcc-alloy pairs relaxed by EMT).
-        num_emt: pairs to generate for ``emt``.
+            or ``"db"`` (an ASE db whose rows carry ``pair_id`` and ``relaxed`` = 0/1 key-values).
+            Make more pairs with ``quintet data relax-pairs`` (any ASE calculator; EMT takes milliseconds).
         seed: seed of new splits and generated data.
         fractions: train/val/test fractions of new splits.
         cache_dir: keep parsed pairs here between runs (optional).
     """
 
     root: str = ""
-    layout: Literal["custom", "2dmd", "db", "emt"] = "custom"
-    num_emt: int = 1500
+    layout: Literal["custom", "2dmd", "db"] = "custom"
     seed: int = 0
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     cache_dir: str | None = None
@@ -121,6 +121,7 @@ class PredictJob:
         fmax: force threshold of the finishing relaxation, eV/Å.
         finish_steps: most optimizer steps of the finishing relaxation.
         finish_cell: also relax the cell while finishing (periodic directions only).
+        finish_filter: cell filter of the finishing relaxation (``unitcell`` is cheaper for EMT).
         resume: skip inputs already listed in ``predictions.csv`` with their CIF present.
     """
 
@@ -133,6 +134,7 @@ class PredictJob:
     fmax: float = 0.05
     finish_steps: int = 500
     finish_cell: bool = True
+    finish_filter: Literal["frechet", "unitcell"] = "frechet"
     resume: bool = True
 
 
@@ -192,7 +194,7 @@ def read_db_pairs(path: str | Path) -> list[tuple[Any, Any]]:
     return pairs
 
 
-_GENERATED: dict[tuple[int, int], list[dict[str, Tensor]]] = {}
+_DB_CACHE: dict[str, list[dict[str, Tensor]]] = {}
 
 
 def load_dataset(data: DataConfig, split: str, model_cfg: ModelConfig) -> torch.utils.data.Dataset:
@@ -212,15 +214,12 @@ def load_dataset(data: DataConfig, split: str, model_cfg: ModelConfig) -> torch.
             cache_dir=data.cache_dir,
             dtype=torch.float32,
         )
-    if data.layout == "db":
-        records = pairs_to_records(read_db_pairs(data.root))
-    elif data.layout == "emt":
-        key = (data.num_emt, data.seed)
-        if key not in _GENERATED:
-            _GENERATED[key] = pairs_to_records(emt_pairs(data.num_emt, seed=data.seed, progress=True))
-        records = _GENERATED[key]
-    else:
-        raise ValueError(f"unknown data layout {data.layout!r}")
+    if data.layout != "db":
+        raise ValueError(f"unknown data layout {data.layout!r}; use custom, 2dmd or db")
+    key = str(Path(data.root).resolve())
+    if key not in _DB_CACHE:
+        _DB_CACHE[key] = pairs_to_records(read_db_pairs(data.root))
+    records = _DB_CACHE[key]
     idx = _split_indices(len(records), data.fractions, data.seed)[split]
     if not idx:
         raise ValueError(f"split {split!r} of {data.layout} data is empty ({len(records)} pairs)")
@@ -252,7 +251,7 @@ def train(job: TrainJob) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(job, out / "config.yaml")
     train_ds = load_dataset(job.data, "train", job.model)
-    val_ds = load_dataset(job.data, "val", job.model)
+    val_ds = load_dataset(job.data, "val", job.model) if job.data.fractions[1] > 0 else None
     model = DeepRelax(job.model)
     if job.init_from:
         init, _ = load_deeprelax(job.init_from)
@@ -411,44 +410,21 @@ def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def make_calculator(name: str) -> Any:
-    """An ASE calculator by name: ``emt``, ``chgnet`` (CHGNet 0.3.0) or ``sevenn`` (SevenNet-0), all offline."""
-    if name == "emt":
-        from ase.calculators.emt import EMT
-
-        return EMT()
-    if name == "chgnet":
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from chgnet.model import CHGNet, CHGNetCalculator
-
-            return CHGNetCalculator(CHGNet.load(verbose=False), use_device="cpu")
-    if name == "sevenn":
-        from sevenn.calculator import SevenNetCalculator
-
-        return SevenNetCalculator(model="7net-0", device="cpu")
-    raise ValueError(f"unknown calculator {name!r}; use emt, chgnet or sevenn")
+def cell_mask(pbc: Sequence[bool]) -> list[bool]:
+    """Voigt strain mask (xx, yy, zz, yz, xz, xy) that only lets periodic directions relax."""
+    p = [bool(x) for x in pbc]
+    return [p[0], p[1], p[2], p[1] and p[2], p[0] and p[2], p[0] and p[1]]
 
 
-def relax_with(atoms: Any, calc: Any, fmax: float, steps: int, cell: bool) -> tuple[int, float, float]:
-    """Relax ``atoms`` in place with FIRE (cell too when ``cell`` and periodic); returns (steps, final fmax, s)."""
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import FIRE
+def finish(atoms: Any, calc: Any, fmax: float, steps: int, cell: bool, cell_filter: str = "frechet") -> Any:
+    """Relax a prediction further with an ASE calculator (FIRE); returns the oracle's ``RelaxResult``."""
+    from quintet.atomistic.oracle import relax
 
-    atoms.calc = calc
-    t0 = time.perf_counter()
-    mask = [bool(p) for p in atoms.pbc]
-    target = (
-        FrechetCellFilter(atoms, mask=[*mask, False, False, False] if not all(mask) else None)
-        if cell and any(mask)
-        else atoms
-    )
-    opt = FIRE(target, logfile=None)
-    opt.run(fmax=fmax, steps=steps)
-    f = target.get_forces()
-    return int(opt.nsteps), float(np.linalg.norm(f, axis=1).max()), time.perf_counter() - t0
+    relax_cell = bool(cell and any(atoms.pbc))
+    return relax(
+        atoms, calc, fmax=fmax, max_steps=steps, relax_cell=relax_cell,
+        cell_mask=cell_mask(atoms.pbc) if relax_cell else None, cell_filter=cell_filter,  # type: ignore[arg-type]
+    )  # fmt: skip
 
 
 def _record_from_atoms(atoms: Any, source: str) -> dict[str, Tensor]:
@@ -501,7 +477,11 @@ def predict(job: PredictJob) -> Path:
         raise ValueError(f"several inputs share the name(s) {sorted(dup)[:5]}; outputs would collide")
     todo = [(i, a) for i, a in items if i not in done]
     model, _ = load_deeprelax(job.model)
-    calc = make_calculator(job.finish_with) if job.finish_with != "none" else None
+    calc = None
+    if job.finish_with != "none":
+        from quintet.atomistic.oracle import get_calculator
+
+        calc = get_calculator(job.finish_with)
     rows = list(done.values())
     bar = tqdm(total=len(todo), desc="deeprelax predict", unit="structure")
     for s in range(0, len(todo), job.batch_size):
@@ -529,10 +509,16 @@ def predict(job: PredictJob) -> Path:
                 "time_s": round(dt, 6),
             }
             if calc is not None:
-                n_steps, fmax, ft = relax_with(new, calc, job.fmax, job.finish_steps, job.finish_cell)
+                fin = finish(new, calc, job.fmax, job.finish_steps, job.finish_cell, job.finish_filter)
+                new = fin.atoms
                 new.calc = None
                 row.update(
-                    {"finish_steps": n_steps, "finish_fmax": round(fmax, 5), "finish_time_s": round(ft, 3)}
+                    {
+                        "finish_steps": fin.steps,
+                        "finish_fmax": round(fin.fmax_final, 5),
+                        "finish_converged": fin.converged,
+                        "finish_time_s": round(fin.seconds, 3),
+                    }
                 )
             name = f"{sid}_relaxed.cif"
             write_structure(out / name, new)

@@ -1,0 +1,194 @@
+"""DeepRelax end to end: tiny training, reload, eval, predict (CLI), bad inputs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import ase.db
+import numpy as np
+import pytest
+import torch
+
+from quintet.atomistic import keys as K
+from quintet.atomistic.batch import collate
+from quintet.atomistic.structures import write_structure
+from quintet.cli import main
+from quintet.deeprelax.data import pairs_to_records
+from quintet.deeprelax.jobs import (
+    DataConfig,
+    EvalJob,
+    PredictJob,
+    TrainJob,
+    evaluate,
+    load_dataset,
+    load_deeprelax,
+    predict,
+    read_db_pairs,
+    train,
+)
+from quintet.deeprelax.model import ModelConfig
+from quintet.deeprelax.relax import relax_batch
+from quintet.train import TrainConfig
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.read_text().splitlines()))
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> list:
+    """Eight Cu cells (strained, rattled) and their EMT minima, made with the data layer's oracle."""
+    import ase.io
+
+    from quintet.atomistic.oracle import RelaxPairsConfig, make_relax_pairs
+
+    out = tmp_path_factory.mktemp("emt") / "pairs"
+    make_relax_pairs(
+        RelaxPairsConfig(
+            out=out, n=8, prototypes=["Cu:fcc:3.61"], elements=[], substitute_fraction=0.0, strain=0.04,
+            rattle=0.08, cell_filter="unitcell", oracle="emt", seed=3,
+        ),
+        progress=False,
+    )  # fmt: skip
+    ids = sorted(p.name[: -len("_unrelaxed.cif")] for p in (out / "CIF").glob("*_unrelaxed.cif"))
+    return [
+        (ase.io.read(out / "CIF" / f"{i}_unrelaxed.cif"), ase.io.read(out / "CIF" / f"{i}_relaxed.cif"))
+        for i in ids
+    ]
+
+
+@pytest.fixture(scope="module")
+def pair_db(pairs, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("db") / "pairs.db"
+    with ase.db.connect(str(path)) as db:
+        for k, (u, r) in enumerate(pairs):
+            db.write(u, pair_id=f"p{k}", relaxed=0)
+            db.write(r, pair_id=f"p{k}", relaxed=1)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(pair_db, tmp_path_factory) -> tuple[Path, TrainJob]:
+    out = tmp_path_factory.mktemp("run")
+    job = TrainJob(
+        data=DataConfig(root=str(pair_db), layout="db", fractions=(1.0, 0.0, 0.0)),
+        model=ModelConfig(hidden=32, num_layers=1, num_rbf=16),
+        train=TrainConfig(
+            max_epochs=100, batch_size=8, lr=5e-3, ema_decay=0.0, progress=False, early_stop_patience=None,
+            accelerator="cpu", monitor="train/loss", plateau_patience=1000,
+        ),
+        out=str(out),
+    )  # fmt: skip
+    job.loss.solve_in_val = False
+    torch.manual_seed(0)
+    return train(job), job
+
+
+def test_tiny_training_beats_the_dummy_and_reload_is_identical(trained, tmp_path: Path) -> None:
+    path, job = trained
+    assert (Path(job.out) / "config.yaml").is_file()
+    ev = EvalJob(model=str(path), data=job.data, split="train", out=str(tmp_path / "ev"))
+    summary = evaluate(ev)
+    assert summary["coord_mae_A"] < 0.8 * summary["dummy_coord_mae_A"]
+    assert summary["distance_mae_A"] < summary["dummy_distance_mae_A"]
+    assert (tmp_path / "ev" / "metrics.json").is_file() and (tmp_path / "ev" / "per_structure.csv").is_file()
+    m1, _ = load_deeprelax(path)
+    m2, _ = load_deeprelax(path)
+    ds = load_dataset(job.data, "train", m1.cfg)
+    batch = collate([ds[0], ds[1]])
+    r1, r2 = relax_batch(m1, batch), relax_batch(m2, batch)
+    assert torch.equal(r1["positions"], r2["positions"]) and torch.equal(r1["cell"], r2["cell"])
+
+
+def test_predict_cli_writes_cifs_and_csv_resumes_and_never_overwrites(trained, pairs, tmp_path: Path) -> None:
+    path, _ = trained
+    inp = tmp_path / "in"
+    for k, (u, _) in enumerate(pairs[:3]):
+        write_structure(inp / f"s{k}.cif", u)
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "deeprelax",
+                "predict",
+                "-m",
+                str(path),
+                "-i",
+                str(inp),
+                "-o",
+                str(out),
+                "--finish-with",
+                "emt",
+                "finish_filter=unitcell",
+            ]
+        )
+        == 0
+    )
+    rows = _rows(out / "predictions.csv")
+    assert sorted(r["id"] for r in rows) == ["s0", "s1", "s2"]
+    assert all((out / r["output"]).is_file() for r in rows)
+    assert all(int(r["finish_steps"]) >= 0 and float(r["finish_fmax"]) <= 0.05 for r in rows)
+    assert all(float(r["uncertainty_A"]) > 0 for r in rows)
+    # resume: a half-done folder only gets the missing structure
+    (out / "s1_relaxed.cif").unlink()
+    before = (out / "s0_relaxed.cif").stat().st_mtime_ns
+    predict(PredictJob(model=str(path), inputs=[str(inp / "*.cif")], out=str(out)))
+    assert (out / "s1_relaxed.cif").is_file() and (out / "s0_relaxed.cif").stat().st_mtime_ns == before
+    assert len(_rows(out / "predictions.csv")) == 3
+    with pytest.raises(ValueError, match="never overwritten"):
+        predict(PredictJob(model=str(path), inputs=[str(inp)], out=str(inp)))
+    with pytest.raises(FileNotFoundError):
+        predict(PredictJob(model=str(path), inputs=[str(tmp_path / "nothing*.cif")], out=str(out)))
+
+
+def test_bad_pairs_give_clear_errors(pairs, tmp_path: Path) -> None:
+    u, r = pairs[0]
+    # species differ
+    r2 = r.copy()
+    r2.numbers[0] = 28
+    with pytest.raises(ValueError, match="species differ"):
+        pairs_to_records([(u, r2)])
+    # atom count differs
+    with pytest.raises(ValueError, match="atoms"):
+        pairs_to_records([(u, r[:-1])])
+    # an atom that moved half a cell: ambiguous label
+    from quintet.deeprelax.data import DeepRelaxTransform
+
+    rec = pairs_to_records([(u, r)])[0]
+    rec[K.RELAXED_POSITIONS] = rec[K.RELAXED_POSITIONS].clone()
+    rec[K.RELAXED_POSITIONS][0] += rec[K.RELAXED_CELL][0] * 0.6
+    with pytest.raises(ValueError, match="ambiguous"):
+        DeepRelaxTransform()(rec)
+    # a db pair missing its relaxed row
+    path = tmp_path / "bad.db"
+    with ase.db.connect(str(path)) as db:
+        db.write(u, pair_id="x", relaxed=0)
+    with pytest.raises(ValueError, match="relaxed=1"):
+        read_db_pairs(path)
+
+
+def test_one_atom_cell_and_2d_slab_are_handled(trained) -> None:
+    from ase.build import bulk, mx2
+
+    path, _ = trained
+    model, _ = load_deeprelax(path)
+    one = bulk("Cu", "fcc", a=3.7)
+    slab = mx2("MoS2", size=(2, 2, 1), vacuum=8.0)
+    slab.pbc = (True, True, False)
+    recs = []
+    for a in (one, slab):
+        recs.append(
+            {
+                K.POSITIONS: torch.tensor(a.positions, dtype=torch.float32),
+                K.ATOMIC_NUMBERS: torch.tensor(a.numbers),
+                K.CELL: torch.tensor(a.cell[:], dtype=torch.float32),
+                K.PBC: torch.tensor(a.pbc),
+            }
+        )
+    res = relax_batch(model, collate(recs))
+    assert torch.allclose(
+        res["positions"][0], recs[0][K.POSITIONS][0]
+    )  # nothing to place a lone atom against
+    assert torch.equal(res["cell"][1, 2], recs[1][K.CELL][2])  # vacuum vector kept
+    assert np.isfinite(res["positions"].numpy()).all()

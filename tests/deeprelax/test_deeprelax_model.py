@@ -1,0 +1,181 @@
+"""DeepRelax network and solve: symmetry checks, solver recovery, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from quintet.atomistic import keys as K
+from quintet.atomistic.batch import collate
+from quintet.atomistic.testing import (
+    assert_batch_matches_single,
+    assert_permutation_equivariant,
+    assert_rotation_equivariant,
+    assert_translation_invariant,
+    example_records,
+)
+from quintet.deeprelax import model as M
+from quintet.deeprelax.graph import DISPLACE
+from quintet.deeprelax.maths import displace_distances, edge_lengths, per_graph_mean
+from quintet.deeprelax.model import DeepRelax, ModelConfig
+from quintet.deeprelax.relax import SolveConfig, relax_batch
+from quintet.deeprelax.solve import band_penalty, solve_positions
+
+
+def _records() -> list[dict[str, torch.Tensor]]:
+    recs = example_records(torch.float64)
+    return [recs["bulk"], recs["triclinic"], recs["slab"]]
+
+
+def _model(cell_head: str = "equivariant") -> DeepRelax:
+    torch.manual_seed(0)
+    m = DeepRelax(ModelConfig(hidden=16, num_layers=2, num_rbf=8, cell_head=cell_head)).double()
+    with torch.no_grad():  # make every head non-trivial (the last layers start at zero)
+        for p in m.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    return m.eval()
+
+
+def _fn(model: DeepRelax):
+    def fn(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = model(batch)
+        ei, disp = out[K.EDGE_INDEX], out[DISPLACE]
+        n = batch[K.POSITIONS].shape[0]
+        return {
+            "mu_relaxed": out[M.MU_RELAXED],
+            "log_b_relaxed": out[M.LOG_B_RELAXED],
+            "mu_displace": out[M.MU_DISPLACE],
+            "atom_mu": per_graph_mean(out[M.MU_DISPLACE], ei[0, disp], n),
+            "atom_log_b": per_graph_mean(out[M.LOG_B_RELAXED], ei[0], n),
+            "cell_rows": out[M.PRED_CELL].reshape(-1, 3),
+        }
+
+    return fn
+
+
+def test_distances_are_rotation_and_translation_invariant_and_cell_equivariant() -> None:
+    fn = _fn(_model())
+    recs = _records()
+    inv = ["mu_relaxed", "log_b_relaxed", "mu_displace", "atom_mu"]
+    assert_rotation_equivariant(fn, recs, invariant=inv, vectors=["cell_rows"], atol=1e-8)
+    assert_translation_invariant(fn, recs, invariant=[*inv, "cell_rows"], atol=1e-8)
+
+
+def test_published_cell_head_is_not_rotation_equivariant() -> None:
+    fn = _fn(_model("published"))
+    recs = _records()
+    assert_rotation_equivariant(fn, recs, invariant=["mu_relaxed"], atol=1e-8)  # distances still are
+    with pytest.raises(AssertionError, match="cell_rows"):
+        assert_rotation_equivariant(fn, recs, vectors=["cell_rows"], atol=1e-8)
+    assert_translation_invariant(fn, recs, invariant=["cell_rows"], atol=1e-8)
+
+
+def test_permutation_and_batch_consistency() -> None:
+    fn = _fn(_model())
+    recs = _records()
+    assert_permutation_equivariant(fn, recs, node_outputs=["atom_mu", "atom_log_b"], atol=1e-8)
+    assert_batch_matches_single(fn, recs, node_outputs=["atom_mu"], atol=1e-8)
+
+
+def test_slab_cell_keeps_its_vacuum_vector() -> None:
+    m = _model()
+    rec = example_records(torch.float64)["slab"]
+    out = m(collate([rec]))
+    assert torch.equal(out[M.PRED_CELL][0, 2], rec[K.CELL][2])
+    assert not torch.allclose(out[M.PRED_CELL][0, :2], rec[K.CELL][:2])
+
+
+def test_untrained_model_returns_the_input_structure() -> None:
+    """Residual heads start at "no change": the solve then leaves every atom where it is."""
+    torch.manual_seed(0)
+    m = DeepRelax(ModelConfig(hidden=16, num_layers=1, num_rbf=8)).double().eval()
+    batch = collate(_records()[:2])
+    res = relax_batch(m, batch)
+    assert torch.allclose(res["positions"], batch[K.POSITIONS], atol=1e-9)
+    assert torch.allclose(res["cell"], batch[K.CELL])
+    assert res["atom_uncertainty"].shape == (batch[K.POSITIONS].shape[0],)
+    assert torch.allclose(res["uncertainty"], torch.full((2,), float(np.exp(-2.0))).double())
+
+
+def _exact_problem(seed: int = 0):
+    """Unrelaxed = rattled + strained copies of small crystals; 'relaxed' = the clean ones."""
+    rng = np.random.default_rng(seed)
+    recs = []
+    for r in (_records()[0], _records()[2]):  # >= 4 same-cell anchors per atom pin every position
+        rel = r[K.POSITIONS].clone()
+        strain = torch.eye(3, dtype=torch.float64) + torch.tensor(rng.uniform(-0.03, 0.03, (3, 3)))
+        if not bool(r[K.PBC][2]):
+            strain[2] = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+            strain[:, 2] = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+        unrel = rel @ strain + torch.tensor(rng.normal(scale=0.1, size=rel.shape))
+        recs.append(
+            {
+                **r,
+                K.POSITIONS: unrel,
+                K.CELL: r[K.CELL] @ strain,
+                K.RELAXED_POSITIONS: rel,
+                K.RELAXED_CELL: r[K.CELL],
+            }
+        )
+    batch = collate(recs)
+    batch = M.ensure_graph(batch, ModelConfig())
+    ei, sh, disp, b = batch[K.EDGE_INDEX], batch[K.EDGE_SHIFT], batch[DISPLACE], batch[K.BATCH]
+    y_d = displace_distances(
+        batch[K.RELAXED_POSITIONS], batch[K.POSITIONS], batch[K.CELL], ei[:, disp], sh[disp], b
+    )
+    y_r = edge_lengths(batch[K.RELAXED_POSITIONS], batch[K.RELAXED_CELL], ei, sh, b)
+    return recs, batch, y_d, y_r
+
+
+@pytest.mark.parametrize("objective", ["hinge", "laplace"])
+def test_solver_recovers_a_known_structure_from_exact_distances(objective: str) -> None:
+    _, batch, y_d, y_r = _exact_problem()
+    pos = batch[K.POSITIONS]
+    start_err = (pos - batch[K.RELAXED_POSITIONS]).abs().mean()
+    res = solve_positions(
+        pos, pos, batch[K.CELL], batch[K.RELAXED_CELL], batch[K.EDGE_INDEX], batch[K.EDGE_SHIFT], batch[DISPLACE],
+        batch[K.BATCH], 2, y_d, torch.full_like(y_d, 1e-4), y_r, torch.full_like(y_r, 1e-4),
+        steps=300, lr=0.05, objective=objective,
+    )  # fmt: skip
+    err = (res.positions - batch[K.RELAXED_POSITIONS]).abs().mean()
+    assert start_err > 0.05 and err < 2e-3
+    assert float(res.displace_residual.max()) < 5e-3
+
+
+def test_batched_solve_equals_one_structure_at_a_time() -> None:
+    recs, batch, y_d, y_r = _exact_problem(1)
+    noise = torch.Generator().manual_seed(0)
+    mu_d = y_d + 0.05 * torch.randn(y_d.shape, generator=noise, dtype=y_d.dtype)
+    mu_r = y_r + 0.05 * torch.randn(y_r.shape, generator=noise, dtype=y_r.dtype)
+    args = dict(steps=50, lr=0.1, objective="hinge")
+    ei, sh, disp, b = batch[K.EDGE_INDEX], batch[K.EDGE_SHIFT], batch[DISPLACE], batch[K.BATCH]
+    pos = batch[K.POSITIONS]
+    sig_d, sig_r = torch.full_like(mu_d, 0.02), torch.full_like(mu_r, 0.02)
+    full = solve_positions(
+        pos, pos, batch[K.CELL], batch[K.RELAXED_CELL], ei, sh, disp, b, 2, mu_d, sig_d, mu_r, sig_r, **args
+    )
+    n0 = recs[0][K.POSITIONS].shape[0]
+    e_mask = b[ei[0]] == 0
+    d_mask = b[ei[0, disp]] == 0
+    one = solve_positions(
+        pos[:n0], pos[:n0], batch[K.CELL][:1], batch[K.RELAXED_CELL][:1], ei[:, e_mask], sh[e_mask], disp[e_mask],
+        b[:n0], 1, mu_d[d_mask], sig_d[d_mask], mu_r[e_mask], sig_r[e_mask], **args,
+    )  # fmt: skip
+    assert torch.allclose(full.positions[:n0], one.positions, atol=1e-10)
+
+
+def test_band_penalty_is_zero_inside_the_band() -> None:
+    d = torch.tensor([0.9, 1.0, 1.1, 1.3, 0.5])
+    pen = band_penalty(d, torch.ones(5), torch.full((5,), 0.15))
+    assert pen.tolist() == pytest.approx([0.0, 0.0, 0.0, 0.15, 0.35])
+    with pytest.raises(ValueError, match="objective"):
+        band_penalty(d, torch.ones(5), torch.ones(5), "nope")  # type: ignore[arg-type]
+
+
+def test_solve_config_steps_zero_returns_start() -> None:
+    m = _model()
+    batch = collate(_records()[:1])
+    res = relax_batch(m, batch, SolveConfig(steps=0))
+    assert torch.equal(res["positions"], batch[K.POSITIONS])
