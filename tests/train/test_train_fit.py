@@ -265,3 +265,15 @@ def test_checkpoint_of_another_model_is_a_clear_error(tiny, data, tmp_path):
         fit(tiny.RegressionTask(other), train, val, tiny.config(max_epochs=2), tmp_path)
     res = fit(tiny.RegressionTask(other), train, val, tiny.config(max_epochs=1), tmp_path, resume=False)
     assert res.stop_reason == "max_epochs"
+
+
+def test_epoch_is_one_pass_without_steps_per_epoch(tiny, data, tmp_path):
+    train, val = data  # 64 samples, batch 8 -> 8 steps per epoch
+    res = fit(
+        tiny.RegressionTask(tiny.make_net()),
+        train,
+        val,
+        tiny.config(max_epochs=2, steps_per_epoch=None),
+        tmp_path,
+    )
+    assert [r["step"] for r in res.history] == [8, 16]

@@ -446,7 +446,11 @@ class _TaskModule(pl.LightningModule):
             _write_history(self.out_dir / HISTORY_NAME, st.history)
             self._save_last()
         if self.trainer.loggers:
-            self.log_dict({k: float(v) for k, v in row.items() if k != "epoch"}, logger=True, prog_bar=False)
+            self.log_dict(
+                {k: float(v) for k, v in row.items() if k not in ("epoch", "step")},
+                logger=True,
+                prog_bar=False,
+            )
 
     def _model_state(self) -> dict[str, torch.Tensor]:
         if self.ema_cb is not None and self.ema_cb.ema is not None:
