@@ -169,3 +169,18 @@ def test_flower_simulation_engine_matches_in_process(tmp_path: Path) -> None:
     clients, info = load_data(cfg.data)
     ref = simulate(cfg.algo, clients, info["num_classes"], 2, 0, progress=False)
     assert np.abs(res.test_acc - ref.test_acc).max() < 1e-6
+
+
+@pytest.mark.integration
+def test_loopback_deployment_superlink_supernodes_flwr_run(tmp_path: Path) -> None:
+    """The documented recipe: flower-superlink + 4 flower-supernode + flwr run, all on 127.0.0.1."""
+    pytest.importorskip("ray")
+    from quintet.fedaux.deploy import run_loopback_deployment
+
+    cfg = _cfg(tmp_path, rounds=2)
+    cfg.wait_s = 120.0
+    res = run_loopback_deployment(cfg, tmp_path / "deploy", timeout_s=500)
+    clients, info = load_data(cfg.data)
+    ref = simulate(cfg.algo, clients, info["num_classes"], 2, 0, progress=False)
+    assert np.abs(res.test_acc - ref.test_acc).max() < 1e-6
+    assert (tmp_path / "deploy" / "app" / "pyproject.toml").is_file()

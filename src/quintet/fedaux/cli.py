@@ -76,6 +76,19 @@ def _flower_app(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy_local(args: argparse.Namespace) -> int:
+    from quintet.fedaux.deploy import run_loopback_deployment
+    from quintet.fedaux.flower import FlowerConfig
+
+    cfg = load_config(FlowerConfig, args.config, _overrides(args))
+    res = run_loopback_deployment(cfg, args.workdir)
+    print(
+        f"{cfg.algo.name} on a loopback SuperLink + {cfg.data.num_clients} SuperNodes: test acc at best val round "
+        f"{res.best_round}: {res.test_at_best_val:.2f}% -> {cfg.out_dir} (logs in {args.workdir})"
+    )
+    return 0
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the fedaux verbs to ``parser``."""
     sub = parser.add_subparsers(dest="verb")
@@ -84,6 +97,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         ("run", _run, "deterministic in-process federated run: metrics.csv, clients.csv, curves.png"),
         ("flower-sim", _flower_sim, "the same run on Flower's simulation engine (Ray)"),
         ("flower-app", _flower_app, "write a Flower app folder for a SuperLink/SuperNode deployment"),
+        ("deploy-local", _deploy_local, "real deployment on loopback: SuperLink + K SuperNodes + flwr run"),
     ]
     for name, func, help_ in specs:
         p = sub.add_parser(name, help=help_, description=help_)

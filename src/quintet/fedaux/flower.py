@@ -404,9 +404,13 @@ def flower_simulate(cfg: FlowerConfig) -> SimResult:
         num_supernodes=len(clients),
         backend_config={"client_resources": {"num_cpus": cfg.backend_cpus, "num_gpus": 0.0}},
     )
+    return _read_result(out)
+
+
+def _read_result(out: Path) -> SimResult:
     rounds = out / "rounds.json"
     if not rounds.is_file():
-        raise RuntimeError(f"the Flower run wrote no results ({rounds} missing); see the log above")
+        raise RuntimeError(f"the Flower run wrote no results ({rounds} missing); see the Flower log")
     d = load_json(rounds)
     val, test, loss = (np.asarray(d[k], dtype=float) for k in ("val_acc", "test_acc", "train_loss"))
     best, at_best, final = summarise_rounds(val, test)
