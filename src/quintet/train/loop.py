@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -590,6 +591,13 @@ def _result(out_dir: Path, st: _RunState) -> FitResult:
     )
 
 
+def _say(cfg: TrainConfig, message: str) -> None:
+    """Log ``message``; with the progress bar on, also print it (rank 0) so users see it."""
+    log.info(message)
+    if cfg.progress and _env_rank() == 0:
+        print(f"quintet.train: {message}", file=sys.stderr, flush=True)
+
+
 def _env_rank() -> int:
     """This process's global rank as launchers announce it (0 before any launch)."""
     for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
@@ -676,9 +684,9 @@ def fit(
         done = _limits_reached(cfg, state)
         if done:
             state.stop_reason = done
-            log.info("%s: already finished (%s); nothing to do", last, done)
+            _say(cfg, f"{last}: already finished ({done}); nothing to do")
             return _result(out_dir, state)
-        log.info("resuming %s at epoch %d, step %d", out_dir, state.epoch, state.step)
+        _say(cfg, f"resuming {out_dir} after epoch {state.epoch} (step {state.step})")
 
     _seed_all(cfg.seed)
     task.on_fit_start(train_dataset)
