@@ -39,7 +39,7 @@ def stack_states(states: Sequence[State], keys: Sequence[str] | None = None) -> 
         missing = set(keys) - set(st)
         if missing:
             raise ValueError(f"state {i} lacks key(s) {sorted(missing)}")
-    return {k: torch.stack([st[k].detach().to(torch.float64) for st in states]) for k in keys}
+    return {k: torch.stack([st[k].detach() for st in states]) for k in keys}
 
 
 def weighted_average(
@@ -83,7 +83,8 @@ def personalised_mix(states: Sequence[State], weights: torch.Tensor) -> list[dic
     stacked = stack_states(states)
     out: list[dict[str, torch.Tensor]] = [{} for _ in range(w.shape[0])]
     for key, s in stacked.items():
-        mixed = (w @ s.reshape(s.shape[0], -1)).reshape(w.shape[0], *s.shape[1:])
+        flat = s.reshape(s.shape[0], -1)
+        mixed = (w.to(flat.dtype) @ flat).reshape(w.shape[0], *s.shape[1:])
         dtype = states[0][key].dtype
         for k in range(w.shape[0]):
             out[k][key] = mixed[k].to(dtype)

@@ -194,7 +194,7 @@ def _flatten_optimizer(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for idx, st in opt.state_dict()["state"].items():
         for k, v in st.items():
-            out[f"opt/{idx}/{k}"] = torch.as_tensor(v).detach().clone()
+            out[f"opt/{idx}/{k}"] = torch.as_tensor(v).detach()  # the optimizer is discarded: no copy
     return out
 
 
@@ -203,11 +203,27 @@ def _restore_optimizer(opt: torch.optim.Optimizer, flat: Mapping[str, torch.Tens
     for key, v in flat.items():
         if key.startswith("opt/"):
             _, idx, name = key.split("/", 2)
-            state.setdefault(int(idx), {})[name] = v.clone()
+            state.setdefault(int(idx), {})[name] = v  # load_state_dict copies
     if state:
         sd = opt.state_dict()
         sd["state"] = state
         opt.load_state_dict(sd)
+
+
+_MODEL_CACHE: dict[tuple[str, int, int], nn.Module] = {}
+
+
+def _cached_model(cfg: AlgoConfig, in_dim: int, num_classes: int) -> nn.Module:
+    """One reusable model per (config, dims) and process; every parameter is overwritten before use."""
+    key = (repr(cfg), in_dim, num_classes)
+    model = _MODEL_CACHE.get(key)
+    if model is None:
+        if len(_MODEL_CACHE) >= 8:
+            _MODEL_CACHE.clear()
+        with torch.random.fork_rng():
+            model = build_model(cfg, in_dim, num_classes)
+        _MODEL_CACHE[key] = model
+    return model
 
 
 def _proxy_graph(seed: int, in_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,39 +287,44 @@ def client_round(
         rnd: round number (1-based), used for seeding.
         seed: run seed.
     """
-    torch.manual_seed(derive_seed(seed, data.client_id, rnd))
-    model = build_model(cfg, data.x.shape[1], num_classes)
+    model = _cached_model(cfg, data.x.shape[1], num_classes)
     names = [n for n, _ in model.named_parameters()]
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    state = model.state_dict()
+    for p in model.parameters():
+        p.grad = None
+    template = model.state_dict()
+    state: dict[str, torch.Tensor] = {}
     if local_state is not None:
-        model_part = {k[len("model/") :]: v for k, v in local_state.items() if k.startswith("model/")}
-        unknown = set(model_part) - set(state)
+        state = {k[len("model/") :]: v for k, v in local_state.items() if k.startswith("model/")}
+        unknown = set(state) - set(template)
         if unknown:
             raise ValueError(f"client {data.client_id}: local state has unknown keys {sorted(unknown)[:3]}")
-        state.update(model_part)
-        _restore_optimizer(opt, local_state)
-    elif not received:
-        raise ValueError(
-            f"client {data.client_id}: round {rnd} has neither a local state nor a received model"
-        )
     for k, v in received.items():
-        if k not in state:
+        if k not in template:
             raise ValueError(f"client {data.client_id}: received unknown parameter {k!r}")
-        if tuple(v.shape) != tuple(state[k].shape):
+        if tuple(v.shape) != tuple(template[k].shape):
             raise ValueError(
-                f"client {data.client_id}: {k} has shape {tuple(v.shape)}, model has {tuple(state[k].shape)}"
+                f"client {data.client_id}: {k} has shape {tuple(v.shape)}, model has {tuple(template[k].shape)}"
             )
-        state[k] = v.to(state[k].dtype)
+        state[k] = v.to(template[k].dtype)
+    missing = set(template) - set(state)
+    if missing:
+        raise ValueError(
+            f"client {data.client_id}: round {rnd} lacks parameters {sorted(missing)[:3]} "
+            "(no local state and no full model received)"
+        )
     model.load_state_dict(state)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    if local_state is not None:
+        _restore_optimizer(opt, local_state)
     anchor = {k: v.detach().clone() for k, v in received.items() if k in set(names) and k != APV_KEY}
+    torch.manual_seed(derive_seed(seed, data.client_id, rnd))
 
     adj = data.gcn_adjacency()
     model.train()
     loss_val = float("nan")
     for _ in range(cfg.local_epochs):
         opt.zero_grad(set_to_none=True)
-        logits = model(data.x, adj)
+        logits = model(data.features(), adj)
         loss = F.cross_entropy(logits[data.train_mask], data.y[data.train_mask])
         total = loss + _regulariser(cfg, model, anchor)
         total.backward()
@@ -312,7 +333,7 @@ def client_round(
 
     model.eval()
     with torch.no_grad():
-        logits = model(data.x, adj)
+        logits = model(data.features(), adj)
         metrics = {
             "train_loss": loss_val,
             "train_acc": _accuracy(logits, data.y, data.train_mask),

@@ -111,6 +111,7 @@ class ClientData:
     node_ids: torch.Tensor
     client_id: int
     _adj: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    _feat: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_nodes(self) -> int:
@@ -141,6 +142,15 @@ class ClientData:
             node_ids=d["node_ids"],
             client_id=int(d["client_id"]),
         )
+
+    def features(self) -> torch.Tensor:
+        """``x`` as a sparse CSR tensor when it is mostly zeros (bag-of-words), else dense (cached)."""
+        if self._feat is None:
+            sparse = self.x.numel() > 0 and float((self.x != 0).float().mean()) < 0.1
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "sparse CSR support is beta"
+                self._feat = self.x.to_sparse_csr() if sparse else self.x
+        return self._feat
 
     def gcn_adjacency(self) -> torch.Tensor:
         """Sparse D^-1/2 (A + I) D^-1/2 of this subgraph (cached)."""

@@ -64,6 +64,9 @@ class MaskedLinear(nn.Module):
         return self.weight * self.mask if self.mask is not None else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.layout != torch.strided:  # sparse bag-of-words features
+            y = torch.sparse.mm(x, self.effective_weight().t())
+            return y + self.bias if self.bias is not None else y
         return F.linear(x, self.effective_weight(), self.bias)
 
     def __repr__(self) -> str:
