@@ -1,0 +1,358 @@
+"""Offline dataset expansion, as in the paper: N augmented copies + the original per training image.
+
+Layouts (``task`` x ``layout``):
+
+* classification / ``official``: ``<in>/<train_split>/<class>/<img>``; other split folders
+  (``validation``, ``test``...) are copied unchanged. Class names are free (the official code
+  requires ``n0..n{K-1}``; we accept any).
+* classification / ``folder``: ``<in>/<class>/<img>`` (a plain image folder; every image is expanded).
+* segmentation / ``official``: ``<in>/<train_split>/<img>`` with masks in
+  ``<in>/<train_split>_mask/<stem>_mask.<ext>``; other splits and their ``_mask`` folders are copied.
+* segmentation / ``folder``: ``<in>/images/<img>`` with masks ``<in>/masks/<stem>.<ext>``.
+
+Outputs mirror the input: ``<stem>_<i>.<ext>`` for the augmented copies ``i = 1..N`` and
+``<stem>_<N+1>.<ext>`` for the original (copied byte for byte); masks are always written as
+lossless PNG (``<stem>_<i>_mask.png`` in the official layout, ``<stem>_<i>.png`` in ``masks/``).
+``manifest.csv`` lists every output with its source, branch, ops and the replayable parameters.
+
+Every image gets its own random stream derived from ``(seed, relative path)``, so results do not
+depend on the number of workers or on interruptions; a finished image leaves a small record in
+``<out>/.medaugment/done/`` and a re-run skips it (resume). Writes are atomic; the output folder may
+not be, or lie inside, the input folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from quintet.config import config_to_dict, save_config
+from quintet.io import atomic_save_json, atomic_write_bytes, atomic_write_text, load_json
+from quintet.medaugment.data import encode_image, list_images, read_image, read_mask
+from quintet.medaugment.policy import MedAugment
+
+__all__ = ["ExpandConfig", "ExpandResult", "Job", "expand_dataset", "plan_jobs"]
+
+STATE_DIR = ".medaugment"
+MANIFEST_FIELDS = ("source", "output", "mask_source", "mask_output", "branch", "combination", "ops", "record")
+
+
+@dataclass
+class ExpandConfig:
+    """Settings of ``quintet medaugment expand``.
+
+    Attributes:
+        input: dataset root (read only).
+        output: new folder for the expanded dataset (must not be inside ``input``).
+        task: ``classification`` or ``segmentation``.
+        layout: ``official`` (split folders, as the paper's code) or ``folder`` (plain image folder).
+        train_split: name of the training split folder in the official layout (others are copied).
+        level: magnitude level 1..5.
+        num_branches: augmented copies per image (N).
+        keep_original: also write the original as copy N+1.
+        symmetric: two-sided shear/translation instead of the paper's one-sided ranges.
+        seed: base seed.
+        workers: parallel processes (1 = in-process).
+        image_format: ``same`` keeps each image's extension, ``png`` writes PNG (lossless).
+        mask_suffix: mask file suffix (official layout: ``_mask``; folder layout default: none).
+        images_dir: image folder name in the segmentation folder layout.
+        masks_dir: mask folder name in the segmentation folder layout.
+    """
+
+    input: Path = Path("data")
+    output: Path = Path("data_medaugment")
+    task: Literal["classification", "segmentation"] = "classification"
+    layout: Literal["official", "folder"] = "official"
+    train_split: str = "training"
+    level: int = 5
+    num_branches: int = 4
+    keep_original: bool = True
+    symmetric: bool = False
+    seed: int = 8
+    workers: int = 1
+    image_format: Literal["same", "png"] = "same"
+    mask_suffix: str | None = None
+    images_dir: str = "images"
+    masks_dir: str = "masks"
+
+    def policy(self) -> MedAugment:
+        """The policy these settings describe."""
+        return MedAugment(self.level, self.num_branches, self.keep_original, self.symmetric)
+
+    def resolved_mask_suffix(self) -> str:
+        """``mask_suffix``, defaulting to ``_mask`` (official) or empty (folder)."""
+        if self.mask_suffix is not None:
+            return self.mask_suffix
+        return "_mask" if self.layout == "official" else ""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One source image (and mask) to expand; paths relative to the input/output roots."""
+
+    image: str
+    mask: str | None
+    out_dir: str
+    mask_out_dir: str | None
+
+
+@dataclass
+class ExpandResult:
+    """What :func:`expand_dataset` did."""
+
+    output: Path
+    manifest: Path
+    num_sources: int
+    num_written: int
+    num_skipped: int
+    num_copied: int
+
+
+def _check_folders(cfg: ExpandConfig) -> tuple[Path, Path]:
+    src = Path(cfg.input).resolve()
+    dst = Path(cfg.output).resolve()
+    if not src.is_dir():
+        raise FileNotFoundError(f"input folder {cfg.input} does not exist")
+    if dst == src or src in dst.parents:
+        raise ValueError(
+            f"output folder {cfg.output} is inside the input folder {cfg.input}; choose another place"
+        )
+    if dst in src.parents:
+        raise ValueError(f"input folder {cfg.input} lies inside the output folder {cfg.output}")
+    return src, dst
+
+
+def _mask_for(image: Path, mask_dir: Path, suffix: str) -> Path:
+    cands = [p for p in list_images(mask_dir) if p.stem == image.stem + suffix] if mask_dir.is_dir() else []
+    if not cands:
+        raise FileNotFoundError(f"no mask for {image} in {mask_dir} (expected {image.stem}{suffix}.<ext>)")
+    if len(cands) > 1:
+        raise ValueError(f"several masks match {image.name} in {mask_dir}: {[c.name for c in cands]}")
+    return cands[0]
+
+
+def plan_jobs(cfg: ExpandConfig) -> tuple[list[Job], list[str]]:
+    """List the images to expand and the files to copy unchanged (both relative to ``cfg.input``)."""
+    src = Path(cfg.input)
+    if not src.is_dir():
+        raise FileNotFoundError(f"input folder {src} does not exist")
+    jobs: list[Job] = []
+    copies: list[str] = []
+    suffix = cfg.resolved_mask_suffix()
+    if cfg.layout == "official":
+        train = src / cfg.train_split
+        if not train.is_dir():
+            found = sorted(p.name for p in src.iterdir() if p.is_dir())
+            raise FileNotFoundError(
+                f"training split {train} not found (folders in {src}: {found}); set train_split= or layout=folder"
+            )
+        skip = {cfg.train_split, cfg.train_split + "_mask", STATE_DIR}
+        for p in sorted(src.rglob("*")):
+            rel = p.relative_to(src)
+            if p.is_file() and rel.parts[0] not in skip and not rel.parts[0].startswith("."):
+                copies.append(rel.as_posix())
+        if cfg.task == "classification":
+            classes = sorted(p for p in train.iterdir() if p.is_dir())
+            if not classes:
+                raise ValueError(f"{train}: no class folders found")
+            for c in classes:
+                for img in list_images(c):
+                    out = f"{cfg.train_split}/{c.name}"
+                    jobs.append(Job(img.relative_to(src).as_posix(), None, out, None))
+        else:
+            mdir = src / (cfg.train_split + "_mask")
+            for img in list_images(train):
+                m = _mask_for(img, mdir, suffix)
+                jobs.append(
+                    Job(
+                        img.relative_to(src).as_posix(),
+                        m.relative_to(src).as_posix(),
+                        cfg.train_split,
+                        mdir.name,
+                    )
+                )
+    else:
+        if cfg.task == "classification":
+            classes = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if not classes:
+                raise ValueError(
+                    f"{src}: no class folders found (layout=folder expects <input>/<class>/<image>)"
+                )
+            for c in classes:
+                for img in list_images(c):
+                    jobs.append(Job(img.relative_to(src).as_posix(), None, c.name, None))
+        else:
+            idir, mdir = src / cfg.images_dir, src / cfg.masks_dir
+            for img in list_images(idir):
+                m = _mask_for(img, mdir, suffix)
+                jobs.append(
+                    Job(img.relative_to(src).as_posix(), m.relative_to(src).as_posix(), idir.name, mdir.name)
+                )
+    if not jobs:
+        raise ValueError(f"{src}: no training images found for task={cfg.task} layout={cfg.layout}")
+    _check_collisions(jobs)
+    return jobs, copies
+
+
+def _check_collisions(jobs: list[Job]) -> None:
+    """Two sources with the same stem in one output folder would overwrite each other's outputs."""
+    seen: dict[tuple[str, str], str] = {}
+    for j in jobs:
+        key = (j.out_dir, Path(j.image).stem)
+        if key in seen:
+            raise ValueError(
+                f"{j.image} and {seen[key]} have the same name stem and would overwrite each other"
+            )
+        seen[key] = j.image
+
+
+def _job_seed(seed: int, rel: str) -> list[int]:
+    h = int.from_bytes(hashlib.sha256(rel.encode("utf-8")).digest()[:8], "little")
+    return [int(seed), h]
+
+
+def _job_key(rel: str) -> str:
+    return hashlib.sha256(rel.encode("utf-8")).hexdigest()[:24]
+
+
+def _output_names(job: Job, cfg: ExpandConfig, i: int) -> tuple[str, str | None]:
+    p = Path(job.image)
+    ext = p.suffix if cfg.image_format == "same" else ".png"
+    img = f"{job.out_dir}/{p.stem}_{i}{ext}"
+    if job.mask is None:
+        return img, None
+    suffix = cfg.resolved_mask_suffix()
+    return img, f"{job.mask_out_dir}/{p.stem}_{i}{suffix}.png"
+
+
+def _run_job(job: Job, cfg: ExpandConfig, src: Path, dst: Path) -> list[dict[str, Any]]:
+    """Expand one image; write its outputs then its done-record; return its manifest rows."""
+    policy = cfg.policy()
+    image = read_image(src / job.image)
+    mask = read_mask(src / job.mask) if job.mask else None
+    if mask is not None and mask.shape[:2] != image.shape[:2]:
+        raise ValueError(
+            f"{src / job.mask}: mask size {mask.shape[:2]} differs from image size {image.shape[:2]}"
+        )
+    rng = np.random.default_rng(_job_seed(cfg.seed, job.image))
+    rows = []
+    for i, (img, msk, branch) in enumerate(policy.expand(image, mask, rng), start=1):
+        out_img, out_mask = _output_names(job, cfg, i)
+        if branch.is_identity and cfg.image_format == "same":
+            atomic_write_bytes(dst / out_img, (src / job.image).read_bytes())
+        else:
+            atomic_write_bytes(dst / out_img, encode_image(img, Path(out_img).suffix))
+        if out_mask is not None and msk is not None:
+            atomic_write_bytes(dst / out_mask, encode_image(msk, ".png"))
+        rows.append(
+            {
+                "source": job.image,
+                "output": out_img,
+                "mask_source": job.mask or "",
+                "mask_output": out_mask or "",
+                "branch": i,
+                "combination": "identity"
+                if branch.is_identity
+                else f"{branch.combination[0]}+{branch.combination[1]}",
+                "ops": branch.describe(),
+                "record": json.dumps(branch.to_dict(), separators=(",", ":")),
+            }
+        )
+    atomic_save_json(dst / STATE_DIR / "done" / f"{_job_key(job.image)}.json", rows)
+    return rows
+
+
+def _run_chunk(jobs: list[Job], cfg: ExpandConfig, src: Path, dst: Path) -> int:
+    import cv2
+
+    cv2.setNumThreads(1)
+    for j in jobs:
+        _run_job(j, cfg, src, dst)
+    return len(jobs)
+
+
+def _settings_fingerprint(cfg: ExpandConfig) -> dict[str, Any]:
+    d = config_to_dict(cfg)
+    for k in ("input", "output", "workers"):
+        d.pop(k)
+    return d
+
+
+def expand_dataset(cfg: ExpandConfig, progress: bool = True) -> ExpandResult:
+    """Expand a dataset offline (see the module docstring); resumable and safe to interrupt.
+
+    Raises:
+        FileNotFoundError: missing input folder, split folder or mask.
+        ValueError: output inside input, a previous run with different settings in ``output``,
+            unreadable/truncated images, mask/image size mismatch.
+    """
+    from tqdm.auto import tqdm
+
+    src, dst = _check_folders(cfg)
+    cfg.policy()  # validate level / num_branches before touching the disk
+    if cfg.workers < 1:
+        raise ValueError(f"workers must be >= 1, got {cfg.workers}")
+    jobs, copies = plan_jobs(cfg)
+    state = dst / STATE_DIR / "settings.json"
+    settings = _settings_fingerprint(cfg)
+    if state.exists():
+        previous = load_json(state)
+        if previous != settings:
+            raise ValueError(
+                f"{cfg.output} holds an expansion made with different settings ({state}); "
+                "use a new output folder or delete it"
+            )
+    dst.mkdir(parents=True, exist_ok=True)
+    atomic_save_json(state, settings)
+    save_config(cfg, dst / "medaugment_expand.yaml")
+    atomic_save_json(dst / "medaugment_policy.json", cfg.policy().to_dict())
+
+    copied = 0
+    for rel in copies:
+        target = dst / rel
+        if target.exists() and target.stat().st_size == (src / rel).stat().st_size:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.copy.tmp")
+        shutil.copyfile(src / rel, tmp)
+        tmp.replace(target)
+        copied += 1
+
+    done_dir = dst / STATE_DIR / "done"
+    todo = [j for j in jobs if not (done_dir / f"{_job_key(j.image)}.json").exists()]
+    skipped = len(jobs) - len(todo)
+    bar = tqdm(total=len(jobs), initial=skipped, desc="medaugment expand", unit="img", disable=not progress)
+    if cfg.workers == 1 or len(todo) < 2:
+        for j in todo:
+            _run_job(j, cfg, src, dst)
+            bar.update(1)
+    else:
+        size = max(1, min(16, len(todo) // (cfg.workers * 4) or 1))
+        chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_chunk, c, cfg, src, dst) for c in chunks]
+            for fut in as_completed(futures):
+                bar.update(fut.result())
+    bar.close()
+
+    manifest = dst / "manifest.csv"
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS)
+    writer.writeheader()
+    written = 0
+    for j in jobs:
+        rows = load_json(done_dir / f"{_job_key(j.image)}.json")
+        writer.writerows(rows)
+        written += len(rows)
+    atomic_write_text(manifest, buf.getvalue())
+    return ExpandResult(dst, manifest, len(jobs), written, skipped, copied)
