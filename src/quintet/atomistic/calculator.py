@@ -67,8 +67,20 @@ class ModelCalculator(Calculator):
         return collate([rec])
 
     def predict(self, atoms: Any, stress: bool = False) -> Mapping[str, Tensor]:
-        """Raw model outputs for ``atoms`` (tensors)."""
-        return self.model(self._batch(atoms), compute_stress=stress)
+        """Raw model outputs for ``atoms`` (tensors).
+
+        Parameters are excluded from autograd during the call (restored afterwards): conservative
+        models differentiate with respect to positions only, and direct models build no graph.
+        """
+        batch = self._batch(atoms)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            return self.model(batch, compute_stress=stress)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
 
     def calculate(
         self,
