@@ -75,8 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
-    if not argv or argv[0].startswith("-"):
-        top.parse_args(argv or ["--help"])
+    if not argv:
+        top.print_help()
+        return 0
+    if argv[0].startswith("-"):
+        top.parse_args(argv)
         return 0
     name = argv[0]
     if name not in SYSTEMS:
