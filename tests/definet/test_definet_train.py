@@ -13,7 +13,7 @@ from quintet.atomistic.structures import read_structure, write_structure
 from quintet.cli import main
 from quintet.definet.data import defect_record, unwrap_to_reference
 from quintet.definet.model import DefiNetConfig
-from quintet.definet.predict import EvalJob, evaluate_model, predict_batches
+from quintet.definet.predict import EvalJob, evaluate_model, finish_relax, predict_batches
 from quintet.definet.run import DataConfig, TrainJob, host_folders, load_definet, load_pairs, train
 from quintet.definet.synthetic import write_2dmd
 from quintet.train import TrainConfig, save_model
@@ -169,6 +169,11 @@ def test_bad_inputs_raise_clear_errors(trained, tmp_path):
     )
     assert code == 1
     assert main(["definet", "train", "model.hidden=abc", "--out", str(tmp_path / "r")]) == 1
+    mos2 = read_structure(root / "MoS2" / "MoS2_pristine_supercell.cif")
+    with pytest.raises(RuntimeError, match=r"oracle 'emt' failed on .*No EMT-potential"):
+        finish_relax(mos2, "emt")
+    with pytest.raises(ValueError, match="finish_with must be one of"):
+        finish_relax(mos2, "none")
 
 
 def test_record_dtype_follows_the_model(trained):

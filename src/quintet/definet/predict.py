@@ -114,7 +114,12 @@ def finish_relax(
             f"finish_with must be one of {[k for k in FINISHERS if k != 'none']}, got {oracle!r}"
         )
     calc = calc if calc is not None else get_calculator(FINISHERS[oracle])
-    res = relax(atoms, calc, fmax=fmax, max_steps=max_steps)
+    try:
+        res = relax(atoms, calc, fmax=fmax, max_steps=max_steps)
+    except Exception as exc:  # calculators raise many types (unsupported elements, NaN, ...)
+        raise RuntimeError(
+            f"oracle {oracle!r} failed on {atoms.get_chemical_formula()}: {type(exc).__name__}: {exc}"
+        ) from exc
     return {
         "atoms": res.atoms,
         "steps": res.steps,
