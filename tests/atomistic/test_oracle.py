@@ -204,3 +204,20 @@ def test_defect_pairs_labels_match_meta(tmp_path: Path) -> None:
             if (rec[K.DEFECT] == 2).any()
             else True
         )
+
+
+def test_xtb_molecule_md_when_installed(tmp_path: Path) -> None:
+    pytest.importorskip("tblite.ase", reason="the 'oracles' extra (tblite) is not installed")
+    cfg = MDConfig(
+        out=tmp_path / "h2o.extxyz",
+        structure="H2O",
+        oracle="xtb",
+        timestep_fs=0.5,
+        steps=10,
+        stride=5,
+        equilibration_steps=0,
+    )
+    frames = read_structures(run_md(cfg, progress=False))
+    assert len(frames) == 2 and frames[0].info["oracle"] == "xtb"
+    # GFN2-xTB total energy of water is about -137 eV (≈ -5.07 Hartree)
+    assert -140 < frames[0].get_potential_energy() < -134
