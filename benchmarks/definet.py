@@ -35,7 +35,7 @@ import torch
 from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate
 from quintet.definet.model import DefiNet, DefiNetConfig
-from quintet.definet.predict import _atoms_from, _dataset_ids, _record_metrics, predict_batches
+from quintet.definet.predict import atoms_from, dataset_ids, record_metrics, predict_batches
 from quintet.definet.run import DataConfig, load_definet, load_pairs
 from quintet.definet.task import DefiNetTask
 from quintet.io import atomic_save_json
@@ -205,7 +205,7 @@ def oracle_steps(
         row: dict[str, Any] = {"id": ids[k]}
         starts = {"unrelaxed": rec[K.POSITIONS].double().numpy(), **{m: p[k] for m, p in preds.items()}}
         for name, pos in starts.items():
-            res = relax(_atoms_from(z, pos[real], cell, pbc), calc, fmax=fmax, max_steps=400)
+            res = relax(atoms_from(z, pos[real], cell, pbc), calc, fmax=fmax, max_steps=400)
             row[f"{name}_steps"] = res.steps
             row[f"{name}_s"] = res.seconds
             row[f"{name}_e_initial"] = res.e_initial
@@ -322,13 +322,13 @@ def main() -> None:
     )
 
     test = load_pairs(data, "test", None)
-    ids = _dataset_ids(test)
+    ids = dataset_ids(test)
     records = [test[k] for k in range(len(test))]
     p_def, s_def = predict_batches(definet, records, 8)
     p_dr, s_dr = deeprelax_predict(deeprelax, dr_tf, records, 8)
     rows = {
-        "definet": [_record_metrics(r, p, RADII) for r, p in zip(records, p_def, strict=True)],
-        "deeprelax": [_record_metrics(r, p, RADII) for r, p in zip(records, p_dr, strict=True)],
+        "definet": [record_metrics(r, p, RADII) for r, p in zip(records, p_def, strict=True)],
+        "deeprelax": [record_metrics(r, p, RADII) for r, p in zip(records, p_dr, strict=True)],
     }
     hosts = sorted({i.split("_")[0] for i in ids})
     per_host = {}
@@ -340,9 +340,9 @@ def main() -> None:
     held = load_pairs(data, None, None, hosts=[HELD_OUT])
     held_recs = [held[k] for k in range(len(held))]
     p_loho, _ = predict_batches(definet_loho, held_recs, 8)
-    loho = summarize([_record_metrics(r, p, RADII) for r, p in zip(held_recs, p_loho, strict=True)])
+    loho = summarize([record_metrics(r, p, RADII) for r, p in zip(held_recs, p_loho, strict=True)])
     p_seen, _ = predict_batches(definet, held_recs, 8)
-    seen_same = summarize([_record_metrics(r, p, RADII) for r, p in zip(held_recs, p_seen, strict=True)])
+    seen_same = summarize([record_metrics(r, p, RADII) for r, p in zip(held_recs, p_seen, strict=True)])
 
     oracle = (
         oracle_steps(records, ids, {"definet": p_def, "deeprelax": p_dr}, args.oracle_n)

@@ -29,7 +29,7 @@ def demo(out_dir: Path, quick: bool = False) -> DemoSection:
     from quintet.atomistic.neighbors import with_neighbors
     from quintet.definet.data import defect_record
     from quintet.definet.model import DefiNet, DefiNetConfig
-    from quintet.definet.predict import _record_metrics, predict_batches
+    from quintet.definet.predict import record_metrics, predict_batches
     from quintet.definet.synthetic import synthetic_pairs
     from quintet.definet.task import DefiNetTask
     from quintet.seed import seed_everything
@@ -74,7 +74,7 @@ def demo(out_dir: Path, quick: bool = False) -> DemoSection:
 
     model, _ = load_definet(res.best_path)
     preds, seconds = predict_batches(model, test_recs, batch_size=8)
-    rows = [_record_metrics(r, p, (3.0, 4.0)) for r, p in zip(test_recs, preds, strict=True)]
+    rows = [record_metrics(r, p, (3.0, 4.0)) for r, p in zip(test_recs, preds, strict=True)]
     mae = float(np.mean([r["coord_mae"] for r in rows]))
     dummy = float(np.mean([r["dummy_coord_mae"] for r in rows]))
     local = float(np.nanmean([r["local_mae_3"] for r in rows]))

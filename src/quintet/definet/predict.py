@@ -36,11 +36,15 @@ __all__ = [
     "FINISHERS",
     "EvalJob",
     "PredictJob",
+    "atoms_from",
+    "dataset_ids",
     "evaluate_model",
     "finish_relax",
     "list_inputs",
     "predict",
     "predict_batches",
+    "record_metrics",
+    "summarize",
 ]
 
 #: ``--finish-with`` choices -> oracle names of :func:`quintet.atomistic.oracle.get_calculator`
@@ -241,7 +245,8 @@ def _write_rows(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) 
     atomic_write_text(path, buf.getvalue())
 
 
-def _atoms_from(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> Any:
+def atoms_from(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> Any:
+    """An ``ase.Atoms`` from arrays (positions in Å, cell rows as lattice vectors)."""
     from ase import Atoms
 
     return Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
@@ -295,7 +300,7 @@ def predict(job: PredictJob) -> Path:
             sid = _structure_id(f)
             real = pred[: lab.num_atoms]
             disp = np.linalg.norm(real - atoms.positions, axis=1)
-            result = _atoms_from(atoms.numbers, real, np.asarray(atoms.cell), atoms.pbc)
+            result = atoms_from(atoms.numbers, real, np.asarray(atoms.cell), atoms.pbc)
             target = out / "structures" / f"{sid}_definet.cif"
             write_structure(target, result)
             row: dict[str, Any] = {
@@ -363,7 +368,14 @@ class EvalJob:
     out_dir: str = "definet_eval"
 
 
-def _record_metrics(rec: dict[str, Tensor], pred: np.ndarray, radii: Sequence[float]) -> dict[str, float]:
+def record_metrics(rec: dict[str, Tensor], pred: np.ndarray, radii: Sequence[float]) -> dict[str, float]:
+    """Coordinate MAE and local MAE (within each radius of a defect) of ``pred`` and of the dummy.
+
+    Args:
+        rec: a DefiNet record with ``RELAXED_POSITIONS`` and ``DEFECT``.
+        pred: (N, 3) predicted positions of all nodes (placeholders are ignored).
+        radii: radii in Å.
+    """
     from quintet.definet.metrics import defect_distance, real_atom_mask
 
     defect = rec[K.DEFECT]
@@ -439,12 +451,12 @@ def evaluate_model(job: EvalJob, model: DefiNet | None = None, progress: bool = 
         model, _ = load_definet(job.model)
     ds = load_pairs(job.data, None if job.split == "all" else job.split, model.cfg)
     records = [ds[i] for i in range(len(ds))]
-    ids = _dataset_ids(ds)
+    ids = dataset_ids(ds)
     preds, seconds = predict_batches(model, records, job.batch_size, progress=progress)
     rows: list[dict[str, Any]] = []
     for sid, rec, pred in zip(ids, records, preds, strict=True):
         rows.append(
-            {"id": sid, "n_atoms": int((rec[K.DEFECT] != 2).sum()), **_record_metrics(rec, pred, job.radii)}
+            {"id": sid, "n_atoms": int((rec[K.DEFECT] != 2).sum()), **record_metrics(rec, pred, job.radii)}
         )
     if FINISHERS.get(job.finish_with) is not None:
         from quintet.atomistic.oracle import get_calculator
@@ -457,10 +469,10 @@ def evaluate_model(job: EvalJob, model: DefiNet | None = None, progress: bool = 
             cell, pbc = rec[K.CELL].double().numpy(), rec[K.PBC].numpy()
             z = rec[K.ATOMIC_NUMBERS].numpy()[real]
             fin = finish_relax(
-                _atoms_from(z, pred[real], cell, pbc), job.finish_with, job.fmax, job.max_steps, calc
+                atoms_from(z, pred[real], cell, pbc), job.finish_with, job.fmax, job.max_steps, calc
             )
             base = finish_relax(
-                _atoms_from(z, rec[K.POSITIONS].double().numpy()[real], cell, pbc),
+                atoms_from(z, rec[K.POSITIONS].double().numpy()[real], cell, pbc),
                 job.finish_with,
                 job.fmax,
                 job.max_steps,
@@ -480,13 +492,13 @@ def evaluate_model(job: EvalJob, model: DefiNet | None = None, progress: bool = 
     return summary
 
 
-def _dataset_ids(ds: Any) -> list[str]:
+def dataset_ids(ds: Any) -> list[str]:
     """Pair ids of a RelaxPairDataset, a Subset of one, or a ConcatDataset of those."""
     from torch.utils.data import ConcatDataset, Subset
 
     if isinstance(ds, ConcatDataset):
-        return [i for d in ds.datasets for i in _dataset_ids(d)]
+        return [i for d in ds.datasets for i in dataset_ids(d)]
     if isinstance(ds, Subset):
-        inner = _dataset_ids(ds.dataset)
+        inner = dataset_ids(ds.dataset)
         return [inner[i] for i in ds.indices]
     return list(ds.ids)
