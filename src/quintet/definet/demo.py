@@ -29,7 +29,7 @@ def demo(out_dir: Path, quick: bool = False) -> DemoSection:
     from quintet.atomistic.neighbors import with_neighbors
     from quintet.definet.data import defect_record
     from quintet.definet.model import DefiNet, DefiNetConfig
-    from quintet.definet.predict import record_metrics, predict_batches
+    from quintet.definet.predict import predict_batches, record_metrics
     from quintet.definet.synthetic import synthetic_pairs
     from quintet.definet.task import DefiNetTask
     from quintet.seed import seed_everything
