@@ -412,3 +412,17 @@ def test_shared_bulk_oxides_and_md(shared_data: Path, tmp_path: Path) -> None:
         shared_data / "materials" / "md_xtb" / "ethanol_500K.extxyz", split="val", split_dir=tmp_path / "md"
     )
     assert len(md) == 500 and md[0][K.FORCES].shape == (9, 3) and md[0][K.PBC].tolist() == [False] * 3
+
+
+def test_read_only_data_is_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    _custom_pairs(data, n=4)
+    monkeypatch.setenv("QUINTET_CACHE", str(tmp_path / "cache"))
+    data.chmod(0o555)  # read-only, as ../shared/data is (root could still write: mode bits decide)
+    try:
+        assert D.writable_dir(data, "splits").parent == tmp_path / "cache" / "splits"
+        ds = RelaxPairDataset(data, split="train")
+        assert len(ds) == 2 and sorted(p.name for p in data.iterdir()) == ["CIF", "meta.csv"]
+        assert len(list((tmp_path / "cache" / "splits").glob("data-*/split.json"))) == 1
+    finally:
+        data.chmod(0o755)

@@ -48,6 +48,7 @@ __all__ = [
     "pristine_supercell",
     "read_pair",
     "unwrap_to_nearest",
+    "writable_dir",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -330,7 +331,7 @@ def load_or_make_splits(
     return splits
 
 
-def _writable_dir(root: Path, kind: str) -> Path:
+def writable_dir(root: Path, kind: str) -> Path:
     """``root`` if we may write there, else a folder under the cache named after ``root``.
 
     Read-only mode bits are honoured even for root (who could write anyway): data folders shipped
@@ -339,6 +340,9 @@ def _writable_dir(root: Path, kind: str) -> Path:
     if root.is_dir() and os.access(root, os.W_OK) and root.stat().st_mode & stat.S_IWUSR:
         return root
     return default_cache_dir() / kind / f"{root.name}-{fingerprint(str(root.resolve()), length=10)}"
+
+
+_writable_dir = writable_dir  # older name, used by other systems
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,7 +453,7 @@ class TrajectoryDataset(Dataset):
             sdir = (
                 Path(split_dir)
                 if split_dir
-                else _writable_dir(plist[0].parent, "splits") / f"{plist[0].stem}_splits"
+                else writable_dir(plist[0].parent, "splits") / f"{plist[0].stem}_splits"
             )
             keep = set(load_or_make_splits(ids, sdir, self.fingerprint, fractions, seed)[split])
             sel = [k for k, i in enumerate(ids) if i in keep]
@@ -646,7 +650,7 @@ class RelaxPairDataset(Dataset):
             fps.append(gfp)
             if split is not None:
                 if split_dir is None:
-                    sdir = _writable_dir(gdir, "splits")
+                    sdir = writable_dir(gdir, "splits")
                 else:
                     sdir = Path(split_dir) / gname if len(groups) > 1 else Path(split_dir)
                 keep = set(load_or_make_splits([s.id for s in gsources], sdir, gfp, fractions, seed)[split])
