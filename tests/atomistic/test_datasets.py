@@ -426,3 +426,13 @@ def test_read_only_data_is_never_written(tmp_path: Path, monkeypatch: pytest.Mon
         assert len(list((tmp_path / "cache" / "splits").glob("data-*/split.json"))) == 1
     finally:
         data.chmod(0o755)
+
+
+def test_datasets_pickle_for_worker_processes(tmp_path: Path) -> None:
+    import pickle
+
+    _custom_pairs(tmp_path, n=2)
+    ds = RelaxPairDataset(tmp_path, preload=True)
+    clone = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(clone[1][K.RELAXED_POSITIONS], ds[1][K.RELAXED_POSITIONS])
+    assert clone._cache.keys() == ds._cache.keys()  # parsed arrays travel with the dataset

@@ -189,3 +189,11 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
     (tmp_path / "x.weird").write_text("1")
     with pytest.raises(ValueError, match="cannot tell the structure format"):
         read_structures(tmp_path / "x.weird")
+
+
+def test_truncated_poscar(tmp_path: Path) -> None:
+    write_structure(tmp_path / "POSCAR", bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1)))
+    lines = (tmp_path / "POSCAR").read_text().splitlines(keepends=True)
+    (tmp_path / "POSCAR_cut").write_text("".join(lines[:-2]))
+    with pytest.raises(ValueError, match=r"POSCAR_cut: cannot read as vasp"):
+        read_structures(tmp_path / "POSCAR_cut")
