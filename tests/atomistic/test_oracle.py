@@ -54,6 +54,8 @@ def test_structure_specs(tmp_path: Path) -> None:
     mos2 = build_structure("MoS2:mx2")
     assert mos2.get_chemical_formula() == "MoS2" and mos2.pbc.tolist() == [True, True, False]
     assert len(build_structure("CH3CH2OH")) == 9
+    hbn = build_structure("BN:graphene:2.50", (2, 2, 1))
+    assert hbn.get_chemical_formula() == "B4N4" and hbn.pbc.tolist() == [True, True, False]
     cu.write(tmp_path / "cu.cif")
     assert len(build_structure(str(tmp_path / "cu.cif"), (1, 1, 2))) == 16
     with pytest.raises(ValueError, match="unknown crystal 'fccc'"):

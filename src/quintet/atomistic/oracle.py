@@ -130,6 +130,7 @@ def build_structure(spec: str, supercell: Sequence[int] = (1, 1, 1), vacuum: flo
         - ``"Cu:fcc:3.61"`` (``element(s):crystal[:a]``; crystals: sc, fcc, bcc, hcp, diamond,
           zincblende, rocksalt, cesiumchloride, fluorite, wurtzite): conventional cubic cell when possible;
         - ``"MoS2:mx2[:a]"``: a 2H transition-metal dichalcogenide monolayer (pbc in-plane);
+        - ``"BN:graphene[:a]"``: a honeycomb monolayer (graphene, hBN; pbc in-plane);
         - an ASE molecule name (``"CH3CH2OH"``, ``"H2O"`` ...; g2 collection).
 
     Args:
@@ -152,6 +153,10 @@ def build_structure(spec: str, supercell: Sequence[int] = (1, 1, 1), vacuum: flo
         a = float(parts[2]) if len(parts) > 2 and parts[2] else None
         if kind == "mx2":
             atoms = mx2(name, "2H", a=a or 3.18, thickness=3.19, vacuum=vacuum)
+        elif kind == "graphene":
+            from ase.build import graphene
+
+            atoms = graphene(formula=name, a=a or 2.46, vacuum=vacuum)
         elif kind in _CRYSTALS:
             try:
                 atoms = bulk(name, kind, a=a, cubic=kind not in ("hcp", "wurtzite"))
@@ -159,7 +164,7 @@ def build_structure(spec: str, supercell: Sequence[int] = (1, 1, 1), vacuum: flo
                 atoms = bulk(name, kind, a=a)
         else:
             raise ValueError(
-                f"structure spec {spec!r}: unknown crystal {kind!r}; choose from {[*_CRYSTALS, 'mx2']}"
+                f"structure spec {spec!r}: unknown crystal {kind!r}; choose from {[*_CRYSTALS, 'mx2', 'graphene']}"
             )
         return atoms.repeat(tuple(int(s) for s in supercell))
     from ase.collections import g2
@@ -167,8 +172,8 @@ def build_structure(spec: str, supercell: Sequence[int] = (1, 1, 1), vacuum: flo
     if spec in g2.names:
         return molecule(spec)
     raise ValueError(
-        f"structure spec {spec!r} is neither a file, 'Element:crystal[:a]', 'MX2:mx2[:a]' nor an ASE g2 "
-        "molecule name (e.g. CH3CH2OH, H2O)"
+        f"structure spec {spec!r} is neither a file, 'Element:crystal[:a]', 'MX2:mx2[:a]', 'BN:graphene[:a]' "
+        "nor an ASE g2 molecule name (e.g. CH3CH2OH, H2O)"
     )
 
 
