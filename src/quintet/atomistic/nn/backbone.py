@@ -77,11 +77,13 @@ class ScalarVectorBackbone(nn.Module):
         if self.global_node:
             g = self.global_scalars[0].init(num_graphs)
             gv = self.global_vectors[0].init(num_graphs, x)
+        v_zero = not bool(v.any())  # the usual start: skip gathering and mixing an all-zero v
         for k in range(self.num_layers):
             if self.global_node:
                 x = self.global_scalars[k].to_atoms(x, g, batch)
-                v = self.global_vectors[k].to_atoms(v, gv, batch)
-            dx, dv = self.messages[k](x, v, edge_index, edge_attr, unit)
+                if not (k == 0 and v_zero):  # with v = 0 and G = 0 the exchange leaves v at zero
+                    v = self.global_vectors[k].to_atoms(v, gv, batch)
+            dx, dv = self.messages[k](x, None if (k == 0 and v_zero) else v, edge_index, edge_attr, unit)
             x = (x + dx) * self.inv_sqrt_2
             v = v + dv
             dx, dv = self.updates[k](x, v)

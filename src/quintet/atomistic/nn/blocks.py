@@ -100,7 +100,7 @@ class PaiNNMessage(nn.Module):
     def forward(
         self,
         x: Tensor,
-        v: Tensor,
+        v: Tensor | None,
         edge_index: Tensor,
         edge_attr: Tensor,
         unit: Tensor,
@@ -109,7 +109,7 @@ class PaiNNMessage(nn.Module):
         """Aggregate messages onto the centres ``edge_index[0]``.
 
         Args:
-            x: (N, H) scalars; v: (N, 3, H) vectors.
+            x: (N, H) scalars; v: (N, 3, H) vectors, or ``None`` when they are all zero (first layer).
             edge_index: (2, E) rows (i centre, j neighbour).
             edge_attr: (E, edge_dim) invariant edge features.
             unit: (E, 3) unit vectors along r_ij.
@@ -120,13 +120,24 @@ class PaiNNMessage(nn.Module):
         """
         i, j = edge_index[0], edge_index[1]
         h = self.hidden
-        filt = self.phi(x)[j] * self.edge_proj(edge_attr) * self.inv_sqrt_3
+        # the constant scalings are applied per atom (N rows) rather than per edge (E rows)
+        node = self.phi(x) * self._scale.to(x.dtype)
+        filt = node[j] * self.edge_proj(edge_attr)
         if edge_gate is not None:
             filt = filt * edge_gate
         a, b, c = torch.split(filt, h, dim=-1)
-        dv_e = (a.unsqueeze(1) * v[j] + b.unsqueeze(1) * unit.unsqueeze(-1)) * self.inv_sqrt_h
+        dv_e = b.unsqueeze(1) * unit.unsqueeze(-1)
+        if v is not None:
+            dv_e = torch.addcmul(dv_e, a.unsqueeze(1), v[j])
         n = x.shape[0]
         return scatter_sum(c, i, n), scatter_sum(dv_e, i, n)
+
+    @property
+    def _scale(self) -> Tensor:
+        h = self.hidden
+        s = torch.full((3 * h,), self.inv_sqrt_3)
+        s[: 2 * h] *= self.inv_sqrt_h
+        return s
 
 
 class _UpdateBase(nn.Module):
