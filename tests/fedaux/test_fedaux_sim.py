@@ -104,11 +104,11 @@ def test_cora_fedaux_short_run(shared_data: Path, tmp_path: Path) -> None:
         [
             f"data.root={shared_data / 'planetoid'}",
             "data.num_clients=5",
-            "rounds=40",
+            "rounds=100",
             f"out_dir={tmp_path}",
             f"data.cache_dir={tmp_path / 'cache'}",
             "algo.hidden=64",
         ],
     )
     res = run(cfg)
-    assert res.test_at_best_val > 70.0
+    assert res.test_at_best_val > 78.0  # paper: 84.57; the early rounds dip like FedAvg
