@@ -223,3 +223,20 @@ def test_xtb_molecule_md_when_installed(tmp_path: Path) -> None:
     assert len(frames) == 2 and frames[0].info["oracle"] == "xtb"
     # GFN2-xTB total energy of water is about -137 eV (≈ -5.07 Hartree)
     assert -140 < frames[0].get_potential_energy() < -134
+
+
+def test_failing_oracle_names_the_pair_and_keeps_the_rest(tmp_path: Path) -> None:
+    class Exploding(EMT):
+        calls = 0
+
+        def calculate(self, *a: object, **k: object) -> None:
+            super().calculate(*a, **k)
+            Exploding.calls += 1
+            if Exploding.calls > 40:
+                self.results["energy"] = float("nan")
+
+    cfg = RelaxPairsConfig(out=tmp_path / "rp", n=5, cell_filter="unitcell", relax_cell=False)
+    with pytest.raises(RuntimeError, match=r"pair Exploding_s0_0000\d failed .*non-finite energy"):
+        make_relax_pairs(cfg, calc=Exploding(), progress=False)
+    ds = RelaxPairDataset(tmp_path / "rp")  # the finished pairs form a valid data set
+    assert 1 <= len(ds) < 5

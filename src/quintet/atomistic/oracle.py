@@ -539,7 +539,12 @@ def _run_pairs(
     if have:
         print(f"{folder}: {len(have)} pairs already done, {len(todo)} to make")
     for k, i in tqdm(todo, desc=desc, unit="pair", disable=not progress):
-        row = make_one(k, i)
+        try:
+            row = make_one(k, i)
+        except (RuntimeError, ValueError, FloatingPointError) as exc:
+            raise RuntimeError(
+                f"{folder}: pair {i} failed ({exc}); the {len(rows)} pairs before it are kept, rerun to resume"
+            ) from exc
         rows.append({c: row.get(c, "") for c in columns})
         _write_meta_rows(meta_path, rows, columns)
     return rows
