@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from quintet.fedaux.algorithms import AlgoConfig  # noqa: E402
 from quintet.fedaux.data import build_clients  # noqa: E402
 from quintet.fedaux.simulate import simulate  # noqa: E402
-from quintet.io import atomic_save_json, load_json  # noqa: E402
+from quintet.io import atomic_save_json, atomic_write_text, load_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CELLS = RESULTS / "fedaux_cells"
@@ -237,8 +237,34 @@ def report() -> dict:
     if fc.is_file():
         out["flower_vs_inprocess_max_abs_diff"] = load_json(fc)["max_abs_diff"]
     atomic_save_json(RESULTS / "fedaux.json", out)
+    atomic_write_text(RESULTS / "fedaux_table.md", markdown_table(out))
     _plot(curves)
     return out
+
+
+def markdown_table(out: dict) -> str:
+    """Mean ± std (seeds) per cell, with the paper's number in brackets."""
+    lines = [
+        "| dataset | clients | " + " | ".join(METHODS) + " |",
+        "|---|---|" + "---|" * len(METHODS),
+    ]
+    for ds in DATASETS:
+        for k in CLIENTS:
+            row = out.get(ds, {}).get(str(k), {})
+            cells = []
+            for m in METHODS:
+                v = row.get(m)
+                if not v:
+                    cells.append("not run")
+                    continue
+                note = "" if v["seeds"] == len(SEEDS) else f" [{v['seeds']} seed(s)]"
+                cells.append(f"{v['mean']:.2f} ± {v['std']:.2f} ({v['paper']:.2f}){note}")
+            lines.append(f"| {ds} | {k} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "mean ± std over seeds of the mean client test accuracy (%) at the best-validation round; (paper Table 1)"
+    )
+    return "\n".join(lines) + "\n"
 
 
 def _plot(curves: dict) -> None:
