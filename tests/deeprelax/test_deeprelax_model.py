@@ -28,9 +28,9 @@ def _records() -> list[dict[str, torch.Tensor]]:
     return [recs["bulk"], recs["triclinic"], recs["slab"]]
 
 
-def _model(cell_head: str = "equivariant") -> DeepRelax:
+def _model(cell_head: str = "equivariant", **kw) -> DeepRelax:
     torch.manual_seed(0)
-    m = DeepRelax(ModelConfig(hidden=16, num_layers=2, num_rbf=8, cell_head=cell_head)).double()
+    m = DeepRelax(ModelConfig(hidden=16, num_layers=2, num_rbf=8, cell_head=cell_head, **kw)).double()
     with torch.no_grad():  # make every head non-trivial (the last layers start at zero)
         for p in m.parameters():
             if p.abs().sum() == 0:
@@ -50,6 +50,7 @@ def _fn(model: DeepRelax):
             "atom_mu": per_graph_mean(out[M.MU_DISPLACE], ei[0, disp], n),
             "atom_log_b": per_graph_mean(out[M.LOG_B_RELAXED], ei[0], n),
             "cell_rows": out[M.PRED_CELL].reshape(-1, 3),
+            "init_pos": out[M.INIT_POS],
         }
 
     return fn
@@ -59,12 +60,20 @@ def test_distances_are_rotation_and_translation_invariant_and_cell_equivariant()
     fn = _fn(_model())
     recs = _records()
     inv = ["mu_relaxed", "log_b_relaxed", "mu_displace", "atom_mu"]
-    assert_rotation_equivariant(fn, recs, invariant=inv, vectors=["cell_rows"], atol=1e-8)
-    assert_translation_invariant(fn, recs, invariant=[*inv, "cell_rows"], atol=1e-8)
+    assert_rotation_equivariant(
+        fn, recs, invariant=inv, vectors=["cell_rows"], positions=["init_pos"], atol=1e-8
+    )
+    # relaxed distances ignore translations; displace distances follow them the way the labels do
+    # (cell filters deform about the origin), so they are invariant only when the cell is kept
+    assert_translation_invariant(fn, recs, invariant=["mu_relaxed", "log_b_relaxed", "cell_rows"], atol=1e-8)
+    fixed = _fn(_model(relax_cell=False))
+    assert_translation_invariant(fixed, recs, invariant=inv, positions=["init_pos"], atol=1e-8)
+    with pytest.raises(AssertionError, match="mu_displace"):
+        assert_translation_invariant(fn, recs, invariant=["mu_displace"], atol=1e-8)
 
 
 def test_published_cell_head_is_not_rotation_equivariant() -> None:
-    fn = _fn(_model("published"))
+    fn = _fn(_model("published", residual_base="unrelaxed"))
     recs = _records()
     assert_rotation_equivariant(fn, recs, invariant=["mu_relaxed"], atol=1e-8)  # distances still are
     with pytest.raises(AssertionError, match="cell_rows"):
@@ -75,8 +84,8 @@ def test_published_cell_head_is_not_rotation_equivariant() -> None:
 def test_permutation_and_batch_consistency() -> None:
     fn = _fn(_model())
     recs = _records()
-    assert_permutation_equivariant(fn, recs, node_outputs=["atom_mu", "atom_log_b"], atol=1e-8)
-    assert_batch_matches_single(fn, recs, node_outputs=["atom_mu"], atol=1e-8)
+    assert_permutation_equivariant(fn, recs, node_outputs=["atom_mu", "atom_log_b", "init_pos"], atol=1e-8)
+    assert_batch_matches_single(fn, recs, node_outputs=["atom_mu", "init_pos"], atol=1e-8)
 
 
 def test_slab_cell_keeps_its_vacuum_vector() -> None:
@@ -178,4 +187,5 @@ def test_solve_config_steps_zero_returns_start() -> None:
     m = _model()
     batch = collate(_records()[:1])
     res = relax_batch(m, batch, SolveConfig(steps=0))
-    assert torch.equal(res["positions"], batch[K.POSITIONS])
+    assert torch.equal(res["positions"], res["init_positions"])
+    assert not torch.allclose(res["positions"], batch[K.POSITIONS])

@@ -168,7 +168,7 @@ def check_displacements(
 
 def per_graph_mean(values: Tensor, graph: Tensor, num_graphs: int) -> Tensor:
     """Mean of ``values`` (E,) or (E, k) per graph (graphs with no entry get 0)."""
-    v = values.reshape(values.shape[0], -1)
+    v = values.unsqueeze(-1) if values.dim() == 1 else values.flatten(1)
     s = torch.zeros(num_graphs, v.shape[1], dtype=v.dtype, device=v.device).index_add_(0, graph, v)
     n = torch.zeros(num_graphs, dtype=v.dtype, device=v.device).index_add_(
         0, graph, torch.ones_like(graph, dtype=v.dtype)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from quintet.atomistic import keys as K
 from quintet.atomistic.neighbors import edge_vectors
-from quintet.atomistic.nn import AtomEmbedding, RadialBasis, ScaledSiLU, mlp
+from quintet.atomistic.nn import AtomEmbedding, RadialBasis, ScaledSiLU, VectorReadout, mlp
 from quintet.atomistic.nn.backbone import ScalarVectorBackbone
 from quintet.atomistic.nn.scatter import scatter_mean, scatter_sum
 from quintet.deeprelax.graph import DISPLACE, build_edges
@@ -37,6 +37,7 @@ LOG_B_DISPLACE = "log_b_displace"  # (E_d,) log Laplace scale
 MU_RELAXED = "mu_relaxed"  # (E,) predicted relaxed distances of every edge, Å
 LOG_B_RELAXED = "log_b_relaxed"  # (E,)
 PRED_CELL = "pred_cell"  # (B, 3, 3) predicted relaxed cell
+INIT_POS = "init_pos"  # (N, 3) the network's first guess of the relaxed positions (start of the solve)
 
 
 @dataclass
@@ -56,6 +57,11 @@ class ModelConfig:
         residual_distances: predict distances as unrelaxed distance + correction (the paper predicts
             them directly).
         relax_cell: predict a cell change at all (False keeps the input cell, e.g. for fixed-cell data).
+        residual_base: what the distance heads correct. ``"displaced"``: the distances of a first guess
+            made by the network itself, p = u F + δ (the unrelaxed positions u carried along by the
+            predicted cell deformation F in fractional coordinates, plus an equivariant per-atom
+            displacement δ read out of the vector features); the solve also starts from p.
+            ``"unrelaxed"``: the unrelaxed distances (and the solve starts from u).
     """
 
     hidden: int = 128
@@ -68,6 +74,7 @@ class ModelConfig:
     cell_head: Literal["equivariant", "published"] = "equivariant"
     residual_distances: bool = True
     relax_cell: bool = True
+    residual_base: Literal["displaced", "unrelaxed"] = "displaced"
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.num_layers < 1 or self.num_rbf < 1:
@@ -103,6 +110,35 @@ def ensure_graph(batch: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor
     out[K.EDGE_SHIFT] = torch.from_numpy(np.concatenate(shs)).to(device=dev, dtype=dt)
     out[DISPLACE] = torch.from_numpy(np.concatenate(ms)).to(dev)
     return out
+
+
+def safe_box(cell: Tensor) -> Tensor:
+    """(B, 3, 3) cells with zero rows (vacuum directions of slabs, molecules) replaced by unit normals.
+
+    The result is invertible whenever the non-zero rows are independent, so fractional coordinates and
+    cell deformations are defined for 2D cells stored with a zero third vector.
+    """
+    eye = torch.eye(3, dtype=cell.dtype, device=cell.device).expand_as(cell)
+    zero = torch.linalg.vector_norm(cell, dim=-1, keepdim=True) < 1e-6  # (B, 3, 1)
+    normals = torch.stack(
+        [torch.linalg.cross(cell[:, (k + 1) % 3], cell[:, (k + 2) % 3], dim=-1) for k in range(3)], dim=1
+    )
+    nn_ = torch.linalg.vector_norm(normals, dim=-1, keepdim=True)
+    normals = torch.where(nn_ > 1e-9, normals / nn_.clamp_min(1e-9), eye)
+    box = torch.where(zero, normals, cell)
+    still = torch.linalg.det(box).abs() < 1e-9
+    return torch.where(still.view(-1, 1, 1), eye, box)
+
+
+def first_guess(pos: Tensor, cell: Tensor, pred_cell: Tensor, delta: Tensor, batch: Tensor) -> Tensor:
+    """p = u F + δ with F = box(cell)^-1 box(pred_cell): fractional coordinates carried into the new cell.
+
+    This is how ASE's cell filters (and so the oracles that made the labels) move atoms with the cell:
+    about the origin. The displace distances |p_i - u_j| therefore follow a translation t of the input
+    as the labels do (the relaxed structure moves by t F, not t); relaxed distances stay invariant.
+    """
+    f = torch.linalg.solve(safe_box(cell), safe_box(pred_cell))  # u F maps the old cell onto the new one
+    return torch.einsum("nk,nkl->nl", pos, f[batch]) + delta
 
 
 class _DistanceHead(nn.Module):
@@ -195,6 +231,8 @@ class DeepRelax(nn.Module):
         )
         self.displace_head = _DistanceHead(c.hidden, self.edge_dim, c.residual_distances)
         self.relaxed_head = _DistanceHead(c.hidden, self.edge_dim, c.residual_distances)
+        self.displacement = VectorReadout(c.hidden)
+        nn.init.zeros_(self.displacement.lin.weight)
         self.cell_head: nn.Module = (
             _EquivariantCellHead(c.hidden) if c.cell_head == "equivariant" else _PublishedCellHead(c.hidden)
         )
@@ -223,8 +261,6 @@ class DeepRelax(nn.Module):
         x = self.embedding(z).to(pos.dtype)
         v = x.new_zeros((x.shape[0], 3, x.shape[1]))
         x, v = self.backbone(x, v, ei, edge_attr, unit, bidx, num_graphs)
-        mu_d, lb_d = self.displace_head(x, ei[:, disp], edge_attr[disp], d[disp])
-        mu_r, lb_r = self.relaxed_head(x, ei, edge_attr, d)
         pbc = batch[K.PBC].reshape(-1, 3)
         if self.cfg.relax_cell:
             e = self.cell_head(x, bidx, num_graphs, cell, batch[K.NUM_ATOMS])
@@ -233,12 +269,22 @@ class DeepRelax(nn.Module):
             pred_cell = cell + (e @ cell if self.cfg.cell_head == "equivariant" else e)
         else:
             pred_cell = cell
+        if self.cfg.residual_base == "displaced":
+            init = first_guess(pos, cell, pred_cell, self.displacement(v).squeeze(-1), bidx)
+            de = ei[:, disp]
+            d0_disp = torch.linalg.vector_norm(init[de[0]] - pos[de[1]], dim=-1)  # displace edges have S = 0
+            _, d0_rel = edge_vectors(init, pred_cell, ei, shift, bidx)
+        else:
+            init, d0_disp, d0_rel = pos, d[disp], d
+        mu_d, lb_d = self.displace_head(x, ei[:, disp], edge_attr[disp], d0_disp)
+        mu_r, lb_r = self.relaxed_head(x, ei, edge_attr, d0_rel)
         return {
             MU_DISPLACE: mu_d,
             LOG_B_DISPLACE: lb_d,
             MU_RELAXED: mu_r,
             LOG_B_RELAXED: lb_r,
             PRED_CELL: pred_cell,
+            INIT_POS: init,
             K.EDGE_INDEX: ei,
             K.EDGE_SHIFT: shift,
             DISPLACE: disp,

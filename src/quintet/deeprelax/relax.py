@@ -64,7 +64,7 @@ def relax_batch(
     cell = batch[K.CELL].reshape(-1, 3, 3)
     num_graphs = cell.shape[0]
     res = solve_positions(
-        init_pos=pos,
+        init_pos=out[M.INIT_POS],
         anchor_pos=pos,
         anchor_cell=cell,
         cell=out[M.PRED_CELL],
@@ -86,6 +86,7 @@ def relax_batch(
     return {
         "positions": res.positions,
         "cell": out[M.PRED_CELL].detach(),
+        "init_positions": out[M.INIT_POS].detach(),
         "atom_uncertainty": atom_unc,
         "uncertainty": per_graph_mean(atom_unc, batch[K.BATCH], num_graphs),
         "displace_residual": res.displace_residual,

@@ -110,8 +110,13 @@ def solve_positions(
         dr = edge_lengths(x, cell, edge_index, shift, batch)
         return dd, dr
 
+    # an edge from an atom to its own image has a fixed length in a fixed cell: it cannot move the atom,
+    # and leaving it in would let Adam blow float round-off (+g - g) up to full steps
+    moving = edge_index[0] != edge_index[1]
+    m_ei, m_sh, m_mu, m_sg = edge_index[:, moving], shift[moving], mu_r[moving], sg_r[moving]
+    m_graph = r_graph[moving]
     x = init_pos.detach().clone().requires_grad_(True)
-    if steps > 0 and (d_ei.numel() or edge_index.numel()):
+    if steps > 0 and (d_ei.numel() or m_ei.numel()):
         with torch.enable_grad():
             opt = torch.optim.Adam([x], lr=lr)
             for t in range(steps):
