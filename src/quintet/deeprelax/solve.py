@@ -124,10 +124,13 @@ def solve_positions(
                     for group in opt.param_groups:
                         group["lr"] = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t / steps)))
                 opt.zero_grad(set_to_none=True)
-                dd, dr = distances(x)
-                loss = per_graph_mean(band_penalty(dd, mu_d, sg_d, objective), d_graph, num_graphs).sum()
+                dd = displace_distances(x, anchor_pos, anchor_cell, d_ei, d_sh, batch)
+                dr = edge_lengths(x, cell, m_ei, m_sh, batch)
+                pen_d = band_penalty(dd, mu_d, sg_d, objective)
+                pen_r = band_penalty(dr, m_mu, m_sg, objective)
                 loss = (
-                    loss + per_graph_mean(band_penalty(dr, mu_r, sg_r, objective), r_graph, num_graphs).sum()
+                    per_graph_mean(pen_d, d_graph, num_graphs).sum()
+                    + per_graph_mean(pen_r, m_graph, num_graphs).sum()
                 )
                 loss.backward()
                 opt.step()
