@@ -277,3 +277,18 @@ def test_epoch_is_one_pass_without_steps_per_epoch(tiny, data, tmp_path):
         tmp_path,
     )
     assert [r["step"] for r in res.history] == [8, 16]
+
+
+def test_cpu_clock_budget_ignores_sleeping(tiny, data, tmp_path):
+    # sleeping costs wall-clock but no CPU: a CPU-time budget lets the run go on much longer
+    train, val = data
+    task = tiny.RegressionTask(tiny.make_net(), sleep_s=0.05)
+    res = fit(
+        task,
+        train,
+        val,
+        tiny.config(max_epochs=8, max_time_s=1.0, time_budget_clock="cpu"),
+        tmp_path,
+    )
+    assert res.stop_reason == "max_epochs"
+    assert res.history[-1]["step"] > 21  # a wall-clock budget of 1 s would have stopped by step 21

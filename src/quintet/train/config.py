@@ -35,6 +35,9 @@ class TrainConfig:
         max_epochs: upper bound on epochs (an epoch is ``steps_per_epoch`` optimizer steps, or one
             pass over the training set when that is ``None``).
         max_steps: upper bound on optimizer steps over the whole run (``None``: no bound).
+        time_budget_clock: what ``max_time_s`` (and the ``time_s`` column of the history) measures:
+            ``"wall"`` clock, or ``"cpu"`` time of this process — fair equal-budget comparisons of
+            models trained one after the other on a shared, unevenly loaded machine.
         max_time_s: wall-clock budget in seconds over the whole run, resumes included; checked after
             every step, then the partial epoch is validated and saved (``None``: no budget).
         steps_per_epoch: optimizer steps per "epoch" (the papers validate every N steps); ``None``
@@ -70,6 +73,7 @@ class TrainConfig:
     max_epochs: int = 100
     max_steps: int | None = None
     max_time_s: float | None = None
+    time_budget_clock: Literal["wall", "cpu"] = "wall"
     steps_per_epoch: int | None = None
     batch_size: int = 32
     val_batch_size: int | None = None

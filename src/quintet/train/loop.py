@@ -250,7 +250,7 @@ class _TaskModule(pl.LightningModule):
         self._train_acc = _Accumulator()
         self._val_acc = _Accumulator()
         self._val_metrics: dict[str, float] = {}
-        self._t0 = time.monotonic()
+        self._t0 = self._now()
         self._steps_at_start = state.step
         self.interrupted = False
         self._ddp_flags: tuple[bool, bool] | None = None
@@ -335,7 +335,7 @@ class _TaskModule(pl.LightningModule):
             self.resume_state = None  # free memory
         if self.trainer.is_global_zero:
             save_config(cfg, self.out_dir / CONFIG_NAME)
-        self._t0 = time.monotonic()
+        self._t0 = self._now()
 
     # ---------------------------------------------------------------- steps
     def on_train_epoch_start(self) -> None:
@@ -359,8 +359,12 @@ class _TaskModule(pl.LightningModule):
         )
         return out.loss
 
+    def _now(self) -> float:
+        """The budget clock: wall-clock, or this process's CPU time (fair budgets on a shared machine)."""
+        return time.process_time() if self.cfg.time_budget_clock == "cpu" else time.monotonic()
+
     def _elapsed(self) -> float:
-        return self.run_state.elapsed_s + (time.monotonic() - self._t0)
+        return self.run_state.elapsed_s + (self._now() - self._t0)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         cfg = self.cfg
@@ -438,7 +442,7 @@ class _TaskModule(pl.LightningModule):
         elif st.epoch >= cfg.max_epochs:
             st.stop_reason = st.stop_reason or "max_epochs"
         st.elapsed_s = self._elapsed()
-        self._t0 = time.monotonic()
+        self._t0 = self._now()
         if st.stop_reason:
             self.trainer.should_stop = True
         if self.trainer.is_global_zero:
