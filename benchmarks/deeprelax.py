@@ -198,12 +198,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default=None)
+    parser.add_argument("--emt-pairs", type=int, default=1500, help="EMT alloy pairs to generate (resumable)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json = RESULTS / ("deeprelax_quick.json" if args.quick else "deeprelax.json")
     results: dict = {}
-    if out_json.is_file() and args.only:
+    if out_json.is_file() and args.only:  # keep the other datasets' results
         results = {k: v for k, v in json.loads(out_json.read_text()).items() if not k.startswith("_")}
     specs = datasets(args.quick)
     names = args.only.split(",") if args.only else list(specs)
@@ -213,7 +214,7 @@ def main() -> None:
         t0 = time.perf_counter()
         make_relax_pairs(
             RelaxPairsConfig(
-                out=WORK / ("emt_pairs_quick" if args.quick else "emt_pairs"), n=120 if args.quick else 1500,
+                out=WORK / ("emt_pairs_quick" if args.quick else "emt_pairs"), n=120 if args.quick else args.emt_pairs,
                 supercell=(2, 1, 1), cell_filter="unitcell", rattle=0.08, strain=0.04, fmax=0.05, max_steps=300,
                 oracle="emt", seed=0, substitute_fraction=0.4,
             )
