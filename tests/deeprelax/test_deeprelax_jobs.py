@@ -191,3 +191,20 @@ def test_one_atom_cell_and_2d_slab_are_handled(trained) -> None:
     assert torch.allclose(res["positions"][0], res["init_positions"][0])
     assert torch.equal(res["cell"][1, 2], recs[1][K.CELL][2])  # vacuum vector kept
     assert np.isfinite(res["positions"].numpy()).all()
+
+
+def test_train_and_eval_verbs_and_clear_config_errors(pair_db: Path, tmp_path: Path, capsys) -> None:
+    common = [f"data.root={pair_db}", "data.layout=db", "data.fractions=[0.75,0.0,0.25]"]
+    argv = [
+        "deeprelax", "train", *common, "model.hidden=16", "model.num_layers=1", "model.num_rbf=8",
+        "train.max_epochs=1", "train.progress=false", "train.accelerator=cpu", f"out={tmp_path / 'run'}",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    best = tmp_path / "run" / "best.pt"
+    assert best.is_file() and (tmp_path / "run" / "config.yaml").is_file()
+    assert main(["deeprelax", "eval", "-m", str(best), *common, f"out={tmp_path / 'ev'}"]) == 0
+    assert "coord_mae_ratio_vs_dummy" in capsys.readouterr().out
+    assert main(["deeprelax", "train", "model.hiden=3"]) == 1
+    assert "unknown config key" in capsys.readouterr().err
+    assert main(["deeprelax", "eval", "-m", str(tmp_path / "missing.pt"), *common]) == 1
+    assert "does not exist" in capsys.readouterr().err
