@@ -161,11 +161,13 @@ def resolve_value_range(
     return 0.0, 1.0
 
 
-def _to_dtype(x: np.ndarray, dtype: np.dtype, lo: float, hi: float) -> np.ndarray:
-    """Clip to ``[lo, hi]`` and cast back (integers are rounded half to even)."""
+def _to_dtype(x: np.ndarray, dtype: np.dtype, lo: float, hi: float, inplace: bool = False) -> np.ndarray:
+    """Clip to ``[lo, hi]`` and cast back (integers are rounded half to even); ``inplace`` reuses ``x``."""
     if np.dtype(dtype).kind in "iu":
-        x = np.rint(x)
-    return np.clip(x, lo, hi).astype(dtype, copy=False)
+        x = np.rint(x, out=x) if inplace else np.rint(x)
+        inplace = True
+    x = np.clip(x, lo, hi, out=x) if inplace else np.clip(x, lo, hi)
+    return x.astype(dtype, copy=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,9 +218,22 @@ def _spatial_hw(image: np.ndarray, volume: bool) -> tuple[int, int]:
 # pixel operations (image only)
 # --------------------------------------------------------------------------------------------------
 
+_U8 = np.dtype(np.uint8)
+_LEVELS = np.arange(256, dtype=np.float64)
+
+
+def _lut(image: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Apply a 256-entry table to a uint8 image (same result as computing every pixel)."""
+    table = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] <= 4 and image.flags.c_contiguous):
+        return cv2.LUT(image, table)
+    return table[image]
+
 
 def brightness(image: np.ndarray, factor: float, lo: float, hi: float) -> np.ndarray:
     """Scale the distance from ``lo`` by ``factor`` and clip (ColorJitter brightness for uint8)."""
+    if image.dtype == _U8 and (lo, hi) == (0.0, 255.0):
+        return _lut(image, (_LEVELS.astype(np.float32) * np.float32(factor)).astype(np.float64))
     x = image.astype(np.float32)
     return _to_dtype(lo + (x - lo) * factor, image.dtype, lo, hi)
 
@@ -233,6 +248,9 @@ def _gray_mean(image: np.ndarray, volume: bool) -> float:
 def contrast(image: np.ndarray, factor: float, lo: float, hi: float, volume: bool = False) -> np.ndarray:
     """Blend with the mean grey value: ``x * f + mean * (1 - f)``, clipped (ColorJitter contrast)."""
     mean = _gray_mean(image, volume)
+    if image.dtype == _U8 and (lo, hi) == (0.0, 255.0):
+        f32 = _LEVELS.astype(np.float32) * np.float32(factor) + np.float32(mean * (1.0 - factor))
+        return _lut(image, f32.astype(np.float64))
     x = image.astype(np.float32)
     return _to_dtype(x * factor + mean * (1.0 - factor), image.dtype, lo, hi)
 
@@ -242,6 +260,8 @@ def posterize(image: np.ndarray, bits: int, lo: float, hi: float) -> np.ndarray:
     if not 1 <= bits <= 8:
         raise ValueError(f"posterize bits must be in 1..8, got {bits}")
     levels = 2**bits
+    if image.dtype == _U8 and (lo, hi) == (0.0, 255.0):
+        return _lut(image, (np.arange(256) & ~(2 ** (8 - bits) - 1)).astype(np.float64))
     if image.dtype.kind in "iu":
         step = (hi - lo + 1.0) / levels
         idx = np.floor((image.astype(np.float64) - lo) / step)
@@ -283,8 +303,10 @@ def gaussian_blur(
 def gaussian_noise(image: np.ndarray, sigma: float, seed: int, lo: float, hi: float) -> np.ndarray:
     """Add independent N(0, sigma^2) noise per pixel and channel; ``sigma`` is on the 0-255 scale."""
     rng = np.random.default_rng(seed)
-    noise = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(sigma * (hi - lo) / 255.0)
-    return _to_dtype(image.astype(np.float32) + noise, image.dtype, lo, hi)
+    noise = rng.standard_normal(image.shape, dtype=np.float32)
+    noise *= np.float32(sigma * (hi - lo) / 255.0)
+    noise += image
+    return _to_dtype(noise, image.dtype, lo, hi, inplace=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,6 +354,8 @@ def spatial_matrix(name: str, params: Params, h: int, w: int) -> np.ndarray:
 
 
 def _flip(array: np.ndarray, axis_hw: int, volume: bool) -> np.ndarray:
+    if not volume and array.ndim == 2 and array.dtype in (_U8, np.dtype(np.uint16), np.dtype(np.float32)):
+        return cv2.flip(array, axis_hw)  # OpenCV flipCode: 0 = up-down, 1 = left-right
     return np.ascontiguousarray(np.flip(array, axis=axis_hw + (1 if volume else 0)))
 
 

@@ -1,0 +1,310 @@
+"""MedAugment benchmark: classification, segmentation and throughput against peers, in one run.
+
+    nice -n 10 .venv/bin/python benchmarks/medaugment.py            # full (reduced-scale) run, ~45-60 min on 2 slow cores
+    .venv/bin/python benchmarks/medaugment.py --quick               # smoke run, a few minutes
+
+* Classification on ``../shared/data/medical/brain_tumor_mri`` (4 classes; the given Testing split is
+  held out; 15% of Training is the validation split): none vs MedAugment vs kornia RandAugment,
+  TrivialAugment, AutoAugment (AugMix: not available), each with a 5x offline pool and the same number
+  of optimizer steps, a small MONAI ResNet trained from scratch; accuracy and macro-F1.
+* Segmentation on ``../shared/data/medical/isbi2012_em_membrane`` (membrane = positive class): none vs
+  MedAugment vs the paper's flip/rotate policies vs kornia TrivialAugment / RandAugment on image+mask,
+  a small MONAI UNet with Dice loss; Dice and IoU.
+* Throughput: augmented images per second on 256x256 gray uint8 images, MedAugment vs the same op
+  chains in albumentations 2.0.8 and kornia 0.9 (one thread each, same run, same branches).
+
+Writes ``benchmarks/results/medaugment.json`` (+ ``medaugment_runs.json``, resumable) and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import cv2
+import numpy as np
+import torch
+
+from quintet.io import atomic_save_json, atomic_write_bytes, load_json
+from quintet.medaugment.bench import (
+    RunConfig,
+    load_brain_tumor,
+    load_isbi,
+    make_pool,
+    summarize,
+    train_and_test,
+)
+from quintet.medaugment.peers import AlbumentationsChains, KorniaChains
+from quintet.medaugment.policy import MedAugment
+from quintet.medaugment.viz import augmentation_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("QUINTET_SHARED_DATA", ROOT.parent / "shared" / "data")) / "medical"
+CLS_METHODS = ("none", "medaugment", "randaugment", "trivialaugment", "autoaugment")
+SEG_METHODS = (
+    "none",
+    "medaugment",
+    "oneaugment",
+    "twoaugment",
+    "threeaugment",
+    "trivialaugment",
+    "randaugment",
+)
+
+
+def throughput(n_images: int = 300, size: int = 256, seed: int = 0) -> dict[str, float]:
+    """Images/s of the same MedAugment branches run by us, albumentations and kornia (one thread)."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, size=(size, size)).astype(np.uint8)
+    mask = (img > 128).astype(np.uint8)
+    aug = MedAugment()
+    branches = [b for b in (aug.sample_online(rng) for _ in range(n_images * 2)) if not b.is_identity][
+        :n_images
+    ]
+    alb = AlbumentationsChains(5, seed)
+    kor = KorniaChains(5)
+    x = torch.from_numpy(img.astype(np.float32) / 255)[None, None]
+
+    def timed(fn, reps: int = 3) -> float:
+        best = float("inf")
+        for _ in range(reps):  # best of 3 passes: the machine is shared
+            t = time.perf_counter()
+            for b in branches:
+                fn(b)
+            best = min(best, time.perf_counter() - t)
+        return len(branches) / best
+
+    out = {
+        "medaugment_img_s": timed(lambda b: aug.apply(b, img)),
+        "albumentations_img_s": timed(lambda b: alb.run(b, img)),
+        "kornia_img_s": timed(lambda b: kor.run(b, x), reps=1),
+        "medaugment_with_mask_img_s": timed(lambda b: aug.apply(b, img, mask)),
+        "albumentations_with_mask_img_s": timed(lambda b: alb.run(b, img, mask)),
+    }
+    out["ratio_vs_albumentations"] = out["medaugment_img_s"] / out["albumentations_img_s"]
+    out["ratio_vs_kornia"] = out["medaugment_img_s"] / out["kornia_img_s"]
+    out["ratio_with_mask_vs_albumentations"] = (
+        out["medaugment_with_mask_img_s"] / out["albumentations_with_mask_img_s"]
+    )
+    out["n_images"], out["size"] = len(branches), size
+    return out
+
+
+def grid_plot(cls: dict, seg: dict, path: Path) -> None:
+    """Augmentation grid of real images: two MRI slices and two EM slices with their masks."""
+    aug = MedAugment()
+    rng = np.random.default_rng(8)
+    rows = []
+    picks = [cls["train_x"][i] for i in (0, len(cls["train_x"]) // 2)]
+    for img in picks:
+        rows.append([(x, None, b.describe()[:38]) for x, _, b in aug.expand(img, None, rng)])
+    for i in (0, 1):
+        rows.append([(x, m, b.describe()[:38]) for x, m, b in aug.expand(seg["x"][i], seg["y"][i], rng)])
+    augmentation_grid(rows, path, title="MedAugment (level 5, N = 4 + original): brain MRI and EM with masks")
+
+
+def bar_plot(results: dict, path: Path) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, (task, key, label) in zip(
+        axes, (("classification", "acc", "test accuracy"), ("segmentation", "dice", "test Dice")), strict=True
+    ):
+        block = results.get(task, {})
+        names = [n for n in block if key in block[n]]
+        vals = [block[n][key] for n in names]
+        errs = [block[n]["std"] for n in names]
+        colors = [
+            "tab:red" if n == "medaugment" else "tab:gray" if n == "none" else "tab:blue" for n in names
+        ]
+        ax.bar(range(len(names)), vals, yerr=errs, color=colors, capsize=3)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        if vals:
+            lo = min(v - e for v, e in zip(vals, errs, strict=True))
+            ax.set_ylim(max(0.0, lo - 0.05), min(1.0, max(vals) + 0.05))
+        ax.set_ylabel(label)
+        ax.set_title(f"{task} (mean ± std over seeds)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run (not a result)")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--cls-size", type=int, default=64)
+    ap.add_argument("--seg-size", type=int, default=128)
+    ap.add_argument("--cls-steps", type=int, default=500)
+    ap.add_argument("--seg-steps", type=int, default=400)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "medaugment")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    if not DATA.is_dir():
+        print(f"shared data not found at {DATA} (set QUINTET_SHARED_DATA)", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.seeds, args.cls_steps, args.seg_steps, args.cls_size, args.seg_size = 1, 20, 20, 48, 64
+    stem = "medaugment_quick" if args.quick else "medaugment"
+    runs_path = args.out / f"{stem}_runs.json"
+    runs: dict[str, dict] = load_json(runs_path) if runs_path.exists() else {}
+    t_start = time.perf_counter()
+
+    print("throughput ...", flush=True)
+    thr = throughput(60 if args.quick else 300)
+    print({k: round(v, 2) for k, v in thr.items()}, flush=True)
+
+    cls = load_brain_tumor(DATA / "brain_tumor_mri", args.cls_size)
+    seg = load_isbi(DATA / "isbi2012_em_membrane", args.seg_size)
+    grid_plot(cls, seg, args.out / f"{stem}_grid.png")
+
+    # fixed splits (the same for every method and seed)
+    split_rng = np.random.default_rng(0)
+    n_tr = len(cls["train_x"])
+    val_idx = np.sort(
+        np.concatenate(
+            [
+                split_rng.choice(
+                    np.flatnonzero(cls["train_y"] == c), int(0.15 * (cls["train_y"] == c).sum()), False
+                )
+                for c in range(len(cls["classes"]))
+            ]
+        )
+    )
+    tr_idx = np.setdiff1d(np.arange(n_tr), val_idx)
+    perm = split_rng.permutation(len(seg["x"]))
+    s_tr, s_val, s_te = perm[:18], perm[18:22], perm[22:]
+    if args.quick:
+        tr_idx = tr_idx[::8]
+
+    cls_cfg = dict(
+        kind="classification",
+        steps=args.cls_steps,
+        steps_per_epoch=max(10, args.cls_steps // 5),
+        batch_size=32,
+        lr=2e-3,
+        width=16,
+    )
+    seg_cfg = dict(
+        kind="segmentation",
+        steps=args.seg_steps,
+        steps_per_epoch=max(10, args.seg_steps // 5),
+        batch_size=8,
+        lr=3e-3,
+        width=8,
+    )
+    jobs = [("classification", m, s) for s in range(args.seeds) for m in CLS_METHODS]
+    jobs += [("segmentation", m, s) for s in range(args.seeds) for m in SEG_METHODS]
+    for i, (task, method, seed) in enumerate(jobs):
+        key = f"{task}/{method}/{seed}"
+        if key in runs:
+            continue
+        t0 = time.perf_counter()
+        if task == "classification":
+            px, _, src = make_pool(method, cls["train_x"][tr_idx], None, seed)
+            py = cls["train_y"][tr_idx][src]
+            rc = RunConfig(seed=seed, **cls_cfg)
+            res = train_and_test(
+                rc,
+                (px, py),
+                (cls["train_x"][val_idx], cls["train_y"][val_idx]),
+                (cls["test_x"], cls["test_y"]),
+                args.work / key,
+                num_classes=len(cls["classes"]),
+            )
+        else:
+            px, pm, _ = make_pool(method, seg["x"][s_tr], seg["y"][s_tr], seed)
+            rc = RunConfig(seed=seed, **seg_cfg)
+            res = train_and_test(
+                rc,
+                (px, pm),
+                (seg["x"][s_val], seg["y"][s_val]),
+                (seg["x"][s_te], seg["y"][s_te]),
+                args.work / key,
+            )
+        res["pool_size"] = len(px)
+        res["wall_s"] = time.perf_counter() - t0
+        runs[key] = res
+        atomic_save_json(runs_path, runs)
+        shown = {k: round(v, 4) for k, v in res.items()}
+        print(
+            f"[{i + 1}/{len(jobs)}] {key}: {shown}  (elapsed {time.perf_counter() - t_start:.0f} s)",
+            flush=True,
+        )
+
+    results: dict = {"classification": {}, "segmentation": {}}
+    for task, methods, keys in (
+        ("classification", CLS_METHODS, ("acc", "f1")),
+        ("segmentation", SEG_METHODS, ("dice", "iou")),
+    ):
+        for m in methods:
+            rs = [runs[f"{task}/{m}/{s}"] for s in range(args.seeds) if f"{task}/{m}/{s}" in runs]
+            if rs:
+                results[task][m] = summarize(rs, keys)
+    results["classification"]["augmix"] = {
+        "available": False,
+        "reason": "kornia 0.9 has no AugMix; no torchvision",
+    }
+    cls_peers = [
+        results["classification"][m]["acc"] for m in ("randaugment", "trivialaugment", "autoaugment")
+    ]
+    seg_peers = [results["segmentation"][m]["dice"] for m in SEG_METHODS if m not in ("none", "medaugment")]
+    med_acc = results["classification"]["medaugment"]["acc"]
+    med_dice = results["segmentation"]["medaugment"]["dice"]
+    results["throughput_ratio_vs_albumentations"] = thr["ratio_vs_albumentations"]
+    results["throughput"] = thr
+    results["targets"] = {
+        "cls_acc_minus_best_peer_points": 100 * (med_acc - max(cls_peers)),
+        "cls_target_met (>= +1 point)": bool(med_acc >= max(cls_peers) + 0.01),
+        "seg_dice_minus_best_peer": med_dice - max(seg_peers),
+        "seg_target_met (>= best peer)": bool(med_dice >= max(seg_peers)),
+        "throughput_target_met (>= 1.0x)": bool(thr["ratio_vs_albumentations"] >= 1.0),
+        "cls_acc_ratio_vs_none": med_acc / results["classification"]["none"]["acc"],
+        "seg_dice_ratio_vs_none": med_dice / results["segmentation"]["none"]["dice"],
+    }
+    results["setup"] = {
+        "scale": "REDUCED: CPU-only, 2 shared cores; small nets trained from scratch (no pretrained weights offline),"
+        " not the paper's frozen ImageNet backbones at 224 px",
+        "seeds": args.seeds,
+        "classification": {
+            "data": "brain_tumor_mri: 1200 Training images (300/class), 15% held out for validation; all 394 Testing",
+            "size": args.cls_size,
+            "channels": 1,
+            "net": "MONAI ResNet basic [1,1,1,1], widths 16-128",
+            "train_images": len(tr_idx),
+            "val_images": len(val_idx),
+            "test_images": len(cls["test_y"]),
+            **cls_cfg,
+        },
+        "segmentation": {
+            "data": "isbi2012_em_membrane: 30 slices, 18 train / 4 val / 8 test (fixed split); positive = membrane",
+            "size": args.seg_size,
+            "net": "MONAI UNet channels 8-64, 1 residual unit; MONAI DiceLoss(sigmoid)",
+            **seg_cfg,
+        },
+        "pools": "offline 5x pools: MedAugment N=4 + original; peers 5 augmented copies (official scripts); none: originals",
+        "budget": "same optimizer steps for every method; best epoch by validation loss (quintet.train)",
+        "peers": "kornia 0.9 RandAugment(n=2, m=9), TrivialAugment, AutoAugment('imagenet') on gray repeated to RGB",
+        "total_minutes": (time.perf_counter() - t_start) / 60,
+    }
+    atomic_save_json(args.out / f"{stem}.json", results)
+    bar_plot(results, args.out / f"{stem}_bars.png")
+    print(f"wrote {args.out / f'{stem}.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
