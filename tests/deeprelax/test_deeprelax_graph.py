@@ -73,3 +73,5 @@ def test_transform_drops_vacancy_placeholders_and_checks_input() -> None:
         check_record({**rec, K.CELL: torch.zeros(3, 3)})
     with pytest.raises(ValueError, match="no atoms"):
         check_record({**rec, K.POSITIONS: torch.zeros(0, 3)})
+    with pytest.raises(ValueError, match="more than"):
+        check_record({**rec, K.POSITIONS: torch.zeros(20001, 3)})
