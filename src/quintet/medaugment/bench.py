@@ -132,7 +132,9 @@ def make_pool(
     ``none``: the originals once. Returns ``(images, masks or None, source index per pool item)``.
     """
     rng = np.random.default_rng([seed, 7])
-    out_x, out_m, src = [], [], []
+    out_x: list[np.ndarray] = []
+    out_m: list[np.ndarray | None] = []
+    src: list[int] = []
     if method == "none":
         return images.copy(), None if masks is None else masks.copy(), np.arange(len(images))
     if method == "medaugment":
@@ -150,7 +152,8 @@ def make_pool(
                 out_x.append(x)
                 out_m.append(m)
                 src.append(i)
-    return np.stack(out_x), None if masks is None else np.stack(out_m), np.array(src)
+    pool_masks = None if masks is None else np.stack([m for m in out_m if m is not None])
+    return np.stack(out_x), pool_masks, np.array(src)
 
 
 class ArrayDataset(torch.utils.data.Dataset):

@@ -144,9 +144,9 @@ def encode_image(array: np.ndarray, ext: str) -> bytes:
     if ext == ".npy":
         import io
 
-        buf = io.BytesIO()
-        np.save(buf, array, allow_pickle=False)
-        return buf.getvalue()
+        stream = io.BytesIO()
+        np.save(stream, array, allow_pickle=False)
+        return stream.getvalue()
     if ext not in IMAGE_EXTS:
         raise ValueError(f"unsupported output extension {ext!r}; supported: {', '.join(IMAGE_EXTS)}")
     arr = array

@@ -33,8 +33,10 @@ def phantom(size: int = 128, seed: int = 0, dtype: type = np.uint8) -> tuple[np.
     img[ellipse(0, 0, 0.42, 0.47)] = 0.75
     img[ellipse(0, 0, 0.38, 0.43)] = 0.35
     for _ in range(3):
-        img[ellipse(*rng.uniform(-0.2, 0.2, 2), *rng.uniform(0.04, 0.12, 2), rng.uniform(0, 3))] = 0.55
-    lesion = ellipse(*rng.uniform(-0.15, 0.15, 2), *rng.uniform(0.05, 0.09, 2), rng.uniform(0, 3))
+        (cx, cy), (rx, ry) = rng.uniform(-0.2, 0.2, 2), rng.uniform(0.04, 0.12, 2)
+        img[ellipse(cx, cy, rx, ry, rng.uniform(0, 3))] = 0.55
+    (cx, cy), (rx, ry) = rng.uniform(-0.15, 0.15, 2), rng.uniform(0.05, 0.09, 2)
+    lesion = ellipse(cx, cy, rx, ry, rng.uniform(0, 3))
     img[lesion] = 0.95
     img = np.clip(img + rng.normal(0, 0.02, img.shape), 0, 1)
     top = 255 if dtype == np.uint8 else 65535
@@ -52,7 +54,7 @@ def _real_samples(size: int) -> list[tuple[np.ndarray, np.ndarray | None, str]] 
     med = root / "medical"
     if not med.is_dir():
         return None
-    out = []
+    out: list[tuple[np.ndarray, np.ndarray | None, str]] = []
     try:
         mri = list_images(med / "brain_tumor_mri" / "Testing" / "glioma_tumor")[0]
         out.append(
@@ -84,8 +86,9 @@ def demo(out_dir: Path, quick: bool = False) -> DemoSection:
     samples = _real_samples(size)
     source = "real images (brain MRI; ISBI 2012 EM with its mask)" if samples else "generated phantoms"
     if samples is None:
+        samples = []
         p8, m8 = phantom(size, 0)
-        samples = [(p8, m8, "phantom uint8")]
+        samples.append((p8, m8, "phantom uint8"))
     p16, m16 = phantom(size, 1, np.uint16)
     samples.append((p16, m16, "phantom uint16"))
 
@@ -97,7 +100,9 @@ def demo(out_dir: Path, quick: bool = False) -> DemoSection:
             if m is not None:
                 labels_ok &= set(np.unique(m)) <= labels
             x2, m2 = aug.apply(Branch.from_dict(br.to_dict()), img, mask)
-            replay_ok &= bool(np.array_equal(x, x2)) and (m is None or bool(np.array_equal(m, m2)))
+            replay_ok &= bool(np.array_equal(x, x2)) and (
+                m is None or (m2 is not None and np.array_equal(m, m2))
+            )
             row.append((x, m, br.describe()[:36]))
         rows.append(row)
     grid = augmentation_grid(

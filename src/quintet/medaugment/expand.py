@@ -239,10 +239,10 @@ def _run_job(job: Job, cfg: ExpandConfig, src: Path, dst: Path) -> list[dict[str
     """Expand one image; write its outputs then its done-record; return its manifest rows."""
     policy = cfg.policy()
     image = read_image(src / job.image)
-    mask = read_mask(src / job.mask) if job.mask else None
+    mask = read_mask(src / job.mask) if job.mask is not None else None
     if mask is not None and mask.shape[:2] != image.shape[:2]:
         raise ValueError(
-            f"{src / job.mask}: mask size {mask.shape[:2]} differs from image size {image.shape[:2]}"
+            f"{src / str(job.mask)}: mask size {mask.shape[:2]} differs from image size {image.shape[:2]}"
         )
     rng = np.random.default_rng(_job_seed(cfg.seed, job.image))
     rows = []
@@ -261,9 +261,7 @@ def _run_job(job: Job, cfg: ExpandConfig, src: Path, dst: Path) -> list[dict[str
                 "mask_source": job.mask or "",
                 "mask_output": out_mask or "",
                 "branch": i,
-                "combination": "identity"
-                if branch.is_identity
-                else f"{branch.combination[0]}+{branch.combination[1]}",
+                "combination": "+".join(map(str, branch.combination)) if branch.combination else "identity",
                 "ops": branch.describe(),
                 "record": json.dumps(branch.to_dict(), separators=(",", ":")),
             }

@@ -56,7 +56,7 @@ def flip_rotate_policy(n_ops: int) -> Peer:
         raise ValueError(f"n_ops must be 1, 2 or 3, got {n_ops}")
 
     def apply(image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator):
-        calls = []
+        calls: list[tuple[str, dict[str, float]]] = []
         if rng.random() < 0.5:
             calls.append(("hflip", {}))
         if n_ops >= 2 and rng.random() < 0.5:
@@ -241,8 +241,8 @@ class KorniaChains:
             "hflip": K.RandomHorizontalFlip(p=1.0),
             "vflip": K.RandomVerticalFlip(p=1.0),
             "scale": K.RandomAffine(degrees=0, scale=r("scale", "factor"), p=1.0),
-            "shear_x": K.RandomAffine(degrees=0, shear=(0.0, r("shear_x", "angle")[1], 0.0, 0.0), p=1.0),
-            "shear_y": K.RandomAffine(degrees=0, shear=(0.0, 0.0, 0.0, r("shear_y", "angle")[1]), p=1.0),
+            "shear_x": K.RandomAffine(degrees=0, shear=(0.0, r("shear_x", "angle")[1], 0.0, 0.0), p=1.0),  # type: ignore[arg-type]
+            "shear_y": K.RandomAffine(degrees=0, shear=(0.0, 0.0, 0.0, r("shear_y", "angle")[1]), p=1.0),  # type: ignore[arg-type]
             "translate_x": K.RandomAffine(degrees=0, translate=(r("translate_x", "fraction")[1], 0.0), p=1.0),
             "translate_y": K.RandomAffine(degrees=0, translate=(0.0, r("translate_y", "fraction")[1]), p=1.0),
         }
