@@ -140,3 +140,14 @@ def test_cli_reports_user_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureF
     assert "missing.extxyz" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["not-a-system"])
+
+
+def test_atomic_files_honour_the_umask(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644

@@ -69,7 +69,8 @@ def neighbor_list(
         max_neighbors: keep only the nearest ``max_neighbors`` per centre (ties broken by order).
 
     Returns:
-        ``edge_index`` (2, E) int64 with rows (i, j) sorted by centre then distance, and
+        ``edge_index`` (2, E) int64 with rows (i, j) (sorted by centre then distance when
+        ``max_neighbors`` is set; otherwise in vesin's deterministic order), and
         ``shifts`` (E, 3) float64 integer cell multiples.
     """
     import vesin
@@ -91,9 +92,9 @@ def neighbor_list(
     i, j, s, d = nl.compute(pos, box, pbc_arr.tolist(), "ijSd")
     i = i.astype(np.int64)
     j = j.astype(np.int64)
-    order = np.lexsort((j, d, i))
-    i, j, s, d = i[order], j[order], s[order], d[order]
     if max_neighbors is not None and len(i):
+        order = np.lexsort((j, d, i))
+        i, j, s, d = i[order], j[order], s[order], d[order]
         counts = np.bincount(i, minlength=len(pos))
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         rank = np.arange(len(i)) - np.repeat(starts, counts)

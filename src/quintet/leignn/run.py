@@ -100,9 +100,9 @@ def load_splits(
     rest = n - data.n_train - data.n_val - n_test
     split_dir = Path(data.split_dir) if data.split_dir else None
     if split_dir is None:
-        from quintet.atomistic.datasets import _writable_dir
+        from quintet.atomistic.datasets import writable_dir
 
-        split_dir = _writable_dir(Path(data.path).parent, "splits") / f"{Path(data.path).stem}_splits"
+        split_dir = writable_dir(Path(data.path).parent, "splits") / f"{Path(data.path).stem}_splits"
     fractions = (data.n_train, data.n_val, n_test + rest)
     ids = load_or_make_splits(full.ids, split_dir, full.fingerprint, fractions, data.seed)
     index = {i: k for k, i in enumerate(full.ids)}
