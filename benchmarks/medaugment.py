@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -103,9 +104,11 @@ def grid_plot(cls: dict, seg: dict, path: Path) -> None:
     rows = []
     picks = [cls["train_x"][i] for i in (0, len(cls["train_x"]) // 2)]
     for img in picks:
-        rows.append([(x, None, b.describe()[:38]) for x, _, b in aug.expand(img, None, rng)])
+        rows.append([(x, None, textwrap.fill(b.describe(), 34)) for x, _, b in aug.expand(img, None, rng)])
     for i in (0, 1):
-        rows.append([(x, m, b.describe()[:38]) for x, m, b in aug.expand(seg["x"][i], seg["y"][i], rng)])
+        rows.append(
+            [(x, m, textwrap.fill(b.describe(), 34)) for x, m, b in aug.expand(seg["x"][i], seg["y"][i], rng)]
+        )
     augmentation_grid(rows, path, title="MedAugment (level 5, N = 4 + original): brain MRI and EM with masks")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def demo(out_dir: Path, quick: bool = False) -> DemoSection:
             replay_ok &= bool(np.array_equal(x, x2)) and (
                 m is None or (m2 is not None and np.array_equal(m, m2))
             )
-            row.append((x, m, br.describe()[:36]))
+            row.append((x, m, textwrap.fill(br.describe(), 34)))
         rows.append(row)
     grid = augmentation_grid(
         rows, out_dir / "medaugment_grid.png", title=f"MedAugment level 5, N = 4 + original ({source})"

@@ -87,7 +87,9 @@ class Branch:
         parts = []
         for c in self.applied:
             args = ",".join(
-                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.params.items()
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in c.params.items()
+                if k != "seed"  # the noise seed stays in the record
             )
             parts.append(f"{c.name}({args})" if args else c.name)
         return " > ".join(parts) if parts else "none fired"

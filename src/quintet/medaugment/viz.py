@@ -43,7 +43,7 @@ def augmentation_grid(
     import matplotlib.pyplot as plt
 
     nr, nc = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(nr, nc, figsize=(2.3 * nc, 2.5 * nr), squeeze=False)
+    fig, axes = plt.subplots(nr, nc, figsize=(2.4 * nc, 2.8 * nr), squeeze=False)
     for r, row in enumerate(rows):
         for c in range(nc):
             ax = axes[r][c]
@@ -56,7 +56,7 @@ def augmentation_grid(
                 ax.contour(
                     mask > (int(mask.max()) + int(mask.min())) / 2, levels=[0.5], colors="r", linewidths=0.6
                 )
-            ax.set_title(label, fontsize=6)
+            ax.set_title(label, fontsize=5.5)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
