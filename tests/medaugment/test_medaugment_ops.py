@@ -193,12 +193,26 @@ def test_masks_untouched_by_pixel_ops_and_labels_kept_by_spatial_ops(name):
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float64])
 @pytest.mark.parametrize("name", ALL_OPS)
 def test_every_op_keeps_dtype_shape_and_range(name, dtype):
-    img = _img((16, 18), dtype)
+    vr = (-1024.0, 3071.0) if dtype == np.int16 else None  # int16 (CT) needs its range
+    if dtype == np.int16:
+        img = np.random.default_rng(0).integers(-1024, 3072, size=(16, 18)).astype(np.int16)
+    else:
+        img = _img((16, 18), dtype)
     params = ops.sample_params(name, 5, np.random.default_rng(2))
-    out = ops.apply_image(name, img, params)
+    out = ops.apply_image(name, img, params, value_range=vr)
     assert out.dtype == img.dtype and out.shape == img.shape
-    lo, hi = ops.resolve_value_range(img)
+    lo, hi = ops.resolve_value_range(img, vr)
     assert out.min() >= lo and out.max() <= hi
+
+
+def test_ct_ranges_must_be_explicit_and_fill_with_air():
+    ct = np.full((9, 9), 40, np.int16)
+    with pytest.raises(ValueError, match="value_range"):
+        ops.apply_image("brightness", ct, {"factor": 1.1})
+    with pytest.raises(ValueError, match="outside the default"):
+        ops.apply_image("rotate", ct.astype(np.float32), {"angle": 5.0})
+    out = ops.apply_image("translate_x", ct, {"fraction": 0.3}, value_range=(-1024, 3071))
+    assert (out[:, :2] == -1024).all() and (out[:, 3:] == 40).all()
 
 
 def test_sixteen_bit_magnitudes_scale_with_the_range():

@@ -9,7 +9,8 @@ Layout and dtypes:
     Images are channel-last NumPy arrays: 2D ``(H, W)`` or ``(H, W, C)``; 3D volumes ``(D, H, W)``
     or ``(D, H, W, C)`` when ``volume=True``. Supported dtypes: ``uint8``, ``uint16``, ``int16``,
     ``float32`` and ``float64``. The intensity range ``(lo, hi)`` defaults to the dtype's full range
-    for integers and to ``(0, 1)`` for floats; pass ``value_range`` for e.g. CT in Hounsfield units.
+    for unsigned integers and to ``(0, 1)`` for floats; int16 data and floats outside [0, 1] (e.g. CT
+    in Hounsfield units) must pass ``value_range``. Spatial ops fill uncovered pixels with ``lo``.
     Magnitudes defined on the 0-255 scale in the paper (noise sigma) are rescaled by
     ``(hi - lo) / 255``; brightness scales the distance from ``lo``; posterize keeps ``2**bits``
     grey levels spread over the range (bit-exact with uint8 bit masking).
@@ -148,16 +149,26 @@ def resolve_value_range(
 ) -> tuple[float, float]:
     """The intensity range ``(lo, hi)`` used for clipping and magnitudes.
 
-    Integer dtypes default to their full range, floats to ``(0, 1)``.
+    Unsigned integers default to their full range and floats to ``(0, 1)``; int16 data and floats
+    outside [0, 1] must give ``value_range`` (clipping CT to a default range would destroy it).
     """
     if value_range is not None:
         lo, hi = float(value_range[0]), float(value_range[1])
         if not hi > lo:
             raise ValueError(f"value_range must have hi > lo, got {value_range!r}")
         return lo, hi
+    if image.dtype == np.int16:
+        raise ValueError(
+            "int16 images (e.g. CT in Hounsfield units) need an explicit value_range, e.g. (-1024, 3071)"
+        )
     if image.dtype.kind in "iu":
         info = np.iinfo(image.dtype)
         return float(info.min), float(info.max)
+    if image.size and (float(image.min()) < 0.0 or float(image.max()) > 1.0):
+        raise ValueError(
+            f"float image values span [{float(image.min()):.4g}, {float(image.max()):.4g}], outside the default "
+            "range [0, 1]; pass value_range=(lo, hi)"
+        )
     return 0.0, 1.0
 
 
@@ -499,7 +510,7 @@ def apply_image(
     if name == "vflip":
         return _flip(image, 0, volume)
     h, w = _spatial_hw(image, volume)
-    fill = 0.0 if image.dtype.kind == "f" or lo <= 0 <= hi else lo
+    fill = lo  # the darkest value: 0 for uint8 / [0, 1] data (as the paper), air for CT
     return warp(image, spatial_matrix(name, params, h, w), nearest=False, fill=fill, volume=volume)
 
 
