@@ -203,3 +203,30 @@ def test_monai_style_dict_transform_channel_first_2d_and_3d():
     assert set(np.unique(out["label"])) <= {0, 1}
     with pytest.raises(ValueError, match="channel-first"):
         t3({"image": vol[0], "label": lab[0]})
+
+
+def test_image_folder_dataset_with_online_transform_in_a_dataloader(tmp_path):
+    from quintet.medaugment.data import ImageFolderDataset, SegmentationFolderDataset, write_image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        for k in range(3):
+            write_image(tmp_path / "cls" / c / f"{k}.png", rng.integers(0, 256, (30, 34, 3)).astype(np.uint8))
+    t = MedAugmentTransform(MedAugment(), seed=1)
+    ds = ImageFolderDataset(tmp_path / "cls", transform=t, size=24, mode="gray")
+    assert ds.classes == ["a", "b"] and len(ds) == 6
+    xb, yb = next(iter(torch.utils.data.DataLoader(ds, batch_size=6, num_workers=0)))
+    assert tuple(xb.shape) == (6, 1, 24, 24) and yb.tolist() == [0, 0, 0, 1, 1, 1]
+    for k in range(2):
+        write_image(tmp_path / "seg/img" / f"{k}.png", rng.integers(0, 256, (20, 20)).astype(np.uint8))
+        write_image(
+            tmp_path / "seg/msk" / f"{k}_mask.png",
+            np.where(rng.random((20, 20)) > 0.5, 255, 0).astype(np.uint8),
+        )
+    sds = SegmentationFolderDataset(
+        tmp_path / "seg/img", tmp_path / "seg/msk", transform=t, mask_suffix="_mask"
+    )
+    x, y = sds[1]
+    assert tuple(x.shape) == (1, 20, 20) and set(torch.unique(y).tolist()) <= {0, 1}
+    with pytest.raises(FileNotFoundError, match="no mask for"):
+        SegmentationFolderDataset(tmp_path / "seg/img", tmp_path / "seg/msk")
