@@ -140,9 +140,11 @@ def summarise_rounds(val_acc: np.ndarray, test_acc: np.ndarray) -> tuple[int, fl
 def load_data(cfg: DataConfig) -> tuple[list[ClientData], dict[str, int]]:
     """Build (or load from the cache) the clients of ``cfg``."""
     if cfg.dataset == "synthetic":
-        return synthetic_clients(
-            seed=cfg.split_seed, num_groups=max(1, cfg.num_clients // 2), clients_per_group=2
-        )
+        if cfg.num_clients < 2 or cfg.num_clients % 2:
+            raise ValueError(
+                f"the synthetic graph needs an even number of clients >= 2, got {cfg.num_clients}"
+            )
+        return synthetic_clients(seed=cfg.split_seed, num_groups=cfg.num_clients // 2, clients_per_group=2)
     return build_clients(
         cfg.dataset,
         cfg.partition,
