@@ -108,6 +108,7 @@ def train_one(name: str, spec: dict, quick: bool) -> tuple[DeepRelax, dict]:
         cfg,
         WORK / name,
         collate_fn=collate,
+        resume=False,
         extra={MODEL_KEY: model.config_dict()},
     )
     model, _ = load_deeprelax(res.best_path)
@@ -257,12 +258,17 @@ def main() -> None:
         }
         results[name] = res
         full[name] = {**res, "_rows": rows, "_oracle": orc}
+        atomic_save_json(WORK / f"full_{name}{'_quick' if args.quick else ''}.json", full[name])
         atomic_save_json(
             out_json,
             {**results, "_meta": {"torch_threads": 1, "cpu": "shared 2-core CPU", "quick": args.quick}},
         )
         print(f"== {name}: {json.dumps({k: v for k, v in res.items() if k != 'training'}, default=str)}")
-    plots(full, RESULTS)
+    for name in specs:  # plots cover every dataset measured so far (earlier --only runs included)
+        f = WORK / f"full_{name}{'_quick' if args.quick else ''}.json"
+        if name not in full and name in results and f.is_file():
+            full[name] = json.loads(f.read_text())
+    plots({k: full[k] for k in specs if k in full}, RESULTS)
 
 
 if __name__ == "__main__":
