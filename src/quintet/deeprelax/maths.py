@@ -178,10 +178,9 @@ def per_graph_mean(values: Tensor, graph: Tensor, num_graphs: int) -> Tensor:
 
 
 def per_atom_uncertainty(sigma: Tensor, centre: Tensor, num_atoms: int) -> Tensor:
-    """Per-atom uncertainty (Å): the mean σ of the distances that place the atom.
+    """Per-atom uncertainty (Å): the mean σ of the distances centred on each atom (``centre``).
 
-    Atoms with no such distance (a one-atom cell) get 0: their relaxed position is fixed by the
-    frame alone.
+    Atoms with no such distance get 0.
     """
     return per_graph_mean(sigma, centre, num_atoms)
 

@@ -51,7 +51,8 @@ def relax_batch(
 
     Returns:
         dict with ``positions`` (N, 3), ``cell`` (B, 3, 3), ``atom_uncertainty`` (N,) Å (mean σ of
-        the displace distances that place each atom), ``uncertainty`` (B,) (mean over atoms),
+        the distances centred on each atom: its displace edges and its edges in the relaxed cell),
+        ``uncertainty`` (B,) (mean over atoms),
         ``displace_residual`` / ``relaxed_residual`` (B,) (mean |solved - predicted| distance, Å), and
         the raw predictions (``mu_*``, ``sigma_*``, edges) for evaluation.
     """
@@ -82,7 +83,8 @@ def relax_batch(
         objective=solve.objective,
         lr_decay=solve.lr_decay,
     )
-    atom_unc = per_atom_uncertainty(sig_d, ei[0, disp], pos.shape[0])
+    # every distance an atom is the centre of (its displace edges and its edges in the relaxed cell)
+    atom_unc = per_atom_uncertainty(torch.cat([sig_d, sig_r]), torch.cat([ei[0, disp], ei[0]]), pos.shape[0])
     return {
         "positions": res.positions,
         "cell": out[M.PRED_CELL].detach(),
