@@ -6,11 +6,11 @@ Given an unrelaxed structure the model predicts, for every edge, a Laplace distr
 (ii) the relaxed distance ``|r^rel_j + S @ cell^rel - r^rel_i|`` on all edges, plus (iii) the relaxed
 cell. :func:`quintet.deeprelax.solve.solve_positions` turns the distances into coordinates.
 
-Differences from the published model (all configurable): distances are predicted as residuals on
-the unrelaxed distance (``residual_distances``), the cell offset encoding cannot collide
-(:func:`~quintet.deeprelax.maths.offset_encoding`), the default cell head is rotation-equivariant
-(``cell_head="equivariant"``: ``cell' = (I + E) cell`` with ``E`` a function of invariants only),
-and cell vectors along non-periodic directions are never changed.
+Differences from the published model (all configurable): distances are predicted as corrections to
+the distances of a first guess made by the network (``residual_base``, ``residual_distances``), the
+cell offset encoding cannot collide (:func:`~quintet.deeprelax.maths.offset_encoding`), the default
+cell head is rotation-equivariant (``cell_head="equivariant"``: ``cell' = (I + E) cell`` with ``E`` a
+function of invariants only), and cell vectors along non-periodic directions are never changed.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ class ModelConfig:
         max_displace: nearest same-cell atoms per atom (displace edges).
         cell_head: ``"equivariant"`` (``cell' = (I + E) cell``, E from invariants) or ``"published"``
             (raw cell entries through an MLP; not rotation-equivariant).
-        residual_distances: predict distances as unrelaxed distance + correction (the paper predicts
-            them directly).
+        residual_distances: predict distances as a correction to a base distance (see
+            ``residual_base``); False predicts them directly, as the paper does.
         relax_cell: predict a cell change at all (False keeps the input cell, e.g. for fixed-cell data).
         residual_base: what the distance heads correct. ``"displaced"``: the distances of a first guess
             made by the network itself, p = u F + δ (the unrelaxed positions u carried along by the
