@@ -103,20 +103,34 @@ ABLATIONS = {
 }
 
 
+#: FedAux widths swept by ``--widths`` (the paper's grid); the width is then chosen on validation accuracy
+WIDTHS = (64, 128, 256)
+
+
+def default_fedaux_width(dataset: str, k: int) -> int:
+    """Paper Fig. 7 (Cora: 64 / 256 / 256); CiteSeer's widths are not published: 128 (FED-PUB's)."""
+    return {5: 64, 10: 256, 20: 256}[k] if dataset == "cora" else 128
+
+
 def algo_for(method: str, dataset: str, k: int) -> AlgoConfig:
     """The configuration of one method in one cell (paper values; FedAux width from its Fig. 7 on Cora)."""
+    if method.startswith("fedaux_h"):
+        return AlgoConfig(
+            **{**algo_for("fedaux", dataset, k).__dict__, "hidden": int(method[len("fedaux_h") :])}
+        )
     if method in ABLATIONS:
         base = algo_for("fedaux", dataset, k)
         return AlgoConfig(**{**base.__dict__, **ABLATIONS[method]})
     if method == "fedaux":
-        hidden = {5: 64, 10: 256, 20: 256}[k] if dataset == "cora" else 128
-        return AlgoConfig(name="fedaux", hidden=hidden, alpha=10.0, sigma=1.0)
+        return AlgoConfig(name="fedaux", hidden=default_fedaux_width(dataset, k), alpha=10.0, sigma=1.0)
     if method == "fedpub":
         return AlgoConfig(name="fedpub", hidden=128, fedpub_alpha=3.0, fedpub_l1=0.0, fedpub_prox=0.0)
     return AlgoConfig(name=method, hidden=128)  # type: ignore[arg-type]
 
 
 def cell_path(dataset: str, k: int, method: str, seed: int) -> Path:
+    if method == f"fedaux_h{default_fedaux_width(dataset, k)}":
+        method = "fedaux"  # the default width is the main FedAux cell
     return CELLS / f"{dataset}_{k}_{method}_{seed}.json"
 
 
@@ -244,6 +258,32 @@ def report() -> dict:
             "metric": "mean over clients of local test acc at the round of best mean val acc; mean/std over seeds",
         },
     }
+    widths: dict = {}
+    for ds in DATASETS:
+        for k in CLIENTS:
+            runs = {}
+            for h in WIDTHS:
+                paths = [cell_path(ds, k, f"fedaux_h{h}", s) for s in SEEDS]
+                if all(p.is_file() for p in paths):
+                    runs[h] = [load_json(p) for p in paths]
+            if len(runs) == len(WIDTHS):
+                best = max(runs, key=lambda h: np.mean([c["val_at_best"] for c in runs[h]]))
+                tests = [c["test_at_best_val"] for c in runs[best]]
+                widths.setdefault(ds, {})[str(k)] = {
+                    "width_by_val": best,
+                    "mean": round(float(np.mean(tests)), 2),
+                    "std": round(float(np.std(tests)), 2),
+                    "paper": PAPER[ds][k]["fedaux"],
+                    "val_by_width": {
+                        h: round(float(np.mean([c["val_at_best"] for c in r])), 2) for h, r in runs.items()
+                    },
+                    "test_by_width": {
+                        h: round(float(np.mean([c["test_at_best_val"] for c in r])), 2)
+                        for h, r in runs.items()
+                    },
+                }
+    if widths:
+        out["fedaux_width_selected_on_val"] = widths
     ablation = {}
     for m in ("fedaux", *ABLATIONS):
         cells = [
@@ -335,6 +375,9 @@ def main() -> int:
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--ablation", action="store_true", help="FedAux variants on Cora-10 (3 seeds)")
+    parser.add_argument(
+        "--widths", action="store_true", help="FedAux widths 64/128/256, chosen on validation"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -352,7 +395,15 @@ def main() -> int:
                     f"cora-10 {m} s{seed}: {cell['test_at_best_val']:.2f} ({cell['seconds']:.0f} s)",
                     flush=True,
                 )
-    if not args.report_only and not args.flower_check and not args.ablation:
+    if args.widths:
+        for seed in SEEDS:
+            for ds in args.datasets.split(","):
+                for k in map(int, args.clients.split(",")):
+                    for h in WIDTHS:
+                        cell = run_cell(ds, k, f"fedaux_h{h}", seed)
+                        print(f"{ds}-{k} fedaux_h{h} s{seed}: {cell['test_at_best_val']:.2f}", flush=True)
+                    report()
+    if not args.report_only and not args.flower_check and not args.ablation and not args.widths:
         # seed-major order: after the first third every cell has one seed, so a cut-short run is still useful.
         # FedProx goes last: with one full-batch local step its proximal gradient is 0, so it reproduces
         # FedAvg exactly (see the tests); it is still run, after everything else.
