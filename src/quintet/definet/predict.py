@@ -268,12 +268,12 @@ def predict(job: PredictJob) -> Path:
 
     if job.finish_with not in FINISHERS:
         raise ValueError(f"finish_with must be one of {list(FINISHERS)}, got {job.finish_with!r}")
-    out = Path(job.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(job, out / "config.yaml")
     model, _ = load_definet(job.model)
     host = load_host(job.pristine, job.unit_cell, job.supercell)
     files = list_inputs(job.inputs)
+    out = Path(job.out_dir)  # created only once the inputs are known to be usable
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(job, out / "config.yaml")
     csv_path = out / "predictions.csv"
     rows = _read_rows(csv_path) if job.resume else []
     done = {r["id"] for r in rows}
@@ -444,11 +444,11 @@ def evaluate_model(job: EvalJob, model: DefiNet | None = None, progress: bool = 
 
     from quintet.definet.run import load_definet, load_pairs
 
+    if model is None:
+        model, _ = load_definet(job.model)
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(job, out / "config.yaml")
-    if model is None:
-        model, _ = load_definet(job.model)
     ds = load_pairs(job.data, None if job.split == "all" else job.split, model.cfg)
     records = [ds[i] for i in range(len(ds))]
     ids = dataset_ids(ds)
