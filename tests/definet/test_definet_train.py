@@ -165,9 +165,19 @@ def test_bad_inputs_raise_clear_errors(trained, tmp_path):
     with pytest.raises(FileNotFoundError, match="every host was excluded"):
         host_folders(root, exclude=["MoS2"])
     code = main(
-        ["definet", "predict", str(tmp_path), "--model", str(tmp_path / "missing.pt"), "--pristine", "x.cif"]
+        [
+            "definet",
+            "predict",
+            str(tmp_path),
+            "--model",
+            str(tmp_path / "missing.pt"),
+            "--pristine",
+            "x.cif",
+            "--out",
+            str(tmp_path / "never"),
+        ]
     )
-    assert code == 1
+    assert code == 1 and not (tmp_path / "never").exists()  # nothing is written when the inputs are unusable
     assert main(["definet", "train", "model.hidden=abc", "--out", str(tmp_path / "r")]) == 1
     mos2 = read_structure(root / "MoS2" / "MoS2_pristine_supercell.cif")
     with pytest.raises(RuntimeError, match=r"oracle 'emt' failed on .*No EMT-potential"):
