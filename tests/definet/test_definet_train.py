@@ -196,3 +196,34 @@ def test_record_dtype_follows_the_model(trained):
     pred, _ = predict_batches(model, [rec])
     assert pred[0].shape == (rec["pos"].shape[0], 3) and np.isfinite(pred[0]).all()
     assert Path(res.best_path).name == "best.pt"
+
+
+def test_predict_finish_with_emt_records_steps_and_converges(trained, tmp_path):
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from quintet.definet.predict import PredictJob, predict
+
+    _, _, res = trained
+    host = bulk("Cu", "fcc", a=3.6).repeat((3, 3, 3))
+    write_structure(tmp_path / "host.cif", host)
+    vac = host.copy()
+    del vac[13]
+    vac.numbers[0] = 28  # a Ni substitution too
+    write_structure(tmp_path / "in" / "cu_vac.cif", vac)
+    csv_path = predict(
+        PredictJob(
+            model=str(res.best_path),
+            inputs=[str(tmp_path / "in")],
+            pristine=str(tmp_path / "host.cif"),
+            out_dir=str(tmp_path / "out"),
+            finish_with="emt",
+            progress=False,
+        )
+    )
+    row = next(csv.DictReader(csv_path.read_text().splitlines()))
+    assert row["n_vacancies"] == "1" and row["n_substitutions"] == "1"
+    assert int(row["finish_steps"]) >= 1 and float(row["finish_fmax"]) <= 0.05
+    finished = read_structure(tmp_path / "out" / row["finished_output"])
+    finished.calc = EMT()
+    assert np.linalg.norm(finished.get_forces(), axis=1).max() <= 0.05 + 1e-6
