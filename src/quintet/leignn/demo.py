@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from quintet.demo import DemoSection
 
 __all__ = ["demo"]
@@ -22,7 +20,6 @@ def demo(out_dir: Path, quick: bool = False) -> DemoSection:
     from quintet.leignn.run import DataConfig, EvalConfig, LEIGNNJob, evaluate, train
     from quintet.train import TrainConfig
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     frames = 120 if quick else 300
     data = out_dir / "cu_vacancy_emt.extxyz"
     oracle.run_md(
