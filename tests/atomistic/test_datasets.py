@@ -19,12 +19,12 @@ from quintet.atomistic.batch import collate
 from quintet.atomistic.datasets import (
     RelaxPairDataset,
     TrajectoryDataset,
-    label_defects,
     load_or_make_splits,
     make_splits,
     pristine_supercell,
     unwrap_to_nearest,
 )
+from quintet.atomistic.defects import label_atoms
 from quintet.atomistic.structures import write_structure
 
 # ---- pure maths ---------------------------------------------------------------------------------
@@ -66,15 +66,17 @@ def test_label_defects_vacancy_and_substitution() -> None:
     defect = pristine.copy()
     defect.numbers[mo_idx] = 74  # Mo -> W
     del defect[s_idx]
-    lab = label_defects(defect, pristine)
+    lab = label_atoms(defect, pristine)
     w_new = mo_idx - (1 if mo_idx > s_idx else 0)
-    assert lab.labels.sum() == 1 and lab.labels[w_new] == 1
-    assert lab.vacancy_numbers.tolist() == [16]
-    assert np.allclose(lab.vacancy_positions[0], pristine.positions[s_idx])
+    n = lab.num_atoms
+    assert lab.labels[:n].sum() == 1 and lab.labels[w_new] == 1
+    assert lab.labels[n:].tolist() == [2]  # one vacancy placeholder, appended
+    assert lab.numbers[n:].tolist() == [16]
+    assert np.allclose(lab.positions[n], pristine.positions[s_idx])
     # a shuffled order changes nothing about which sites are defects
     perm = np.random.default_rng(1).permutation(len(defect))
-    lab2 = label_defects(defect[perm], pristine)
-    assert lab2.labels[np.argsort(perm)].tolist() == lab.labels.tolist()
+    lab2 = label_atoms(defect[perm], pristine)
+    assert lab2.labels[:n][np.argsort(perm)].tolist() == lab.labels[:n].tolist()
 
 
 def test_label_defects_rejects_interstitial_and_other_cell() -> None:
@@ -82,11 +84,11 @@ def test_label_defects_rejects_interstitial_and_other_cell() -> None:
     extra = pristine.copy()
     extra += Atoms("S", positions=[pristine.positions[:3].mean(axis=0) + np.array([0, 0, 1.0])])
     with pytest.raises(ValueError, match="interstitials"):
-        label_defects(extra, pristine, source="x.cif")
+        label_atoms(extra, pristine, name="x.cif")
     other = pristine.copy()
     other.set_cell(other.cell[:] * 1.05, scale_atoms=True)
-    with pytest.raises(ValueError, match=r"x\.cif: its cell .* differs"):
-        label_defects(other, pristine, source="x.cif")
+    with pytest.raises(ValueError, match=r"x\.cif: the cell does not match the pristine host"):
+        label_atoms(other, pristine, name="x.cif")
 
 
 def test_pristine_supercell_from_unit_cell() -> None:

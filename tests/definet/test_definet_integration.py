@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from quintet.atomistic import keys as K
+from quintet.atomistic.defects import SUBSTITUTION, VACANCY, label_defects
 from quintet.atomistic.structures import read_structure
-from quintet.definet.labels import SUBSTITUTION, VACANCY, label_defects
 from quintet.definet.model import DefiNetConfig
 from quintet.definet.run import DataConfig, TrainJob, load_pairs, train
 from quintet.train import TrainConfig

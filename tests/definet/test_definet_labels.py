@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from ase.build import mx2
 
-from quintet.definet.data import defect_record, unwrap_to_reference
-from quintet.definet.labels import (
+from quintet.atomistic.defects import (
     PRISTINE,
     SUBSTITUTION,
     VACANCY,
@@ -15,6 +14,7 @@ from quintet.definet.labels import (
     minimum_image_distances,
     pristine_supercell,
 )
+from quintet.definet.data import defect_record, unwrap_to_reference
 
 
 def _host(n: int = 3):

@@ -9,6 +9,7 @@ from ase.build import mx2
 
 from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate
+from quintet.atomistic.defects import pristine_supercell
 from quintet.atomistic.testing import (
     assert_batch_matches_single,
     assert_permutation_equivariant,
@@ -17,7 +18,6 @@ from quintet.atomistic.testing import (
     assert_translation_invariant,
 )
 from quintet.definet.data import defect_record
-from quintet.definet.labels import pristine_supercell
 from quintet.definet.layers import DefectEdgeGate
 from quintet.definet.model import PRED_POSITIONS, DefiNet, DefiNetConfig
 

@@ -37,11 +37,9 @@ from quintet.io import atomic_save_json, atomic_torch_save, atomic_write_text, f
 
 __all__ = [
     "SPLITS",
-    "DefectLabels",
     "RelaxPairDataset",
     "TrajectoryDataset",
     "default_cache_dir",
-    "label_defects",
     "load_or_make_splits",
     "make_splits",
     "pair_record",
@@ -123,83 +121,6 @@ def _frac(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     c = Cell(cell.copy())
     full = c.complete()[:] if c.rank < 3 else cell
     return np.linalg.solve(full.T, pos.T).T
-
-
-@dataclass
-class DefectLabels:
-    """Point-defect labels of a structure against its pristine supercell.
-
-    Attributes:
-        labels: (N,) 0 pristine site, 1 substitution, for the atoms of the defect structure.
-        vacancy_numbers: (V,) atomic numbers of the pristine atoms missing from the structure.
-        vacancy_positions: (V, 3) their positions (pristine fractional coordinates in the
-            structure's cell), Å.
-        site_of_atom: (N,) index of the pristine site each atom sits on.
-    """
-
-    labels: np.ndarray
-    vacancy_numbers: np.ndarray
-    vacancy_positions: np.ndarray
-    site_of_atom: np.ndarray
-
-
-def label_defects(unrelaxed: Any, pristine: Any, tol: float = 0.1, source: str = "structure") -> DefectLabels:
-    """Label the atoms of a point-defect structure against the pristine supercell (DefiNet convention).
-
-    Each atom is matched to the nearest pristine site (minimum image, in the pristine cell); a site
-    with another element is a substitution (1), a pristine site left empty a vacancy (returned so a
-    placeholder node can be appended, label 2), everything else 0. Interstitials/adatoms (no site
-    within ``tol``) and two atoms on one site are rejected.
-
-    Args:
-        unrelaxed: ASE ``Atoms`` of the defect structure, atoms on (or within ``tol`` of) lattice sites.
-        pristine: ASE ``Atoms`` of the pristine supercell with the same cell.
-        tol: largest allowed distance between an atom and its site, Å.
-        source: name used in error messages (usually the file).
-
-    Raises:
-        ValueError: cells differ, an atom has no site within ``tol``, or two atoms share a site.
-    """
-    cell_u = np.asarray(unrelaxed.cell[:], dtype=float)
-    cell_p = np.asarray(pristine.cell[:], dtype=float)
-    pbc = np.asarray(pristine.pbc, dtype=bool)
-    if np.abs(cell_u - cell_p).max() > max(tol, 1e-3 * np.abs(cell_p).max()):
-        raise ValueError(
-            f"{source}: its cell {np.round(cell_u, 4).tolist()} differs from the pristine supercell's "
-            f"{np.round(cell_p, 4).tolist()}; defects can only be labelled on the same supercell"
-        )
-    f_u = _frac(np.asarray(unrelaxed.positions, dtype=float), cell_p, pbc)
-    f_p = _frac(np.asarray(pristine.positions, dtype=float), cell_p, pbc)
-    full = _frac_basis(cell_p, pbc)
-    site = np.empty(len(f_u), dtype=np.int64)
-    dmin = np.empty(len(f_u))
-    for start in range(0, len(f_u), 512):  # chunks keep memory bounded for large supercells
-        diff = f_u[start : start + 512, None, :] - f_p[None, :, :]
-        diff[..., pbc] -= np.round(diff[..., pbc])
-        dist = np.linalg.norm(diff @ full, axis=-1)  # (chunk, P), minimum image
-        site[start : start + 512] = np.argmin(dist, axis=1)
-        dmin[start : start + 512] = dist.min(axis=1)
-    far = np.flatnonzero(dmin > tol)
-    if len(far):
-        a = int(far[0])
-        raise ValueError(
-            f"{source}: atom {a} ({unrelaxed.get_chemical_symbols()[a]}) is {dmin[a]:.3f} Å from the nearest "
-            f"pristine site (tolerance {tol} Å): interstitials/adatoms are not supported"
-        )
-    uniq, counts = np.unique(site, return_counts=True)
-    if (counts > 1).any():
-        s = int(uniq[counts > 1][0])
-        who = np.flatnonzero(site == s).tolist()
-        raise ValueError(f"{source}: atoms {who} all sit on pristine site {s}")
-    labels = (unrelaxed.numbers != pristine.numbers[site]).astype(np.int64)
-    empty = np.setdiff1d(np.arange(len(pristine)), site)
-    vac_pos = f_p[empty] @ _frac_basis(cell_u, pbc) if len(empty) else np.zeros((0, 3))
-    return DefectLabels(
-        labels=labels,
-        vacancy_numbers=np.asarray(pristine.numbers[empty], dtype=np.int64),
-        vacancy_positions=np.asarray(vac_pos, dtype=float).reshape(-1, 3),
-        site_of_atom=site.astype(np.int64),
-    )
 
 
 def _frac_basis(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
@@ -530,12 +451,15 @@ def pair_record(
         )
     defect = None
     if pristine is not None:
-        lab = label_defects(unrelaxed, pristine, tol=defect_tol, source=source)
-        defect = np.concatenate([lab.labels, np.full(len(lab.vacancy_numbers), 2, dtype=np.int64)])
-        pos = np.concatenate([pos, lab.vacancy_positions])
-        z = np.concatenate([z, lab.vacancy_numbers])
+        from quintet.atomistic.defects import label_atoms
+
+        lab = label_atoms(unrelaxed, pristine, tol=defect_tol, name=source)
+        n = lab.num_atoms
+        defect = lab.labels
+        pos = np.concatenate([pos, lab.positions[n:]])
+        z = lab.numbers.astype(np.int64)
         if rel_pos is not None:
-            vac_rel = lab.vacancy_positions
+            vac_rel = lab.positions[n:]
             if rel_cell is not None and not np.allclose(rel_cell, cell):
                 vac_rel = vac_rel @ np.linalg.solve(_frac_basis(cell, pbc), _frac_basis(rel_cell, pbc))
             rel_pos = np.concatenate([rel_pos, vac_rel])

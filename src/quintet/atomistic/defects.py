@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,7 @@ __all__ = [
     "SUBSTITUTION",
     "VACANCY",
     "DefectLabels",
+    "label_atoms",
     "label_defects",
     "minimum_image_distances",
     "pristine_supercell",
@@ -246,4 +248,19 @@ def label_defects(
         site_of_atom=site.astype(np.int64),
         vacancy_sites=vac.astype(np.int64),
         match_distance=best,
+    )
+
+
+def label_atoms(unrelaxed: Any, pristine: Any, tol: float = 0.3, name: str = "structure") -> DefectLabels:
+    """:func:`label_defects` for two ASE ``Atoms`` (the defect structure and its pristine supercell)."""
+    return label_defects(
+        np.asarray(unrelaxed.numbers),
+        np.asarray(unrelaxed.positions, dtype=float),
+        np.asarray(unrelaxed.cell[:], dtype=float),
+        np.asarray(unrelaxed.pbc, dtype=bool),
+        np.asarray(pristine.numbers),
+        np.asarray(pristine.positions, dtype=float),
+        np.asarray(pristine.cell[:], dtype=float),
+        tol=tol,
+        name=name,
     )

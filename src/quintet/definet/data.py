@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from quintet.atomistic import keys as K
-from quintet.definet.labels import DefectLabels, label_defects, pristine_supercell
+from quintet.atomistic.defects import DefectLabels, label_defects, pristine_supercell
 
 __all__ = ["defect_record", "load_host", "strip_placeholders", "unwrap_to_reference"]
 
@@ -70,7 +70,7 @@ def defect_record(
         The record and the labels (which map nodes back to atoms and pristine sites).
 
     Raises:
-        ValueError: see :func:`quintet.definet.labels.label_defects`; a relaxed structure whose
+        ValueError: see :func:`quintet.atomistic.defects.label_defects`; a relaxed structure whose
             atoms differ from the unrelaxed one.
     """
     lab = label_defects(

@@ -51,10 +51,10 @@ def label_files(job: LabelJob) -> list[dict[str, Any]]:
     import numpy as np
     from ase import Atoms
 
+    from quintet.atomistic.defects import SUBSTITUTION, label_defects
     from quintet.atomistic.structures import read_structure, write_structure
     from quintet.config import save_config
     from quintet.definet.data import load_host
-    from quintet.definet.labels import SUBSTITUTION, label_defects
     from quintet.definet.predict import _structure_id, _write_rows, list_inputs
 
     host = load_host(job.pristine, job.unit_cell, job.supercell)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from quintet.definet.labels import PRISTINE, VACANCY
+from quintet.atomistic.defects import PRISTINE, VACANCY
 
 __all__ = [
     "coord_mae_per_structure",
