@@ -23,29 +23,13 @@ __all__ = ["defect_record", "load_host", "strip_placeholders", "unwrap_to_refere
 def unwrap_to_reference(
     positions: np.ndarray, reference: np.ndarray, cell: np.ndarray, pbc: np.ndarray
 ) -> np.ndarray:
-    """Move each position to its periodic image nearest the matching reference position.
+    """Move each position to its periodic image nearest the matching reference position (same cell).
 
-    Args:
-        positions: (N, 3) positions, Å (e.g. relaxed, possibly wrapped into the cell).
-        reference: (N, 3) positions, Å (e.g. unrelaxed).
-        cell: (3, 3) lattice vectors (rows).
-        pbc: (3,) periodic flags.
-
-    Returns:
-        (N, 3) unwrapped positions.
+    A thin alias of :func:`quintet.atomistic.datasets.unwrap_to_nearest` with DefiNet's argument order.
     """
-    positions = np.asarray(positions, dtype=float)
-    reference = np.asarray(reference, dtype=float)
-    pbc = np.asarray(pbc, dtype=bool)
-    if positions.shape != reference.shape:
-        raise ValueError(f"{positions.shape[0]} positions but {reference.shape[0]} reference positions")
-    if not pbc.any():
-        return positions.copy()
-    cell = np.asarray(cell, dtype=float)
-    d = positions - reference
-    f = d @ np.linalg.inv(cell)
-    f = f - pbc.astype(float) * np.round(f)
-    return reference + f @ cell
+    from quintet.atomistic.datasets import unwrap_to_nearest
+
+    return unwrap_to_nearest(reference, positions, cell, pbc)
 
 
 def defect_record(
