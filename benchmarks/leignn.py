@@ -248,6 +248,27 @@ def nve_drift(data: DataConfig, budget_s: float, quick: bool) -> dict[str, Any]:
     return out
 
 
+def at_common_steps(names: list[str], work: Path) -> dict[str, Any]:
+    """Validation force MAE of every model at the same number of optimizer steps (the smallest final
+    step count among them): a comparison that does not depend on how loaded the machine was."""
+    import csv
+
+    curves = {}
+    for name in names:
+        with open(work / name / "history.csv", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("val/force_mae_meV_A")]
+        curves[name] = (
+            np.array([float(r["step"]) for r in rows]),
+            np.array([float(r["val/force_mae_meV_A"]) for r in rows]),
+        )
+    common = min(float(c[0][-1]) for c in curves.values())
+    out = {}
+    for name, (steps, mae) in curves.items():
+        seen = mae[steps <= common]
+        out[name] = float(seen.min()) if len(seen) else float("nan")  # best validation so far, as the trainer keeps
+    return {"steps": int(common), "val_force_mae_meV_A": out}
+
+
 def periodic(budget_s: float, quick: bool) -> dict[str, Any] | None:
     """LEIGNN (conservative) on the periodic EMT Cu-vacancy MD set made by `quintet data md` (docs/data.md)."""
     path = ROOT / "benchmarks" / "work" / "cu_vacancy_emt.extxyz"
@@ -346,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nve-budget-s", type=float, default=300.0, help="training wall-clock per ethanol model")
     ap.add_argument("--quick", action="store_true", help="tiny budgets and sizes (smoke test)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--stages",
+        default="acc,speed,nve,periodic",
+        help="comma-separated stages to run now (results are cached; the JSON is written when all are cached)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not DATA.is_dir():
@@ -392,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         "steps": {k: v["steps"] for k, v in acc.items()},
         "force_mae_ratio_vs_schnet": best_leignn / fm["schnet"],
         "force_mae_ratio_vs_visnet": best_leignn / fm["visnet"],
+        "equal_steps": at_common_steps(list(acc), WORK / "acc"),
+        "load_avg_at_start": {k: v.get("load_avg_start") for k, v in acc.items()},
         "force_mae_ratio_vs_schnet_by_mode": {
             m: fm[f"leignn_{m}"] / fm["schnet"] for m in ("direct", "conservative")
         },

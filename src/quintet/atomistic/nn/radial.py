@@ -28,9 +28,15 @@ class GaussianRBF(nn.Module):
         self.coeff = -0.5 / spacing**2
 
     def forward(self, d: Tensor) -> Tensor:
-        """(E,) distances → (E, num_rbf)."""
+        """(E,) distances → (E, num_rbf); values below e^-40 are exactly zero.
+
+        The far tails of narrow Gaussians underflow to *denormal* floats (e^-88 … e^-103 in float32),
+        which make every later matrix product on a CPU 10-50x slower; cutting them at e^-40 (~4e-18)
+        changes nothing measurable and keeps training and MD at full speed.
+        """
         x = (d / self.cutoff).unsqueeze(-1) - self.offsets.to(d.dtype)
-        return torch.exp(self.coeff * x.pow(2))
+        arg = self.coeff * x.pow(2)
+        return torch.where(arg > -40.0, torch.exp(arg.clamp(min=-40.0)), torch.zeros_like(arg))
 
     def extra_repr(self) -> str:
         return f"num_rbf={self.num_rbf}, cutoff={self.cutoff}"
