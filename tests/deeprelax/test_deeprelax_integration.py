@@ -37,6 +37,7 @@ def test_defect_supercells_drop_vacancy_placeholders(shared_data: Path) -> None:
     recs = [ds[k] for k in range(4)]
     for r in recs:
         assert r[K.POSITIONS].shape[0] <= 75  # placeholders dropped (a vacancy leaves 74)
-        assert (r[K.EDGE_SHIFT][:, 2] == 0).all()  # CIFs are periodic along z, but the vacuum exceeds the cutoff
+        # CIFs are periodic along z, but the vacuum exceeds the cutoff: no image edges along z
+        assert (r[K.EDGE_SHIFT][:, 2] == 0).all()
     out = DeepRelax(cfg)(collate(recs))
     assert torch.equal(out["pred_cell"], collate(recs)[K.CELL])

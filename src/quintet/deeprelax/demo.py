@@ -39,7 +39,7 @@ def demo(out_dir: Path, quick: bool) -> DemoSection:
 
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    n = 24 if quick else 64
+    n = 16 if quick else 64
     data_dir = out_dir / "emt_pairs"
     make_relax_pairs(
         RelaxPairsConfig(
@@ -54,7 +54,7 @@ def demo(out_dir: Path, quick: bool) -> DemoSection:
         data=data,
         model=ModelConfig(hidden=32, num_layers=1 if quick else 2, num_rbf=16),
         train=TrainConfig(
-            max_epochs=40 if quick else 80, batch_size=8, lr=5e-3, ema_decay=0.0, progress=False,
+            max_epochs=30 if quick else 80, batch_size=8, lr=5e-3, ema_decay=0.0, progress=False,
             early_stop_patience=None, accelerator="cpu", monitor="train/loss", plateau_patience=1000,
         ),
         out=str(out_dir / "run"),
