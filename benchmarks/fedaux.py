@@ -114,7 +114,7 @@ def default_fedaux_width(dataset: str, k: int) -> int:
 
 def algo_for(method: str, dataset: str, k: int) -> AlgoConfig:
     """The configuration of one method in one cell (paper values; FedAux width from its Fig. 7 on Cora)."""
-    if method.startswith("fedaux_h"):
+    if method.startswith("fedaux_h") and method[len("fedaux_h") :].isdigit():
         return AlgoConfig(
             **{**algo_for("fedaux", dataset, k).__dict__, "hidden": int(method[len("fedaux_h") :])}
         )
