@@ -367,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nve-budget-s", type=float, default=300.0, help="training wall-clock per ethanol model")
     ap.add_argument("--quick", action="store_true", help="tiny budgets and sizes (smoke test)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--models", default=None, help="comma-separated subset of the accuracy models to train now")
     ap.add_argument(
         "--stages",
         default="acc,speed,nve,periodic",
@@ -399,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     stages = set(args.stages.split(","))
     if "acc" in stages:
-        acc = {n: train_and_test(n, aspirin, args.budget_s, WORK / "acc", args.quick) for n in list(MODELS)}
+        todo = args.models.split(",") if args.models else list(MODELS)
+        acc = {n: train_and_test(n, aspirin, args.budget_s, WORK / "acc", args.quick) for n in todo}
     if "speed" in stages:
         speed = md_speed(args.quick)
     if "nve" in stages:
