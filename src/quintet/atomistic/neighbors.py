@@ -18,7 +18,7 @@ from torch import Tensor
 
 from quintet.atomistic import keys as K
 
-__all__ = ["batch_neighbor_list", "edge_vectors", "neighbor_list", "with_neighbors"]
+__all__ = ["batch_graph", "batch_neighbor_list", "edge_vectors", "neighbor_list", "with_neighbors"]
 
 
 def _as_box(cell: np.ndarray, pbc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,6 +139,20 @@ def batch_neighbor_list(
     edge_index = torch.from_numpy(np.concatenate(eis, axis=1) if eis else np.zeros((2, 0), np.int64))
     shift = torch.from_numpy(np.concatenate(shs) if shs else np.zeros((0, 3)))
     return edge_index.to(device), shift.to(device=device, dtype=dtype)
+
+
+def batch_graph(
+    batch: Mapping[str, Tensor], cutoff: float, max_neighbors: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """The batch's own ``EDGE_INDEX``/``EDGE_SHIFT`` when it carries them, else a fresh neighbour list.
+
+    A batch without ``NUM_ATOMS`` is treated as one structure.
+    """
+    if K.EDGE_INDEX in batch and K.EDGE_SHIFT in batch:
+        return batch[K.EDGE_INDEX], batch[K.EDGE_SHIFT]
+    if K.NUM_ATOMS not in batch:
+        batch = {**batch, K.NUM_ATOMS: torch.tensor([batch[K.POSITIONS].shape[0]])}
+    return batch_neighbor_list(batch, cutoff, max_neighbors)
 
 
 def edge_vectors(

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from quintet.atomistic import keys as K
-from quintet.atomistic.neighbors import batch_neighbor_list, edge_vectors
+from quintet.atomistic.neighbors import batch_graph, edge_vectors
 from quintet.atomistic.nn import (
     AtomEmbedding,
     GatedUpdate,
@@ -117,9 +117,7 @@ class DefiNet(nn.Module):
 
     def graph(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The edges of the batch: taken from it, or built on the input positions."""
-        if K.EDGE_INDEX in batch and K.EDGE_SHIFT in batch:
-            return batch[K.EDGE_INDEX], batch[K.EDGE_SHIFT]
-        return batch_neighbor_list(batch, self.cfg.cutoff, self.cfg.max_neighbors)
+        return batch_graph(batch, self.cfg.cutoff, self.cfg.max_neighbors)
 
     def forward(self, batch: dict[str, Tensor], return_layers: bool = False) -> dict[str, Tensor]:
         """Predict relaxed positions.

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from quintet.atomistic import keys as K
-from quintet.atomistic.neighbors import batch_neighbor_list, edge_vectors
+from quintet.atomistic.neighbors import batch_graph, edge_vectors
 from quintet.atomistic.nn import (
     AtomEmbedding,
     EnergyNormalisation,
@@ -116,12 +116,7 @@ class LEIGNN(nn.Module):
         cell = batch[K.CELL].reshape(-1, 3, 3).to(pos.dtype)
         idx = batch[K.BATCH] if K.BATCH in batch else torch.zeros_like(z)
         num_graphs = cell.shape[0]
-        if K.EDGE_INDEX in batch:
-            edge_index, shift = batch[K.EDGE_INDEX], batch[K.EDGE_SHIFT]
-        else:
-            nb = dict(batch)
-            nb.setdefault(K.NUM_ATOMS, torch.tensor([z.shape[0]]))
-            edge_index, shift = batch_neighbor_list(nb, cfg.cutoff, cfg.max_neighbors)
+        edge_index, shift = batch_graph(batch, cfg.cutoff, cfg.max_neighbors)
         conservative = cfg.forces == "conservative"
         if compute_stress and not conservative:
             raise ValueError("stress needs forces='conservative'")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from quintet.atomistic import keys as K
-from quintet.atomistic.neighbors import batch_neighbor_list, edge_vectors
+from quintet.atomistic.neighbors import batch_graph, edge_vectors
 from quintet.atomistic.nn import EnergyNormalisation
 
 __all__ = ["PeerConfig", "PeerPotential"]
@@ -104,12 +104,7 @@ class PeerPotential(nn.Module):
         idx = batch[K.BATCH] if K.BATCH in batch else torch.zeros_like(z)
         cell = batch[K.CELL].reshape(-1, 3, 3)
         num_graphs = cell.shape[0]
-        if K.EDGE_INDEX in batch:
-            edge_index, shift = batch[K.EDGE_INDEX], batch[K.EDGE_SHIFT]
-        else:
-            nb = dict(batch)
-            nb.setdefault(K.NUM_ATOMS, torch.tensor([z.shape[0]]))
-            edge_index, shift = batch_neighbor_list(nb, self.config.cutoff, self.config.max_neighbors)
+        edge_index, shift = batch_graph(batch, self.config.cutoff, self.config.max_neighbors)
         with torch.enable_grad():
             pos = batch[K.POSITIONS].detach().requires_grad_(True)
             vec, _ = edge_vectors(pos, cell.to(pos.dtype), edge_index, shift.to(pos.dtype), idx)
