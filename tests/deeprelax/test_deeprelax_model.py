@@ -189,3 +189,27 @@ def test_solve_config_steps_zero_returns_start() -> None:
     res = relax_batch(m, batch, SolveConfig(steps=0))
     assert torch.equal(res["positions"], res["init_positions"])
     assert not torch.allclose(res["positions"], batch[K.POSITIONS])
+
+
+def test_position_loss_is_the_first_guess_error_and_trains_the_displacement_head() -> None:
+    """The first-guess term equals the per-structure mean Euclidean error of p = u F + δ (by hand for an
+    untrained model, where p = u), and it is what gives the displacement readout a gradient."""
+    from quintet.deeprelax.task import DeepRelaxTask, LossConfig
+
+    _, batch, _, _ = _exact_problem()
+    batch = {k: v for k, v in batch.items() if k not in (K.EDGE_INDEX, K.EDGE_SHIFT, DISPLACE)}
+    torch.manual_seed(0)
+    model = DeepRelax(ModelConfig(hidden=16, num_layers=1, num_rbf=8)).double()
+    per_atom = (batch[K.POSITIONS] - batch[K.RELAXED_POSITIONS]).norm(dim=-1)
+    by_hand = per_graph_mean(per_atom, batch[K.BATCH], 2).mean()
+    with_term = DeepRelaxTask(model, LossConfig(position_weight=2.0, solve_in_val=False)).step(batch, "train")
+    without = DeepRelaxTask(model, LossConfig(position_weight=0.0, solve_in_val=False)).step(batch, "train")
+    assert torch.allclose(with_term.loss - without.loss, 2.0 * by_hand, atol=1e-9)
+    assert torch.allclose(with_term.metrics["guess_mae"], per_graph_mean(
+        (batch[K.POSITIONS] - batch[K.RELAXED_POSITIONS]).abs().mean(-1), batch[K.BATCH], 2).mean())  # fmt: skip
+    grads = []
+    for out in (with_term, without):
+        model.zero_grad()
+        out.loss.backward()
+        grads.append(model.displacement.lin.weight.grad.abs().sum().item())
+    assert grads[0] > 1e-6 and grads[1] < grads[0]
