@@ -102,6 +102,11 @@ ABLATIONS = {
     "fedaux_shared_masks": {"local_masks": False},
 }
 
+#: FedAux with the APV kept free (``none``, the first implementation) or on the unit sphere (``unit``, the
+#: paper's Thm 3.1 assumption); run on the whole grid by ``--apv-norm`` and compared on validation accuracy
+APV_NORMS = ("none", "unit")
+APV_VARIANTS = {f"fedaux_apv{n}": {"apv_norm": n} for n in APV_NORMS}
+
 
 #: FedAux widths swept by ``--widths`` (the paper's grid); the width is then chosen on validation accuracy
 WIDTHS = (64, 128, 256)
@@ -118,9 +123,9 @@ def algo_for(method: str, dataset: str, k: int) -> AlgoConfig:
         return AlgoConfig(
             **{**algo_for("fedaux", dataset, k).__dict__, "hidden": int(method[len("fedaux_h") :])}
         )
-    if method in ABLATIONS:
+    if method in ABLATIONS or method in APV_VARIANTS:
         base = algo_for("fedaux", dataset, k)
-        return AlgoConfig(**{**base.__dict__, **ABLATIONS[method]})
+        return AlgoConfig(**{**base.__dict__, **ABLATIONS.get(method, APV_VARIANTS.get(method, {}))})
     if method == "fedaux":
         return AlgoConfig(name="fedaux", hidden=default_fedaux_width(dataset, k), alpha=10.0, sigma=1.0)
     if method == "fedpub":
@@ -129,9 +134,17 @@ def algo_for(method: str, dataset: str, k: int) -> AlgoConfig:
 
 
 def cell_path(dataset: str, k: int, method: str, seed: int) -> Path:
-    if method == f"fedaux_h{default_fedaux_width(dataset, k)}":
-        method = "fedaux"  # the default width is the main FedAux cell
-    return CELLS / f"{dataset}_{k}_{method}_{seed}.json"
+    """Cache file of one run. FedAux files are named after the configuration actually run: the APV norm
+    is part of the name (``_unit`` suffix; no suffix = ``none``, the files of the first implementation), so
+    changing the default never reuses or overwrites a run made under the other setting."""
+    name = method
+    if method.startswith("fedaux"):
+        norm = algo_for(method, dataset, k).apv_norm
+        name = method[: -len("_apv" + norm)] if method in APV_VARIANTS else method
+        if name == f"fedaux_h{default_fedaux_width(dataset, k)}":
+            name = "fedaux"  # the default width is the main FedAux cell
+        name += "" if norm == "none" else f"_{norm}"
+    return CELLS / f"{dataset}_{k}_{name}_{seed}.json"
 
 
 def run_cell(dataset: str, k: int, method: str, seed: int) -> dict:
@@ -162,10 +175,15 @@ def run_cell(dataset: str, k: int, method: str, seed: int) -> dict:
         "method": method,
         "seed": seed,
         "hidden": algo.hidden,
+        **({"apv_norm": algo.apv_norm} if algo.name == "fedaux" else {}),
         **res.summary(),
         "mean_val_curve": (np.nanmean(res.val_acc, 1) * 100).round(3).tolist(),
         "mean_test_curve": (np.nanmean(res.test_acc, 1) * 100).round(3).tolist(),
     }
+    if res.mix_max is not None and np.isfinite(res.mix_max).any():
+        out["mix_max_curve"] = res.mix_max.round(5).tolist()
+    if res.weights is not None and algo.name in ("fedaux", "fedpub"):
+        out["last_weights"] = res.weights.round(4).tolist()
     atomic_save_json(path, out)
     return out
 
@@ -298,12 +316,58 @@ def report() -> dict:
             }
     if len(ablation) > 1:
         out["ablation_cora10"] = ablation
+    apv = apv_norm_comparison()
+    if apv:
+        out["fedaux_apv_norm"] = apv
     fc = CELLS / "flower_check.json"
     if fc.is_file():
         out["flower_vs_inprocess_max_abs_diff"] = load_json(fc)["max_abs_diff"]
     atomic_save_json(RESULTS / "fedaux.json", out)
     atomic_write_text(RESULTS / "fedaux_table.md", markdown_table(out))
     _plot(curves)
+    return out
+
+
+def _max_weight(cell: dict) -> float:
+    """Largest server mixing weight of a run over all rounds (older cells stored only the last round's)."""
+    v = cell.get("mix_weight_max_any_round", cell.get("mix_weight_max"))
+    return float("nan") if v is None else float(v)
+
+
+def apv_norm_comparison() -> dict:
+    """FedAux with apv_norm none vs unit per cell (validation and test accuracy, largest mixing weight) and
+    the default chosen on mean validation accuracy over the cells where both were run with all seeds."""
+    rows: dict = {}
+    val_means: dict[str, list[float]] = {n: [] for n in APV_NORMS}
+    for ds in DATASETS:
+        for k in CLIENTS:
+            row = {}
+            for n, m in zip(APV_NORMS, APV_VARIANTS, strict=True):
+                paths = [cell_path(ds, k, m, s) for s in SEEDS]
+                if not all(p.is_file() for p in paths):
+                    continue
+                cells = [load_json(p) for p in paths]
+                row[n] = {
+                    "val_mean": round(float(np.mean([c["val_at_best"] for c in cells])), 2),
+                    "test_mean": round(float(np.mean([c["test_at_best_val"] for c in cells])), 2),
+                    "test_std": round(float(np.std([c["test_at_best_val"] for c in cells])), 2),
+                    "mix_weight_max": round(float(np.nanmax([_max_weight(c) for c in cells])), 4),
+                    "uniform_weight": round(1.0 / k, 4),
+                }
+            if len(row) == len(APV_NORMS):
+                for n in APV_NORMS:
+                    val_means[n].append(row[n]["val_mean"])
+            if row:
+                rows.setdefault(ds, {})[str(k)] = row
+    if not rows:
+        return {}
+    out: dict = {"cells": rows}
+    if val_means["none"]:
+        mean_val = {n: round(float(np.mean(v)), 3) for n, v in val_means.items()}
+        out["mean_val_over_cells"] = mean_val
+        out["cells_compared"] = len(val_means["none"])
+        out["chosen_on_val"] = max(mean_val, key=lambda n: mean_val[n])
+    out["default"] = AlgoConfig().apv_norm
     return out
 
 
@@ -329,6 +393,34 @@ def markdown_table(out: dict) -> str:
     lines.append(
         "mean ± std over seeds of the mean client test accuracy (%) at the best-validation round; (paper Table 1)"
     )
+    apv = out.get("fedaux_apv_norm")
+    if apv:
+        lines += [
+            "",
+            f"FedAux APV norm (default `{apv['default']}`): mean val / test ± std / largest mixing weight "
+            "over all rounds (uniform = 1/K)",
+            "",
+            "| dataset | clients | " + " | ".join(f"apv_norm={n}" for n in APV_NORMS) + " | 1/K |",
+            "|---|---|" + "---|" * (len(APV_NORMS) + 1),
+        ]
+        for ds, by_k in apv["cells"].items():
+            for k, row in by_k.items():
+                cells = [
+                    f"{row[n]['val_mean']:.2f} / {row[n]['test_mean']:.2f} ± {row[n]['test_std']:.2f} / "
+                    f"{row[n]['mix_weight_max']:.3f}"
+                    if n in row
+                    else "not run"
+                    for n in APV_NORMS
+                ]
+                lines.append(f"| {ds} | {k} | " + " | ".join(cells) + f" | {1 / int(k):.3f} |")
+        if "mean_val_over_cells" in apv:
+            mv = apv["mean_val_over_cells"]
+            lines += [
+                "",
+                f"mean validation accuracy over {apv['cells_compared']} cells: "
+                + ", ".join(f"{n} {v:.2f}" for n, v in mv.items())
+                + f" -> chosen on validation: `{apv['chosen_on_val']}`",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -378,6 +470,11 @@ def main() -> int:
     parser.add_argument(
         "--widths", action="store_true", help="FedAux widths 64/128/256, chosen on validation"
     )
+    parser.add_argument(
+        "--apv-norm",
+        action="store_true",
+        help="FedAux with the APV free (none) and on the unit sphere (unit) on --datasets x --clients",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -403,7 +500,21 @@ def main() -> int:
                         cell = run_cell(ds, k, f"fedaux_h{h}", seed)
                         print(f"{ds}-{k} fedaux_h{h} s{seed}: {cell['test_at_best_val']:.2f}", flush=True)
                     report()
-    if not args.report_only and not args.flower_check and not args.ablation and not args.widths:
+    if args.apv_norm:
+        for seed in SEEDS:
+            for ds in args.datasets.split(","):
+                for k in map(int, args.clients.split(",")):
+                    for m in APV_VARIANTS:
+                        cell = run_cell(ds, k, m, seed)
+                        print(
+                            f"{ds}-{k} {m} s{seed}: val {cell['val_at_best']:.2f} test "
+                            f"{cell['test_at_best_val']:.2f} max w {_max_weight(cell):.4f} "
+                            f"({cell['seconds']:.0f} s)",
+                            flush=True,
+                        )
+                    report()
+    modes = (args.report_only, args.flower_check, args.ablation, args.widths, args.apv_norm)
+    if not any(modes):
         # seed-major order: after the first third every cell has one seed, so a cut-short run is still useful.
         # FedProx goes last: with one full-batch local step its proximal gradient is 0, so it reproduces
         # FedAvg exactly (see the tests); it is still run, after everything else.

@@ -27,10 +27,11 @@ from quintet.fedaux.flower import (
 from quintet.fedaux.simulate import DataConfig, load_data, simulate
 
 
-def _cfg(tmp_path: Path, rounds: int = 3, name: str = "fedaux") -> FlowerConfig:
+def _cfg(tmp_path: Path, rounds: int = 3, name: str = "fedaux", apv_norm: str | None = None) -> FlowerConfig:
+    extra = {} if apv_norm is None else {"apv_norm": apv_norm}
     return FlowerConfig(
         data=DataConfig(dataset="synthetic", num_clients=4, cache_dir=""),
-        algo=AlgoConfig(name=name, hidden=16),  # type: ignore[arg-type]
+        algo=AlgoConfig(name=name, hidden=16, **extra),  # type: ignore[arg-type]
         rounds=rounds,
         out_dir=tmp_path / "flower",
         wait_s=1.0,
@@ -118,8 +119,9 @@ def test_validate_reply_rejects_malformed_uploads() -> None:
             validate_reply(reply, expected, 4)
 
 
-def test_server_loop_reproduces_the_in_process_run_exactly(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path)
+@pytest.mark.parametrize("apv_norm", ["none", "unit"])
+def test_server_loop_reproduces_the_in_process_run_exactly(tmp_path: Path, apv_norm: str) -> None:
+    cfg = _cfg(tmp_path, apv_norm=apv_norm)
     clients, info = load_data(cfg.data)
     grid = FakeGrid(cfg)
     res = run_server(cfg, grid, info["num_features"], info["num_classes"])

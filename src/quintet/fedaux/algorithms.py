@@ -80,6 +80,9 @@ class AlgoConfig:
         kernel: fedaux ``gaussian`` (paper) or ``hard`` (sort + Conv1D ablation, width ``conv_kernel``).
         sigma: kernel bandwidth σ (1).
         alpha: FedAux similarity temperature α (10).
+        apv_norm: FedAux APV ``none`` (free vector, N(0, I) init) or ``unit`` (re-projected onto the unit
+            sphere at init, after loading the server's mix and after every local step; the paper's Thm 3.1
+            / App. C.1 assumption).
         chunk_size: kernel rows computed at once (memory bound O(chunk·N)).
         mu: FedProx proximal coefficient.
         fedpub_alpha: FED-PUB norm_scale (3 for disjoint partitions).
@@ -101,6 +104,7 @@ class AlgoConfig:
     kernel: Literal["gaussian", "hard"] = "gaussian"
     sigma: float = 1.0
     alpha: float = 10.0
+    apv_norm: Literal["none", "unit"] = "none"
     conv_kernel: int = 3
     chunk_size: int = 2048
     mu: float = 0.01
@@ -116,6 +120,8 @@ class AlgoConfig:
             raise ValueError("hidden, num_layers and local_epochs must be >= 1")
         if self.sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if self.apv_norm not in ("none", "unit"):
+            raise ValueError(f"unknown apv_norm {self.apv_norm!r}; valid: none, unit")
 
 
 @dataclass
@@ -156,6 +162,7 @@ def build_model(cfg: AlgoConfig, in_dim: int, num_classes: int) -> nn.Module:
             apv_init="uniform" if official else "gaussian",
             conv_kernel=cfg.conv_kernel,
             chunk_size=cfg.chunk_size,
+            apv_norm=cfg.apv_norm,
         )
     return GCNNet(
         in_dim, cfg.hidden, num_classes, cfg.num_layers, masked=cfg.name == "fedpub", dropout=cfg.dropout
@@ -313,6 +320,8 @@ def client_round(
             "(no local state and no full model received)"
         )
     model.load_state_dict(state)
+    project = model.project_apv if isinstance(model, FedAuxNet) else (lambda: None)
+    project()  # the server's mix of unit APVs is shorter than 1: back onto the sphere
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     if local_state is not None:
         _restore_optimizer(opt, local_state)
@@ -329,6 +338,7 @@ def client_round(
         total = loss + _regulariser(cfg, model, anchor)
         total.backward()
         opt.step()
+        project()
         loss_val = float(loss.detach())
 
     model.eval()

@@ -35,6 +35,7 @@ __all__ = [
 APV_KEY = "apv"
 
 ScoreMode = Literal["paper", "cosine"]
+ApvNorm = Literal["none", "unit"]
 
 
 class MaskedLinear(nn.Module):
@@ -220,6 +221,9 @@ class FedAuxNet(nn.Module):
         apv_init: ``gaussian`` (paper, N(0, I)) or ``uniform`` (official code, U[0,1)).
         conv_kernel: Conv1D width B of the hard ablation (the paper never states it; 3 is our choice).
         chunk_size: kernel row chunk (memory bound).
+        apv_norm: ``none`` (a is a free vector) or ``unit`` (a is kept on the unit sphere: re-projected at
+            init and, by :func:`~quintet.fedaux.algorithms.client_round`, whenever it is loaded and after
+            every optimizer step — the "unit-norm re-normalisation" of the paper's Thm 3.1 / Lemma C.3).
     """
 
     def __init__(
@@ -236,8 +240,12 @@ class FedAuxNet(nn.Module):
         apv_init: Literal["gaussian", "uniform"] = "gaussian",
         conv_kernel: int = 3,
         chunk_size: int = 2048,
+        apv_norm: ApvNorm = "none",
     ) -> None:
         super().__init__()
+        if apv_norm not in ("none", "unit"):
+            raise ValueError(f"unknown apv_norm {apv_norm!r}; valid: none, unit")
+        self.apv_norm = apv_norm
         self.gnn = Backbone(in_dim, hidden, num_layers, masked, dropout)
         self.apv = nn.Parameter(torch.empty(hidden))
         self.head = MaskedLinear(2 * hidden, num_classes, masked=masked)
@@ -257,6 +265,15 @@ class FedAuxNet(nn.Module):
             nn.init.uniform_(self.apv)
         else:
             raise ValueError(f"unknown apv_init {self.apv_init!r}; valid: gaussian, uniform")
+        self.project_apv()
+
+    @torch.no_grad()
+    def project_apv(self) -> None:
+        """With ``apv_norm="unit"``: a ← a / ‖a‖ in place (a zero vector is left as it is); else nothing."""
+        if self.apv_norm == "unit":
+            norm = self.apv.norm()
+            if float(norm) > 0:
+                self.apv.div_(norm)
 
     def smooth(self, h: torch.Tensor) -> torch.Tensor:
         s = projection_scores(h, self.apv, self.score)

@@ -90,6 +90,8 @@ class SimResult:
         final_test: mean client test accuracy at the last round (%).
         seconds: wall time.
         weights: the last mixing matrix (if any).
+        mix_max: (T,) largest entry of each round's mixing matrix (NaN for methods without one); 1/K
+            everywhere means the server's weights are uniform.
     """
 
     val_acc: np.ndarray
@@ -100,6 +102,7 @@ class SimResult:
     final_test: float
     seconds: float
     weights: np.ndarray | None = None
+    mix_max: np.ndarray | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -111,6 +114,12 @@ class SimResult:
             "clients": int(self.val_acc.shape[1]),
             "seconds": self.seconds,
             "mix_weight_max": float(self.weights.max()) if self.weights is not None else None,
+            "mix_weight_min": float(self.weights.min()) if self.weights is not None else None,
+            "mix_weight_max_any_round": (
+                float(np.nanmax(self.mix_max))
+                if self.mix_max is not None and np.isfinite(self.mix_max).any()
+                else None
+            ),
         }
 
 
@@ -176,6 +185,7 @@ def simulate(
     val = np.zeros((rounds, k))
     test = np.zeros((rounds, k))
     loss = np.zeros((rounds, k))
+    mix_max = np.full(rounds, np.nan)
     weights = None
     bar = tqdm(range(1, rounds + 1), desc=desc or algo.name, disable=not progress, leave=False)
     for rnd in bar:
@@ -193,11 +203,12 @@ def simulate(
         downloads = new
         if "weights" in diag:
             weights = diag["weights"].numpy()
+            mix_max[rnd - 1] = float(weights.max())
         bar.set_postfix(
             val=f"{np.nanmean(val[rnd - 1]) * 100:.1f}", test=f"{np.nanmean(test[rnd - 1]) * 100:.1f}"
         )
     best, at_best, final = summarise_rounds(val, test)
-    return SimResult(val, test, loss, best, at_best, final, time.perf_counter() - t0, weights)
+    return SimResult(val, test, loss, best, at_best, final, time.perf_counter() - t0, weights, mix_max)
 
 
 def write_outputs(result: SimResult, out_dir: Path, title: str) -> None:
