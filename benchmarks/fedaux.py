@@ -133,14 +133,15 @@ def algo_for(method: str, dataset: str, k: int) -> AlgoConfig:
     return AlgoConfig(name=method, hidden=128)  # type: ignore[arg-type]
 
 
-def cell_path(dataset: str, k: int, method: str, seed: int) -> Path:
+def cell_path(dataset: str, k: int, method: str, seed: int, apv_norm: str | None = None) -> Path:
     """Cache file of one run. FedAux files are named after the configuration actually run: the APV norm
     is part of the name (``_unit`` suffix; no suffix = ``none``, the files of the first implementation), so
-    changing the default never reuses or overwrites a run made under the other setting."""
+    changing the default never reuses or overwrites a run made under the other setting. ``apv_norm``
+    names the file of ``method`` under that norm instead of the one ``method`` runs with."""
     name = method
     if method.startswith("fedaux"):
-        norm = algo_for(method, dataset, k).apv_norm
-        name = method[: -len("_apv" + norm)] if method in APV_VARIANTS else method
+        norm = apv_norm or algo_for(method, dataset, k).apv_norm
+        name = method[: -len("_apv" + APV_VARIANTS[method]["apv_norm"])] if method in APV_VARIANTS else method
         if name == f"fedaux_h{default_fedaux_width(dataset, k)}":
             name = "fedaux"  # the default width is the main FedAux cell
         name += "" if norm == "none" else f"_{norm}"
@@ -276,12 +277,50 @@ def report() -> dict:
             "metric": "mean over clients of local test acc at the round of best mean val acc; mean/std over seeds",
         },
     }
+    default_norm = AlgoConfig().apv_norm
+    widths: dict = {}
+    ablation: dict = {}
+    for norm in (default_norm, *(n for n in APV_NORMS if n != default_norm)):
+        by_norm = _width_selection(norm)
+        if by_norm:
+            widths[norm] = by_norm
+        abl = {}
+        for m in ("fedaux", *ABLATIONS):
+            paths = [cell_path("cora", 10, m, s, norm) for s in SEEDS]
+            cells = [load_json(p) for p in paths if p.is_file()]
+            if cells:
+                vals = [c["test_at_best_val"] for c in cells]
+                abl[m] = {
+                    "mean": round(float(np.mean(vals)), 2),
+                    "std": round(float(np.std(vals)), 2),
+                    "seeds": len(cells),
+                }
+        if len(abl) > 1:
+            ablation[norm] = abl
+    if widths:
+        out["fedaux_width_selected_on_val"] = widths  # {apv_norm: {dataset: {clients: ...}}}
+    if ablation:
+        out["ablation_cora10"] = ablation  # {apv_norm: {variant: ...}}
+    apv = apv_norm_comparison()
+    if apv:
+        out["fedaux_apv_norm"] = apv
+    fc = CELLS / "flower_check.json"
+    if fc.is_file():
+        out["flower_vs_inprocess_max_abs_diff"] = load_json(fc)["max_abs_diff"]
+    atomic_save_json(RESULTS / "fedaux.json", out)
+    atomic_write_text(RESULTS / "fedaux_table.md", markdown_table(out))
+    _plot(curves)
+    return out
+
+
+def _width_selection(norm: str) -> dict:
+    """FedAux width chosen in WIDTHS on mean validation accuracy, per cell, for runs under ``norm``."""
     widths: dict = {}
     for ds in DATASETS:
         for k in CLIENTS:
             runs = {}
             for h in WIDTHS:
-                paths = [cell_path(ds, k, f"fedaux_h{h}", s) for s in SEEDS]
+                paths = [cell_path(ds, k, f"fedaux_h{h}", s, norm) for s in SEEDS]
                 if all(p.is_file() for p in paths):
                     runs[h] = [load_json(p) for p in paths]
             if len(runs) == len(WIDTHS):
@@ -300,32 +339,7 @@ def report() -> dict:
                         for h, r in runs.items()
                     },
                 }
-    if widths:
-        out["fedaux_width_selected_on_val"] = widths
-    ablation = {}
-    for m in ("fedaux", *ABLATIONS):
-        cells = [
-            load_json(cell_path("cora", 10, m, s)) for s in SEEDS if cell_path("cora", 10, m, s).is_file()
-        ]
-        if cells:
-            vals = [c["test_at_best_val"] for c in cells]
-            ablation[m] = {
-                "mean": round(float(np.mean(vals)), 2),
-                "std": round(float(np.std(vals)), 2),
-                "seeds": len(cells),
-            }
-    if len(ablation) > 1:
-        out["ablation_cora10"] = ablation
-    apv = apv_norm_comparison()
-    if apv:
-        out["fedaux_apv_norm"] = apv
-    fc = CELLS / "flower_check.json"
-    if fc.is_file():
-        out["flower_vs_inprocess_max_abs_diff"] = load_json(fc)["max_abs_diff"]
-    atomic_save_json(RESULTS / "fedaux.json", out)
-    atomic_write_text(RESULTS / "fedaux_table.md", markdown_table(out))
-    _plot(curves)
-    return out
+    return widths
 
 
 def _max_weight(cell: dict) -> float:
