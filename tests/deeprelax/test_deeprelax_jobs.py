@@ -140,6 +140,13 @@ def test_predict_cli_writes_cifs_and_csv_resumes_and_never_overwrites(trained, p
         predict(PredictJob(model=str(path), inputs=[str(inp)], out=str(inp)))
     with pytest.raises(FileNotFoundError):
         predict(PredictJob(model=str(path), inputs=[str(tmp_path / "nothing*.cif")], out=str(out)))
+    # the finishing relaxation can be quasi-Newton (BFGS) instead of FIRE
+    bf = tmp_path / "bfgs"
+    argv = ["deeprelax", "predict", "-m", str(path), "-i", str(inp / "s0.cif"), "-o", str(bf)]
+    assert main([*argv, "--finish-with", "emt", "--finish-optimizer", "bfgs", "finish_filter=unitcell"]) == 0
+    (row,) = _rows(bf / "predictions.csv")
+    assert int(row["finish_steps"]) >= 0 and float(row["finish_fmax"]) <= 0.05
+    assert "finish_optimizer: bfgs" in (bf / "config.yaml").read_text()
 
 
 def test_bad_pairs_give_clear_errors(pairs, tmp_path: Path) -> None:

@@ -227,3 +227,19 @@ def test_predict_finish_with_emt_records_steps_and_converges(trained, tmp_path):
     finished = read_structure(tmp_path / "out" / row["finished_output"])
     finished.calc = EMT()
     assert np.linalg.norm(finished.get_forces(), axis=1).max() <= 0.05 + 1e-6
+
+
+def test_finish_optimizer_bfgs_converges_in_fewer_steps_than_fire_and_bad_names_raise():
+    """A Cu vacancy near its EMT minimum: quasi-Newton needs fewer steps than FIRE's velocity ramp-up."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    vac = bulk("Cu", "fcc", a=3.6).repeat((3, 3, 3))
+    del vac[13]
+    vac.positions += np.random.default_rng(0).normal(scale=0.01, size=vac.positions.shape)
+    fire = finish_relax(vac, "emt", fmax=0.05, calc=EMT())
+    bfgs = finish_relax(vac, "emt", fmax=0.05, calc=EMT(), optimizer="bfgs")
+    assert fire["converged"] and bfgs["converged"] and bfgs["fmax_final"] <= 0.05
+    assert 1 <= bfgs["steps"] < fire["steps"]
+    with pytest.raises(ValueError, match="finish_optimizer must be"):
+        finish_relax(vac, "emt", optimizer="newton")

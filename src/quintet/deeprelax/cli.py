@@ -38,7 +38,13 @@ def _predict(args: argparse.Namespace) -> int:
     from quintet.deeprelax.jobs import PredictJob, predict
 
     over = list(args.overrides)
-    for flag, key in (("model", "model"), ("out", "out"), ("finish_with", "finish_with"), ("fmax", "fmax")):
+    for flag, key in (
+        ("model", "model"),
+        ("out", "out"),
+        ("finish_with", "finish_with"),
+        ("fmax", "fmax"),
+        ("finish_optimizer", "finish_optimizer"),
+    ):
         val = getattr(args, flag)
         if val is not None:
             over.append(f"{key}={val}")
@@ -81,6 +87,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fmax", type=float, default=None, help="force threshold of the finishing relaxation, eV/Å"
     )
+    p.add_argument(
+        "--finish-optimizer", dest="finish_optimizer", choices=["fire", "bfgs"], default=None,
+        help="optimizer of the finishing relaxation (default fire)",
+    )  # fmt: skip
     p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     add_config_arguments(p)
     p.set_defaults(func=_predict)

@@ -122,6 +122,8 @@ class PredictJob:
         finish_steps: most optimizer steps of the finishing relaxation.
         finish_cell: also relax the cell while finishing (periodic directions only).
         finish_filter: cell filter of the finishing relaxation (``unitcell`` is cheaper for EMT).
+        finish_optimizer: ``fire`` (ASE FIRE) or ``bfgs`` (ASE BFGS, quasi-Newton like the ionic
+            relaxations of DFT codes; far fewer steps from a nearly relaxed start).
         resume: skip inputs already listed in ``predictions.csv`` with their CIF present.
     """
 
@@ -135,6 +137,7 @@ class PredictJob:
     finish_steps: int = 500
     finish_cell: bool = True
     finish_filter: Literal["frechet", "unitcell"] = "frechet"
+    finish_optimizer: Literal["fire", "bfgs"] = "fire"
     resume: bool = True
 
 
@@ -416,13 +419,21 @@ def cell_mask(pbc: Sequence[bool]) -> list[bool]:
     return [p[0], p[1], p[2], p[1] and p[2], p[0] and p[2], p[0] and p[1]]
 
 
-def finish(atoms: Any, calc: Any, fmax: float, steps: int, cell: bool, cell_filter: str = "frechet") -> Any:
-    """Relax a prediction further with an ASE calculator (FIRE); returns the oracle's ``RelaxResult``."""
+def finish(
+    atoms: Any,
+    calc: Any,
+    fmax: float,
+    steps: int,
+    cell: bool,
+    cell_filter: str = "frechet",
+    optimizer: str = "fire",
+) -> Any:
+    """Relax a prediction further with an ASE calculator (FIRE or BFGS); returns the oracle's ``RelaxResult``."""
     from quintet.atomistic.oracle import relax
 
     relax_cell = bool(cell and any(atoms.pbc))
     return relax(
-        atoms, calc, fmax=fmax, max_steps=steps, relax_cell=relax_cell,
+        atoms, calc, fmax=fmax, max_steps=steps, relax_cell=relax_cell, optimizer=optimizer,  # type: ignore[arg-type]
         cell_mask=cell_mask(atoms.pbc) if relax_cell else None, cell_filter=cell_filter,  # type: ignore[arg-type]
     )  # fmt: skip
 
@@ -509,7 +520,15 @@ def predict(job: PredictJob) -> Path:
                 "time_s": round(dt, 6),
             }
             if calc is not None:
-                fin = finish(new, calc, job.fmax, job.finish_steps, job.finish_cell, job.finish_filter)
+                fin = finish(
+                    new,
+                    calc,
+                    job.fmax,
+                    job.finish_steps,
+                    job.finish_cell,
+                    job.finish_filter,
+                    job.finish_optimizer,
+                )
                 new = fin.atoms
                 new.calc = None
                 row.update(

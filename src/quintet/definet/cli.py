@@ -74,6 +74,7 @@ def _predict(args: argparse.Namespace) -> int:
             "tol": "tol",
             "out": "out_dir",
             "finish_with": "finish_with",
+            "finish_optimizer": "finish_optimizer",
             "batch_size": "batch_size",
         },
     )
@@ -97,6 +98,7 @@ def _eval(args: argparse.Namespace) -> int:
             "split": "split",
             "out": "out_dir",
             "finish_with": "finish_with",
+            "finish_optimizer": "finish_optimizer",
             "finish_limit": "finish_limit",
         },
     )
@@ -139,6 +141,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _host_options(p)
     p.add_argument("--out", default=None, help="output folder")
     p.add_argument("--finish-with", default=None, choices=["none", "emt", "chgnet", "sevenn"])
+    p.add_argument("--finish-optimizer", default=None, choices=["fire", "bfgs"], help="default fire")
     p.add_argument("--batch-size", type=int, default=None)
     p.set_defaults(func=_predict)
 
@@ -149,6 +152,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None, choices=["train", "val", "test", "all"])
     p.add_argument("--out", default=None, help="output folder")
     p.add_argument("--finish-with", default=None, choices=["none", "emt", "chgnet", "sevenn"])
+    p.add_argument("--finish-optimizer", default=None, choices=["fire", "bfgs"], help="default fire")
     p.add_argument("--finish-limit", type=int, default=None, help="structures relaxed by the oracle")
     p.set_defaults(func=_eval)
 

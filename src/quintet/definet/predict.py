@@ -100,9 +100,14 @@ def predict_batches(
 
 
 def finish_relax(
-    atoms: Any, oracle: str, fmax: float = 0.05, max_steps: int = 400, calc: Any = None
+    atoms: Any,
+    oracle: str,
+    fmax: float = 0.05,
+    max_steps: int = 400,
+    calc: Any = None,
+    optimizer: str = "fire",
 ) -> dict[str, Any]:
-    """Relax ``atoms`` (positions only, FIRE) with an oracle; return steps, seconds, fmax and the result.
+    """Relax ``atoms`` (positions only; FIRE or BFGS) with an oracle; return steps, seconds, fmax and the result.
 
     Args:
         atoms: the starting structure (not modified).
@@ -110,16 +115,19 @@ def finish_relax(
         fmax: force convergence, eV/Å.
         max_steps: step limit.
         calc: a ready calculator (re-used across structures); built from ``oracle`` when ``None``.
+        optimizer: ``fire`` or ``bfgs``.
     """
     from quintet.atomistic.oracle import get_calculator, relax
 
+    if optimizer not in ("fire", "bfgs"):
+        raise ValueError(f"finish_optimizer must be 'fire' or 'bfgs', got {optimizer!r}")
     if oracle not in FINISHERS or FINISHERS[oracle] is None:
         raise ValueError(
             f"finish_with must be one of {[k for k in FINISHERS if k != 'none']}, got {oracle!r}"
         )
     calc = calc if calc is not None else get_calculator(FINISHERS[oracle])
     try:
-        res = relax(atoms, calc, fmax=fmax, max_steps=max_steps)
+        res = relax(atoms, calc, fmax=fmax, max_steps=max_steps, optimizer=optimizer)  # type: ignore[arg-type]
     except Exception as exc:  # calculators raise many types (unsupported elements, NaN, ...)
         raise RuntimeError(
             f"oracle {oracle!r} failed on {atoms.get_chemical_formula()}: {type(exc).__name__}: {exc}"
@@ -155,6 +163,7 @@ class PredictJob:
         batch_size: structures per forward pass.
         tol: site-matching tolerance of the defect labelling, Å.
         finish_with: ``none``, ``emt``, ``chgnet`` or ``sevenn``: relax each prediction further.
+        finish_optimizer: ``fire`` or ``bfgs`` (quasi-Newton, like DFT ionic relaxations).
         fmax: oracle force convergence, eV/Å.
         max_steps: oracle step limit.
         resume: skip structures already listed in ``predictions.csv``.
@@ -170,6 +179,7 @@ class PredictJob:
     batch_size: int = 8
     tol: float = 0.3
     finish_with: Literal["none", "emt", "chgnet", "sevenn"] = "none"
+    finish_optimizer: Literal["fire", "bfgs"] = "fire"
     fmax: float = 0.05
     max_steps: int = 400
     resume: bool = True
@@ -316,7 +326,14 @@ def predict(job: PredictJob) -> Path:
                 "finish_with": job.finish_with,
             }
             if calc is not None:
-                fin = finish_relax(result, job.finish_with, job.fmax, job.max_steps, calc=calc)
+                fin = finish_relax(
+                    result,
+                    job.finish_with,
+                    job.fmax,
+                    job.max_steps,
+                    calc=calc,
+                    optimizer=job.finish_optimizer,
+                )
                 ftarget = out / "structures" / f"{sid}_definet_{job.finish_with}.cif"
                 write_structure(ftarget, fin["atoms"])
                 row.update(
@@ -350,6 +367,7 @@ class EvalJob:
         radii: local-MAE radii around defects, Å.
         finish_with: oracle for the step counts (``none`` skips them).
         finish_limit: at most this many structures get oracle relaxations (they cost seconds each).
+        finish_optimizer: ``fire`` or ``bfgs``.
         fmax: oracle force convergence, eV/Å.
         max_steps: oracle step limit.
         batch_size: structures per forward pass.
@@ -362,6 +380,7 @@ class EvalJob:
     radii: list[float] = field(default_factory=lambda: [3.0, 4.0, 5.0, 6.0])
     finish_with: Literal["none", "emt", "chgnet", "sevenn"] = "none"
     finish_limit: int = 20
+    finish_optimizer: Literal["fire", "bfgs"] = "fire"
     fmax: float = 0.05
     max_steps: int = 400
     batch_size: int = 8
@@ -469,7 +488,12 @@ def evaluate_model(job: EvalJob, model: DefiNet | None = None, progress: bool = 
             cell, pbc = rec[K.CELL].double().numpy(), rec[K.PBC].numpy()
             z = rec[K.ATOMIC_NUMBERS].numpy()[real]
             fin = finish_relax(
-                atoms_from(z, pred[real], cell, pbc), job.finish_with, job.fmax, job.max_steps, calc
+                atoms_from(z, pred[real], cell, pbc),
+                job.finish_with,
+                job.fmax,
+                job.max_steps,
+                calc,
+                job.finish_optimizer,
             )
             base = finish_relax(
                 atoms_from(z, rec[K.POSITIONS].double().numpy()[real], cell, pbc),
@@ -477,6 +501,7 @@ def evaluate_model(job: EvalJob, model: DefiNet | None = None, progress: bool = 
                 job.fmax,
                 job.max_steps,
                 calc,
+                job.finish_optimizer,
             )
             rows[k].update(
                 finish_steps=fin["steps"],
