@@ -91,6 +91,7 @@ def test_tiny_training_beats_the_dummy_and_reload_is_identical(trained, tmp_path
     ev = EvalJob(model=str(path), data=job.data, split="train", out=str(tmp_path / "ev"))
     summary = evaluate(ev)
     assert summary["coord_mae_A"] < 0.8 * summary["dummy_coord_mae_A"]
+    assert summary["guess_coord_mae_A"] < summary["dummy_coord_mae_A"]  # the supervised first guess moved too
     assert summary["distance_mae_A"] < summary["dummy_distance_mae_A"]
     assert (tmp_path / "ev" / "metrics.json").is_file() and (tmp_path / "ev" / "per_structure.csv").is_file()
     m1, _ = load_deeprelax(path)

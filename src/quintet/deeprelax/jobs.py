@@ -285,7 +285,8 @@ def evaluate_model(
     Returns:
         ``(summary, rows)``: the summary has ``coord_mae_A``, ``dummy_coord_mae_A``, ``cell_mae_A``,
         ``dummy_cell_mae_A``, ``volume_mae_A3``, ``dummy_volume_mae_A3``, ``distance_mae_A``,
-        ``dummy_distance_mae_A``, their ratios, ``time_per_structure_s`` (forward + solve, batched),
+        ``dummy_distance_mae_A``, their ratios, ``guess_coord_mae_A`` (the network's first guess, before
+        the solve; ``residual_base="displaced"``) and its ratio, ``time_per_structure_s`` (forward + solve, batched),
         ``uncertainty_spearman`` (per structure: mean σ vs coordinate MAE), ``distance_spearman``
         (per edge: σ vs |error|) and ``coverage`` (fraction of relaxed distances inside mu ± σ);
         one row per structure with its errors, uncertainty and residuals.
@@ -309,6 +310,7 @@ def evaluate_model(
         rel, unrel = batch[K.RELAXED_POSITIONS], batch[K.POSITIONS]
         cell_r, cell_u = batch[K.RELAXED_CELL].reshape(-1, 3, 3), batch[K.CELL].reshape(-1, 3, 3)
         coord = per_graph_mean((res["positions"] - rel).abs().mean(-1), b, nb)
+        guess = per_graph_mean((res["init_positions"] - rel).abs().mean(-1), b, nb)
         dummy = per_graph_mean((unrel - rel).abs().mean(-1), b, nb)
         cell_e = (res["cell"] - cell_r).abs().mean((-1, -2))
         dcell_e = (cell_u - cell_r).abs().mean((-1, -2))
@@ -332,6 +334,7 @@ def evaluate_model(
                     "n_atoms": int(r[K.POSITIONS].shape[0]),
                     "coord_mae_A": float(coord[g]),
                     "dummy_coord_mae_A": float(dummy[g]),
+                    "guess_coord_mae_A": float(guess[g]),
                     "cell_mae_A": float(cell_e[g]),
                     "dummy_cell_mae_A": float(dcell_e[g]),
                     "volume_err_A3": float(vol_e[g]),
@@ -355,6 +358,10 @@ def evaluate_model(
         summary[key] = mean(key)
         summary["dummy_" + key] = mean("dummy_" + key)
         summary[key.replace("_A", "_ratio_vs_dummy")] = ratio(summary[key], summary["dummy_" + key])
+    summary["guess_coord_mae_A"] = mean("guess_coord_mae_A")
+    summary["guess_coord_mae_ratio_vs_dummy"] = ratio(
+        summary["guess_coord_mae_A"], summary["dummy_coord_mae_A"]
+    )
     summary["volume_mae_A3"] = mean("volume_err_A3")
     summary["dummy_volume_mae_A3"] = mean("dummy_volume_err_A3")
     summary["time_per_structure_s"] = t_total / max(len(rows), 1)
