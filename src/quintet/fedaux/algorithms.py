@@ -20,7 +20,7 @@ fedavg     GCN                        nothing                         train-size
 fedprox    GCN (+ μ/2‖θ−θ_g‖²)        nothing                         train-size weighted average
 fedper     GCN                        classifier head                 weighted average of the GNN layers
 fedpub     MaskedGCN (+L1, +prox)     masks                           softmax(α·cos(functional embeddings)) mix
-fedaux     MaskedGCN + APV + kernel   nothing (``official``: masks)   softmax(α·cos(APVs)) mix of θ and a
+fedaux     MaskedGCN + APV + kernel   masks (``local_masks=True``)    softmax(α·cos(APVs)) mix of θ and a
 =========  =========================  ==============================  ===========================================
 """
 
@@ -75,8 +75,8 @@ class AlgoConfig:
         dropout: 0.5.
         lr / weight_decay: Adam (0.01 / 1e-6, the logged official Cora-10 run).
         local_epochs: Q (1 for Cora/CiteSeer).
-        variant: fedaux ``paper`` (score ⟨h/max‖h‖, a⟩, Gaussian APV init, masks shared) or ``official``
-            (cosine score, U[0,1) APV init, masks kept local), see docs/fedaux.md.
+        variant: fedaux ``paper`` (score ⟨h/max‖h‖, a⟩, Gaussian APV init) or ``official``
+            (cosine score, U[0,1) APV init), see docs/fedaux.md; masks follow ``local_masks``.
         kernel: fedaux ``gaussian`` (paper) or ``hard`` (sort + Conv1D ablation, width ``conv_kernel``).
         sigma: kernel bandwidth σ (1).
         alpha: FedAux similarity temperature α (10).
