@@ -132,9 +132,12 @@ def train_one(
     return model, info
 
 
-def oracle_compare(model: DeepRelax, ds, spec: dict, k: int, calc) -> dict:
-    """Iterative relaxation from the unrelaxed input and from the prediction, on k test structures."""
+def oracle_compare(model: DeepRelax, ds, spec: dict, k: int, calc, bfgs: bool = True) -> dict:
+    """Iterative relaxation from the unrelaxed input and from the prediction, on k test structures
+    (FIRE, the issue's measure; BFGS too when ``bfgs``: quasi-Newton, like DFT ionic relaxations)."""
     steps_u, steps_f, t_u, n_atoms = [], [], [], []
+    bfgs_u: list[int] = []
+    bfgs_f: list[int] = []
     for idx in range(min(k, len(ds))):
         rec = ds[idx]
         unrel = to_ase({kk: rec[kk] for kk in (K.POSITIONS, K.ATOMIC_NUMBERS, K.CELL, K.PBC)})
@@ -150,6 +153,9 @@ def oracle_compare(model: DeepRelax, ds, spec: dict, k: int, calc) -> dict:
             }
         )
         sf = finish(pred, calc, 0.05, 1000, spec["cell"], spec["filter"]).steps
+        if bfgs:
+            bfgs_u.append(finish(unrel, calc, 0.05, 1000, spec["cell"], spec["filter"], "bfgs").steps)
+            bfgs_f.append(finish(pred, calc, 0.05, 1000, spec["cell"], spec["filter"], "bfgs").steps)
         steps_u.append(su)
         steps_f.append(sf)
         t_u.append(tu)
@@ -157,7 +163,10 @@ def oracle_compare(model: DeepRelax, ds, spec: dict, k: int, calc) -> dict:
         print(
             f"  oracle {idx}: {len(unrel)} atoms, from unrelaxed {su} steps {tu:.1f}s, from DeepRelax {sf} steps"
         )
-    return {"steps_unrelaxed": steps_u, "steps_finish": steps_f, "oracle_time_s": t_u, "n_atoms": n_atoms}
+    out = {"steps_unrelaxed": steps_u, "steps_finish": steps_f, "oracle_time_s": t_u, "n_atoms": n_atoms}
+    if bfgs:
+        out.update(bfgs_steps_unrelaxed=bfgs_u, bfgs_steps_finish=bfgs_f)
+    return out
 
 
 def plots(results: dict, out: Path) -> None:
@@ -190,15 +199,21 @@ def plots(results: dict, out: Path) -> None:
     fig.savefig(out / "deeprelax_sigma_vs_error.png", dpi=120)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
-    for ax, n in zip(axes[0], names, strict=True):
+    fig, axes = plt.subplots(2, len(names), figsize=(4 * len(names), 6.5), squeeze=False)
+    for col, n in enumerate(names):
         o = results[n]["_oracle"]
-        bins = np.linspace(0, max(o["steps_unrelaxed"] + o["steps_finish"] + [1]), 15)
-        ax.hist(o["steps_unrelaxed"], bins=bins, alpha=0.6, label="from unrelaxed")
-        ax.hist(o["steps_finish"], bins=bins, alpha=0.6, label="from DeepRelax")
-        ax.set_xlabel("oracle FIRE steps to fmax 0.05")
-        ax.set_title(n)
-        ax.legend()
+        for row, (opt, pre) in enumerate((("FIRE", ""), ("BFGS", "bfgs_"))):
+            ax = axes[row][col]
+            if pre + "steps_finish" not in o:
+                ax.set_axis_off()
+                continue
+            su, sf = o[pre + "steps_unrelaxed"], o[pre + "steps_finish"]
+            bins = np.linspace(0, max(su + sf + [1]), 15)
+            ax.hist(su, bins=bins, alpha=0.6, label="from unrelaxed")
+            ax.hist(sf, bins=bins, alpha=0.6, label="from DeepRelax")
+            ax.set_xlabel(f"oracle {opt} steps to fmax 0.05")
+            ax.set_title(n)
+            ax.legend()
     fig.tight_layout()
     fig.savefig(out / "deeprelax_finish_steps.png", dpi=120)
     plt.close(fig)
@@ -214,6 +229,10 @@ def main() -> None:
     parser.add_argument(
         "--position-weight", type=float, default=1.0, help="loss.position_weight (0: published)"
     )
+    parser.add_argument(
+        "--reuse", action="store_true", help="re-evaluate models trained by an earlier run (with --only)"
+    )
+    parser.add_argument("--no-bfgs", action="store_true", help="FIRE finish only")
     parser.add_argument("--oracle-scale", type=float, default=1.0, help="multiply every oracle subset size")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -241,8 +260,14 @@ def main() -> None:
         print(f"EMT pairs ready ({time.perf_counter() - t0:.0f} s)")
     for name in names:
         spec = specs[name]
-        print(f"== {name}: training (budget {spec['budget_s']} s)")
-        model, info = train_one(name, spec, args.quick, args.clock, args.position_weight)
+        best = WORK / name / "best.pt"
+        if args.reuse and best.is_file() and "training" in results.get(name, {}):
+            print(f"== {name}: re-evaluating the trained model {best}")
+            model, _ = load_deeprelax(best)
+            info = results[name]["training"]
+        else:
+            print(f"== {name}: training (budget {spec['budget_s']} s)")
+            model, info = train_one(name, spec, args.quick, args.clock, args.position_weight)
         test = load_dataset(spec["data"], "test", model.cfg)
         summary, rows = evaluate_model(model, test, batch_size=16, solve=SolveConfig(), progress=False)
         print(f"  test: {summary}")
@@ -253,7 +278,9 @@ def main() -> None:
             warm = to_ase({kk: rec[kk] for kk in (K.POSITIONS, K.ATOMIC_NUMBERS, K.CELL, K.PBC)})
             warm.calc = calcs[spec["oracle"]]
             warm.get_forces()
-        orc = oracle_compare(model, test, spec, spec["oracle_subset"], calcs[spec["oracle"]])
+        orc = oracle_compare(
+            model, test, spec, spec["oracle_subset"], calcs[spec["oracle"]], bfgs=not args.no_bfgs
+        )
         oracle_t = float(np.mean(orc["oracle_time_s"]))
         med_u = float(np.median(orc["steps_unrelaxed"]))
         med_f = float(np.median(orc["steps_finish"]))
@@ -266,6 +293,16 @@ def main() -> None:
             "median_unrelaxed_steps": med_u,
             "finish_steps_ratio": med_f / med_u if med_u > 0 else float("nan"),
             "oracle_subset_size": len(orc["steps_unrelaxed"]),
+            **(
+                {
+                    "median_finish_steps_bfgs": float(np.median(orc["bfgs_steps_finish"])),
+                    "median_unrelaxed_steps_bfgs": float(np.median(orc["bfgs_steps_unrelaxed"])),
+                    "finish_steps_ratio_bfgs": float(np.median(orc["bfgs_steps_finish"]))
+                    / max(float(np.median(orc["bfgs_steps_unrelaxed"])), 1.0),
+                }
+                if "bfgs_steps_finish" in orc
+                else {}
+            ),
             "training": info,
             "targets": {
                 "coord_mae_ratio_vs_dummy<=0.35": summary["coord_mae_ratio_vs_dummy"] <= 0.35,
