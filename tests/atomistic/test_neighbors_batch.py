@@ -66,6 +66,23 @@ def test_max_neighbors_keeps_nearest() -> None:
         assert np.allclose(kept, nearest)
 
 
+def test_truncation_keeps_whole_shells_and_is_the_same_in_a_rotated_frame() -> None:
+    """Cutting a perfect lattice's 12-atom first shell at 10 keeps all 12 (ties are not broken by
+    float round-off), and a rotated copy gets the same edges in the same order."""
+    from quintet.atomistic.testing import random_rotation
+
+    atoms = bulk("Cu", "fcc", a=3.6).repeat((2, 1, 1))  # small triclinic cell: many tied images
+    ei, s = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 6.0, max_neighbors=10)
+    assert (np.bincount(ei[0]) == 12).all()
+    rot = random_rotation(3).numpy()
+    ei_r, s_r = neighbor_list(
+        atoms.positions @ rot.T, atoms.cell.array @ rot.T, atoms.pbc, 6.0, max_neighbors=10
+    )
+    assert np.array_equal(ei, ei_r) and np.array_equal(s, s_r)
+    ei13, _ = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 6.0, max_neighbors=13)
+    assert (np.bincount(ei13[0]) == 18).all()  # 12 first-shell + the whole 6-atom second shell
+
+
 def test_bad_inputs_raise() -> None:
     with pytest.raises(ValueError, match="NaN"):
         neighbor_list(np.array([[0.0, 0.0, np.nan]]), np.eye(3) * 5, True, 3.0)

@@ -18,7 +18,10 @@ from torch import Tensor
 
 from quintet.atomistic import keys as K
 
-__all__ = ["batch_graph", "batch_neighbor_list", "edge_vectors", "neighbor_list", "with_neighbors"]
+__all__ = ["TIE_TOL", "batch_graph", "batch_neighbor_list", "edge_vectors", "neighbor_list", "with_neighbors"]
+
+#: distances closer than this (Å) count as tied when neighbour lists are truncated to the nearest k
+TIE_TOL = 1e-6
 
 
 def _as_box(cell: np.ndarray, pbc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -66,11 +69,12 @@ def neighbor_list(
         cell: (3, 3) lattice vectors as rows, Å (ignored when nothing is periodic).
         pbc: (3,) periodic flags, or one bool.
         cutoff: radius, Å (strictly positive).
-        max_neighbors: keep only the nearest ``max_neighbors`` per centre (ties broken by order).
+        max_neighbors: keep the nearest ``max_neighbors`` per centre, plus any neighbour whose distance
+            ties (within ``TIE_TOL``) with the last one kept, so the graph is the same in every frame.
 
     Returns:
-        ``edge_index`` (2, E) int64 with rows (i, j) (sorted by centre then distance when
-        ``max_neighbors`` is set; otherwise in vesin's deterministic order), and
+        ``edge_index`` (2, E) int64 with rows (i, j) (sorted by centre, distance, neighbour and shift
+        when ``max_neighbors`` is set; otherwise in vesin's deterministic order), and
         ``shifts`` (E, 3) float64 integer cell multiples.
     """
     import vesin
@@ -93,12 +97,21 @@ def neighbor_list(
     i = i.astype(np.int64)
     j = j.astype(np.int64)
     if max_neighbors is not None and len(i):
-        order = np.lexsort((j, d, i))
-        i, j, s, d = i[order], j[order], s[order], d[order]
+        # Order by centre, distance quantised to TIE_TOL, neighbour and cell shift: a rotated or
+        # translated copy then gets the same edges in the same order even where distances tie exactly
+        # (the ±S images of one atom, shells of a perfect lattice), which float round-off would
+        # otherwise reorder. Keep the nearest max_neighbors per centre plus every neighbour tied with
+        # the last one kept, so truncation never picks part of a shell by accident of the frame.
+        dq = np.rint(d / TIE_TOL).astype(np.int64)
+        order = np.lexsort((s[:, 2], s[:, 1], s[:, 0], j, dq, i))
+        i, j, s, dq = i[order], j[order], s[order], dq[order]
         counts = np.bincount(i, minlength=len(pos))
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         rank = np.arange(len(i)) - np.repeat(starts, counts)
-        keep = rank < max_neighbors
+        last = np.full(len(pos), np.iinfo(np.int64).max)
+        at_k = rank == max_neighbors - 1
+        last[i[at_k]] = dq[at_k]
+        keep = dq <= last[i]
         i, j, s = i[keep], j[keep], s[keep]
     return np.stack([i, j]), s.astype(np.float64)
 
