@@ -31,9 +31,9 @@ class LossConfig:
         log_b_max: upper clamp of log b in the loss.
         position_weight: weight of the mean Euclidean error (Å) of the network's first guess
             ``p = u F + δ`` against the relaxed positions (``residual_base="displaced"`` only; 0 is the
-            published loss). The Laplace NLL reaches δ only through distances and with an L1-like,
-            scale-free gradient, so without this term δ learns slowly — on nearly relaxed inputs
-            (2D defects, displacements ~0.01 Å) the model then stays at the unrelaxed input.
+            published loss). The Laplace NLLs reach δ only through distances, with an L1-like,
+            scale-free gradient; this term gives it a direct per-atom signal. Its measured effect is
+            small but not negative (docs/deeprelax.md, "What differs from the paper").
         solve_in_val: run the coordinate solve during validation and log ``val/coord_mae``.
         solve: solve settings used for validation.
     """
