@@ -169,6 +169,19 @@ def oracle_compare(model: DeepRelax, ds, spec: dict, k: int, calc, bfgs: bool = 
     return out
 
 
+def _bfgs_summary(orc: dict) -> dict:
+    """Median BFGS steps from the prediction and from the input, and their ratio ({} without BFGS)."""
+    if "bfgs_steps_finish" not in orc:
+        return {}
+    med_f = float(np.median(orc["bfgs_steps_finish"]))
+    med_u = float(np.median(orc["bfgs_steps_unrelaxed"]))
+    return {
+        "median_finish_steps_bfgs": med_f,
+        "median_unrelaxed_steps_bfgs": med_u,
+        "finish_steps_ratio_bfgs": med_f / max(med_u, 1.0),
+    }
+
+
 def plots(results: dict, out: Path) -> None:
     import matplotlib
 
@@ -293,16 +306,7 @@ def main() -> None:
             "median_unrelaxed_steps": med_u,
             "finish_steps_ratio": med_f / med_u if med_u > 0 else float("nan"),
             "oracle_subset_size": len(orc["steps_unrelaxed"]),
-            **(
-                {
-                    "median_finish_steps_bfgs": float(np.median(orc["bfgs_steps_finish"])),
-                    "median_unrelaxed_steps_bfgs": float(np.median(orc["bfgs_steps_unrelaxed"])),
-                    "finish_steps_ratio_bfgs": float(np.median(orc["bfgs_steps_finish"]))
-                    / max(float(np.median(orc["bfgs_steps_unrelaxed"])), 1.0),
-                }
-                if "bfgs_steps_finish" in orc
-                else {}
-            ),
+            **_bfgs_summary(orc),
             "training": info,
             "targets": {
                 "coord_mae_ratio_vs_dummy<=0.35": summary["coord_mae_ratio_vs_dummy"] <= 0.35,

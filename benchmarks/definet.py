@@ -46,17 +46,18 @@ RADII = (3.0, 4.0, 5.0, 6.0)
 HELD_OUT = "MoSe2"
 
 
-#: what the training time cap measures ("cpu": this process's CPU time, fair on a loaded machine)
-CLOCK = "cpu"
+#: a training budget: (optimizer steps, time cap in s, what the cap measures: "cpu" = this process's
+#: CPU time, fair on a loaded machine, or "wall")
+Budget = tuple[int, float, str]
 
 
-def _train_cfg(budget: tuple[int, float], seed: int, monitor: str = "val/coord_mae") -> TrainConfig:
-    steps, cap_s = budget
+def _train_cfg(budget: Budget, seed: int, monitor: str = "val/coord_mae") -> TrainConfig:
+    steps, cap_s, clock = budget
     return TrainConfig(
         max_epochs=10_000,
         max_steps=steps,
         max_time_s=cap_s,
-        time_budget_clock=CLOCK,
+        time_budget_clock=clock,  # type: ignore[arg-type]
         steps_per_epoch=60,
         batch_size=8,
         lr=1e-3,
@@ -72,7 +73,7 @@ def _train_cfg(budget: tuple[int, float], seed: int, monitor: str = "val/coord_m
 
 
 def train_definet(
-    data: DataConfig, cfg: DefiNetConfig, budget: tuple[int, float], out: Path, exclude: list[str], seed: int
+    data: DataConfig, cfg: DefiNetConfig, budget: Budget, out: Path, exclude: list[str], seed: int
 ):
     train_ds = load_pairs(data, "train", cfg, exclude=exclude)
     val_ds = load_pairs(data, "val", cfg, exclude=exclude)
@@ -107,7 +108,7 @@ class _Swap(torch.utils.data.Dataset):
 
 
 def train_deeprelax(
-    data: DataConfig, budget: tuple[int, float], out: Path, seed: int, hidden: int, layers: int, num_rbf: int
+    data: DataConfig, budget: Budget, out: Path, seed: int, hidden: int, layers: int, num_rbf: int
 ):
     from quintet.deeprelax.data import DeepRelaxTransform
     from quintet.deeprelax.jobs import MODEL_KEY, load_deeprelax
@@ -185,6 +186,11 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, Any]:
     return out
 
 
+def _tag(start: str, optimizer: str) -> str:
+    """Key prefix of a start's oracle columns: FIRE (the issue's measure) unsuffixed, others suffixed."""
+    return start if optimizer == "fire" else f"{start}_{optimizer}"
+
+
 def oracle_steps(
     records,
     ids,
@@ -221,7 +227,7 @@ def oracle_steps(
             row[f"{name}_fmax0"] = float(np.linalg.norm(start.get_forces(), axis=1).max())
             for opt in optimizers:
                 res = relax(start, calc, fmax=fmax, max_steps=400, optimizer=opt)  # type: ignore[arg-type]
-                tag = name if opt == "fire" else f"{name}_{opt}"
+                tag = _tag(name, opt)
                 row[f"{tag}_steps"] = res.steps
                 row[f"{tag}_s"] = res.seconds
                 row[f"{tag}_e_initial"] = res.e_initial
@@ -229,7 +235,7 @@ def oracle_steps(
     out: dict[str, Any] = {"structures": len(rows), "rows": rows, "optimizers": list(optimizers)}
     for name in ["unrelaxed", *preds]:
         for opt in optimizers:
-            tag = name if opt == "fire" else f"{name}_{opt}"
+            tag = _tag(name, opt)
             out[f"median_{tag}_steps"] = float(np.median([r[f"{tag}_steps"] for r in rows]))
             out[f"mean_{tag}_steps"] = float(np.mean([r[f"{tag}_steps"] for r in rows]))
             out[f"mean_{tag}_s"] = float(np.mean([r[f"{tag}_s"] for r in rows]))
@@ -289,9 +295,9 @@ def plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(opts), figsize=(5 * len(opts), 3.6), squeeze=False)
         names = [("unrelaxed", "unrelaxed input"), ("deeprelax", "DeepRelax"), ("definet", "DefiNet")]
         for ax, opt in zip(axes[0], opts, strict=True):
-            suffix = "" if opt == "fire" else f"_{opt}"
             ax.boxplot(
-                [[r[f"{n}{suffix}_steps"] for r in rows] for n, _ in names], tick_labels=[t for _, t in names]
+                [[r[f"{_tag(n, opt)}_steps"] for r in rows] for n, _ in names],
+                tick_labels=[t for _, t in names],
             )
             ax.set_ylabel(f"CHGNet {opt.upper()} steps to fmax 0.05 eV/Å")
             ax.set_title(f"oracle steps from each start ({len(rows)} test structures)", fontsize=9)
@@ -326,8 +332,6 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny budgets (smoke test)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    global CLOCK
-    CLOCK = args.clock
     if args.quick:
         args.steps, args.loho_steps, args.oracle_n = 20, 10, 2
     work, results = Path(args.work), Path(args.results)
@@ -338,12 +342,12 @@ def main() -> None:
 
     print("== DefiNet, all hosts")
     definet, info_def = train_definet(
-        data, cfg, (args.steps, args.time_cap), work / "definet_all", [], args.seed
+        data, cfg, (args.steps, args.time_cap, args.clock), work / "definet_all", [], args.seed
     )
     print("== DeepRelax, all hosts (same records, same budget)")
     deeprelax, dr_tf, info_dr = train_deeprelax(
         data,
-        (args.steps, args.deeprelax_time_cap or args.time_cap),
+        (args.steps, args.deeprelax_time_cap or args.time_cap, args.clock),
         work / "deeprelax_all",
         args.seed,
         args.hidden,
@@ -354,7 +358,7 @@ def main() -> None:
     definet_loho, info_loho = train_definet(
         data,
         cfg,
-        (args.loho_steps, args.loho_time_cap or args.time_cap),
+        (args.loho_steps, args.loho_time_cap or args.time_cap, args.clock),
         work / f"definet_no_{HELD_OUT}",
         [HELD_OUT],
         args.seed,
