@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import math
 import time
 
 import pytest
 import torch
 
-from quintet.train import evaluate, fit, load_checkpoint, load_model_file
+from quintet.train import cosine_lr, evaluate, fit, load_checkpoint, load_model_file
 
 
 def _strip_time(history):
@@ -117,6 +118,37 @@ def test_plateau_lowers_lr(tiny, data, tmp_path):
     res = fit(task, train, val, cfg, tmp_path)
     lrs = [r["lr"] for r in res.history]
     assert lrs == pytest.approx([0.01, 0.01, 0.01, 0.005, 0.005, 0.01 / 3])
+
+
+def test_cosine_schedule_anneals_to_min_lr_over_the_step_budget(tiny, data, tmp_path):
+    train, val = data
+    cfg = tiny.config(
+        max_epochs=100, max_steps=20, steps_per_epoch=1, lr=0.01, min_lr=0.001, lr_schedule="cosine"
+    )
+    res = fit(tiny.RegressionTask(tiny.make_net(), const_val=True), train, val, cfg, tmp_path)
+    assert res.stop_reason == "max_steps" and len(res.history) == 20
+    # the row of epoch e logs the LR of step e, set from the e - 1 steps done before it
+    expected = [0.001 + 0.5 * 0.009 * (1 + math.cos(math.pi * (e - 1) / 20)) for e in range(1, 21)]
+    assert [r["lr"] for r in res.history] == pytest.approx(expected, rel=1e-12)
+    assert res.history[-1]["lr"] < 0.0011  # a constant validation loss never lowers it by plateau
+
+
+def test_cosine_schedule_follows_the_time_budget_and_resumes_exactly(tiny, data, tmp_path):
+    train, val = data
+    cfg = tiny.config(
+        max_epochs=200, max_steps=1000, max_time_s=0.4, lr=0.01, min_lr=0.0, lr_schedule="cosine"
+    )
+    res = fit(tiny.RegressionTask(tiny.make_net(), sleep_s=0.01), train, val, cfg, tmp_path / "time")
+    assert res.stop_reason == "max_time"
+    assert res.history[-1]["lr"] < 0.2 * 0.01  # annealed by the clock, far from 1000 steps
+    assert cosine_lr(cfg, 0, 0.2) == pytest.approx(0.005)
+    # a resumed cosine run on a step budget is bit-identical to an uninterrupted one
+    cfg = tiny.config(max_epochs=4, max_steps=20, lr_schedule="cosine")
+    ref = fit(tiny.RegressionTask(tiny.make_net()), train, val, cfg, tmp_path / "ref")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(tiny.RegressionTask(tiny.make_net(), crash_at=13), train, val, cfg, tmp_path / "run")
+    again = fit(tiny.RegressionTask(tiny.make_net()), train, val, cfg, tmp_path / "run")
+    assert _strip_time(again.history) == _strip_time(ref.history)
 
 
 def test_max_time_stops_on_time(tiny, data, tmp_path):

@@ -39,6 +39,8 @@ from quintet.train.sampler import ShardSampler, epoch_permutation
         ("max_time_s=0", "max_time_s"),
         ("early_stop_patience=0", "early_stop_patience"),
         ("monitor_mode=up", "monitor_mode"),
+        ("lr_schedule=step", "lr_schedule: 'step' is not one of"),
+        ("lr_schedule=cosine", "needs a budget to anneal over"),
     ],
 )
 def test_bad_config_raises(override, needle):

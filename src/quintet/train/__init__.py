@@ -22,7 +22,7 @@ DDP through Lightning's ``devices``/``num_nodes``/``strategy``. See ``docs/train
 from quintet.train.checkpoint import load_checkpoint, load_model_file, save_checkpoint, save_model, to_plain
 from quintet.train.config import TrainConfig
 from quintet.train.ema import EMACallback, ExponentialMovingAverage, ema_update_
-from quintet.train.loop import FitResult, evaluate, fit, trainer_kwargs
+from quintet.train.loop import FitResult, cosine_lr, evaluate, fit, trainer_kwargs
 from quintet.train.sampler import EpochBatchSampler
 from quintet.train.task import StepOutput, Task
 
@@ -34,6 +34,7 @@ __all__ = [
     "StepOutput",
     "Task",
     "TrainConfig",
+    "cosine_lr",
     "ema_update_",
     "evaluate",
     "fit",

@@ -2,7 +2,8 @@
 
 Defaults follow the training set-ups of the materials papers (``specs/materials.md`` §3): AdamW with
 amsgrad, ReduceLROnPlateau (factor 0.8, patience 5), EMA 0.999 of the weights (validated and saved),
-gradient clipping by norm and early stopping on the monitored validation metric.
+gradient clipping by norm and early stopping on the monitored validation metric. ``lr_schedule="cosine"``
+anneals the LR to ``min_lr`` exactly when the step or time budget runs out instead (short budgets).
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ class TrainConfig:
         ema_decay: decay of the exponential moving average of the weights; 0 disables the EMA.
             Validation and the saved best model use the EMA weights.
         ema_warmup: use the ``min(decay, (1 + n) / (10 + n))`` warm-up of ``torch_ema`` (n = updates).
+        lr_schedule: ``"plateau"`` (ReduceLROnPlateau on ``monitor``, the papers' schedule) or
+            ``"cosine"``: before every step the LR is ``min_lr + (lr - min_lr) (1 + cos(pi f)) / 2``,
+            where ``f`` is the fraction of the budget used, ``max(step / max_steps, elapsed /
+            max_time_s)``, so it reaches ``min_lr`` when training ends, whichever limit comes
+            first. Needs ``max_steps`` or ``max_time_s``. A plateau schedule under a short budget
+            may never lower the LR at all; on a time budget the schedule follows the clock.
         plateau_factor: ReduceLROnPlateau multiplies the LR by this factor ...
         plateau_patience: ... after this many epochs without improvement of ``monitor``.
         min_lr: the LR never goes below this value.
@@ -83,6 +90,7 @@ class TrainConfig:
     grad_clip: float | None = 100.0
     ema_decay: float = 0.999
     ema_warmup: bool = False
+    lr_schedule: Literal["plateau", "cosine"] = "plateau"
     plateau_factor: float = 0.8
     plateau_patience: int = 5
     min_lr: float = 1e-6
@@ -129,6 +137,15 @@ def _problems(c: TrainConfig) -> list[str]:
     need(c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}")
     need(c.grad_clip is None or c.grad_clip >= 0, f"grad_clip must be >= 0 or None, got {c.grad_clip}")
     need(0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1) (0 disables the EMA), got {c.ema_decay}")
+    need(
+        c.lr_schedule in ("plateau", "cosine"),
+        f"lr_schedule must be 'plateau' or 'cosine', got {c.lr_schedule!r}",
+    )
+    need(
+        c.lr_schedule != "cosine" or c.max_steps is not None or c.max_time_s is not None,
+        "lr_schedule='cosine' needs a budget to anneal over: set max_steps or max_time_s",
+    )
+    need(c.lr_schedule != "cosine" or c.min_lr <= c.lr, f"min_lr ({c.min_lr}) must be <= lr ({c.lr})")
     need(0.0 < c.plateau_factor < 1.0, f"plateau_factor must be in (0, 1), got {c.plateau_factor}")
     need(c.plateau_patience >= 0, f"plateau_patience must be >= 0, got {c.plateau_patience}")
     need(c.min_lr >= 0, f"min_lr must be >= 0, got {c.min_lr}")

@@ -6,7 +6,8 @@ What happens at the end of every epoch (``steps_per_epoch`` optimizer steps):
    summed over DDP ranks);
 2. one history row ``{epoch, step, time_s, lr, train/..., val/...}``;
 3. the "best" model file (EMA weights) is rewritten when ``monitor`` improved;
-4. ReduceLROnPlateau steps on ``monitor``; early stopping counts epochs without improvement;
+4. ReduceLROnPlateau steps on ``monitor`` (or, with ``lr_schedule="cosine"``, the LR follows the
+   budget before every step); early stopping counts epochs without improvement;
 5. ``history.csv`` and the training checkpoint ``last.ckpt`` are written atomically.
 
 Every epoch re-seeds all random generators from ``(seed, epoch, rank)`` and draws its batches from
@@ -46,7 +47,7 @@ from quintet.train.ema import EMACallback
 from quintet.train.sampler import EpochBatchSampler, ShardSampler
 from quintet.train.task import StepOutput, Task, check_step_output
 
-__all__ = ["FitResult", "evaluate", "fit", "trainer_kwargs"]
+__all__ = ["FitResult", "cosine_lr", "evaluate", "fit", "trainer_kwargs"]
 
 log = logging.getLogger("quintet.train")
 
@@ -64,6 +65,7 @@ _TRAJECTORY_KEYS = (
     "amsgrad",
     "grad_clip",
     "ema_decay",
+    "lr_schedule",
 )
 
 
@@ -307,13 +309,14 @@ class _TaskModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         cfg = self.cfg
         opt = self.trainer.optimizers[0]
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt,
-            mode=cfg.monitor_mode,
-            factor=cfg.plateau_factor,
-            patience=cfg.plateau_patience,
-            min_lr=cfg.min_lr,
-        )
+        if cfg.lr_schedule == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt,
+                mode=cfg.monitor_mode,
+                factor=cfg.plateau_factor,
+                patience=cfg.plateau_patience,
+                min_lr=cfg.min_lr,
+            )
         if self.resume_state is not None:
             ck = self.resume_state
             try:
@@ -325,7 +328,8 @@ class _TaskModule(pl.LightningModule):
                     "use another out_dir or resume=False to start over"
                 ) from exc
             opt.load_state_dict(ck["optimizer"])
-            self.scheduler.load_state_dict(ck["scheduler"])
+            if self.scheduler is not None and ck.get("scheduler"):
+                self.scheduler.load_state_dict(ck["scheduler"])
             if self.ema_cb is not None and self.ema_cb.ema is not None:
                 if not ck.get("ema"):
                     raise ValueError(
@@ -345,6 +349,15 @@ class _TaskModule(pl.LightningModule):
             self.train_sampler.epoch = epoch
         self._train_acc = _Accumulator()
         self._val_metrics = {}
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        cfg = self.cfg
+        if cfg.lr_schedule != "cosine":
+            return
+        used = self._steps_at_start + self.trainer.global_step
+        lr = cosine_lr(cfg, used, self._elapsed())
+        for group in self.trainer.optimizers[0].param_groups:
+            group["lr"] = lr
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         out = check_step_output(self.task.step(batch, "train"), "train", self.task)
@@ -431,8 +444,8 @@ class _TaskModule(pl.LightningModule):
             st.best, st.best_epoch, st.bad_epochs = value, st.epoch, 0
         else:
             st.bad_epochs += 1
-        assert self.scheduler is not None
-        self.scheduler.step(value)
+        if self.scheduler is not None:
+            self.scheduler.step(value)
         st.history.append(row)
 
         if not math.isfinite(value):
@@ -484,6 +497,18 @@ class _TaskModule(pl.LightningModule):
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             },
         )
+
+
+def cosine_lr(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
+    """The LR of ``lr_schedule="cosine"`` before optimizer step ``step + 1``, ``elapsed_s`` into the
+    run: cosine from ``cfg.lr`` to ``cfg.min_lr`` over the fraction of the budget used."""
+    fractions = [0.0]
+    if cfg.max_steps is not None:
+        fractions.append(step / cfg.max_steps)
+    if cfg.max_time_s is not None:
+        fractions.append(elapsed_s / cfg.max_time_s)
+    f = min(1.0, max(fractions))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * f))
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
