@@ -84,7 +84,12 @@ def datasets(quick: bool) -> dict[str, dict]:
 
 
 def train_one(
-    name: str, spec: dict, quick: bool, clock: str = "cpu", position_weight: float = 1.0
+    name: str,
+    spec: dict,
+    quick: bool,
+    clock: str = "cpu",
+    position_weight: float = 1.0,
+    lr_schedule: str = "cosine",
 ) -> tuple[DeepRelax, dict]:
     mcfg = ModelConfig(hidden=64, num_layers=3, num_rbf=32, relax_cell=spec["relax_cell"])
     tr = load_dataset(spec["data"], "train", mcfg)
@@ -98,6 +103,8 @@ def train_one(
         batch_size=8,
         lr=1e-3,
         ema_decay=0.99,
+        lr_schedule=lr_schedule,  # type: ignore[arg-type]
+        min_lr=1e-5,
         grad_clip=150.0,
         early_stop_patience=None,
         plateau_patience=5,
@@ -126,6 +133,7 @@ def train_one(
         "budget_clock": clock,
         "steps": res.history[-1]["step"],
         "position_weight": position_weight,
+        "lr_schedule": lr_schedule,
         "best_val_coord_mae_A": res.best_metric,
         "model": mcfg.__dict__,
     }
@@ -245,6 +253,12 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="re-evaluate models trained by an earlier run (with --only)"
     )
+    parser.add_argument(
+        "--lr-schedule",
+        choices=("cosine", "plateau"),
+        default="cosine",
+        help="cosine: anneal to 1e-5 over the budget; plateau: ReduceLROnPlateau (patience 5 epochs)",
+    )
     parser.add_argument("--no-bfgs", action="store_true", help="FIRE finish only")
     parser.add_argument("--oracle-scale", type=float, default=1.0, help="multiply every oracle subset size")
     args = parser.parse_args()
@@ -280,7 +294,9 @@ def main() -> None:
             info = results[name]["training"]
         else:
             print(f"== {name}: training (budget {spec['budget_s']} s)")
-            model, info = train_one(name, spec, args.quick, args.clock, args.position_weight)
+            model, info = train_one(
+                name, spec, args.quick, args.clock, args.position_weight, args.lr_schedule
+            )
         test = load_dataset(spec["data"], "test", model.cfg)
         summary, rows = evaluate_model(model, test, batch_size=16, solve=SolveConfig(), progress=False)
         print(f"  test: {summary}")

@@ -133,11 +133,14 @@ def algo_for(method: str, dataset: str, k: int) -> AlgoConfig:
     return AlgoConfig(name=method, hidden=128)  # type: ignore[arg-type]
 
 
-def cell_path(dataset: str, k: int, method: str, seed: int, apv_norm: str | None = None) -> Path:
+def cell_path(
+    dataset: str, k: int, method: str, seed: int, apv_norm: str | None = None, metis: str = "pymetis"
+) -> Path:
     """Cache file of one run. FedAux files are named after the configuration actually run: the APV norm
     is part of the name (``_unit`` suffix; no suffix = ``none``, the files of the first implementation), so
     changing the default never reuses or overwrites a run made under the other setting. ``apv_norm``
-    names the file of ``method`` under that norm instead of the one ``method`` runs with."""
+    names the file of ``method`` under that norm instead of the one ``method`` runs with. Runs on the
+    FED-PUB-style METIS partition (``metis="fedpub"``) carry ``_mfedpub``."""
     name = method
     if method.startswith("fedaux"):
         norm = apv_norm or algo_for(method, dataset, k).apv_norm
@@ -145,11 +148,13 @@ def cell_path(dataset: str, k: int, method: str, seed: int, apv_norm: str | None
         if name == f"fedaux_h{default_fedaux_width(dataset, k)}":
             name = "fedaux"  # the default width is the main FedAux cell
         name += "" if norm == "none" else f"_{norm}"
+    if metis != "pymetis":
+        name += f"_m{metis}"
     return CELLS / f"{dataset}_{k}_{name}_{seed}.json"
 
 
-def run_cell(dataset: str, k: int, method: str, seed: int) -> dict:
-    path = cell_path(dataset, k, method, seed)
+def run_cell(dataset: str, k: int, method: str, seed: int, metis: str = "pymetis") -> dict:
+    path = cell_path(dataset, k, method, seed, metis=metis)
     if path.is_file():
         return load_json(path)
     clients, info = build_clients(
@@ -159,6 +164,7 @@ def run_cell(dataset: str, k: int, method: str, seed: int) -> dict:
         1234,
         data_root=DATA_ROOT,
         cache_dir=ROOT / "benchmarks" / "work" / "fedaux_cache",
+        metis=metis,  # type: ignore[arg-type]
     )
     algo = algo_for(method, dataset, k)
     res = simulate(
@@ -175,6 +181,7 @@ def run_cell(dataset: str, k: int, method: str, seed: int) -> dict:
         "clients": k,
         "method": method,
         "seed": seed,
+        "metis": metis,
         "hidden": algo.hidden,
         **({"apv_norm": algo.apv_norm} if algo.name == "fedaux" else {}),
         **res.summary(),
@@ -304,6 +311,9 @@ def report() -> dict:
     apv = apv_norm_comparison()
     if apv:
         out["fedaux_apv_norm"] = apv
+    study = partition_study()
+    if study:
+        out["metis_partition_study"] = study
     fc = CELLS / "flower_check.json"
     if fc.is_file():
         out["flower_vs_inprocess_max_abs_diff"] = load_json(fc)["max_abs_diff"]
@@ -387,6 +397,34 @@ def apv_norm_comparison() -> dict:
         out["chosen_on_val"] = max(mean_val, key=lambda n: mean_val[n])
     out["default"] = AlgoConfig().apv_norm
     return out
+
+
+#: the methods of the METIS partition study: Local depends on nothing but the partition and the split
+STUDY_METHODS = ("local", "fedpub", "fedaux")
+
+
+def partition_study() -> dict:
+    """Mean test accuracy (3 seeds) of STUDY_METHODS on the two METIS call schemes, next to the paper:
+    how much of the gap to the published numbers a different (equally valid) METIS partition moves."""
+    rows: dict = {}
+    for ds in DATASETS:
+        for k in CLIENTS:
+            row = {}
+            for m in STUDY_METHODS:
+                entry = {"paper": PAPER[ds][k][m]}
+                for scheme in ("pymetis", "fedpub"):
+                    paths = [cell_path(ds, k, m, s, metis=scheme) for s in SEEDS]
+                    if all(p.is_file() for p in paths):
+                        vals = [load_json(p)["test_at_best_val"] for p in paths]
+                        entry[scheme] = {
+                            "mean": round(float(np.mean(vals)), 2),
+                            "std": round(float(np.std(vals)), 2),
+                        }
+                if "fedpub" in entry:
+                    row[m] = entry
+            if row:
+                rows.setdefault(ds, {})[str(k)] = row
+    return rows
 
 
 def markdown_table(out: dict) -> str:
@@ -494,6 +532,12 @@ def main() -> int:
         action="store_true",
         help="FedAux with the APV free (none) and on the unit sphere (unit) on --datasets x --clients",
     )
+    parser.add_argument(
+        "--metis-study",
+        action="store_true",
+        help="local, FED-PUB and FedAux on the FED-PUB-style METIS call (k-way, METIS's default seed) "
+        "on --datasets x --clients, next to the default pymetis partition",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -532,7 +576,19 @@ def main() -> int:
                             flush=True,
                         )
                     report()
-    modes = (args.report_only, args.flower_check, args.ablation, args.widths, args.apv_norm)
+    if args.metis_study:
+        for seed in SEEDS:
+            for ds in args.datasets.split(","):
+                for k in map(int, args.clients.split(",")):
+                    for m in STUDY_METHODS:
+                        cell = run_cell(ds, k, m, seed, metis="fedpub")
+                        print(
+                            f"{ds}-{k} {m} s{seed} (fedpub METIS): {cell['test_at_best_val']:.2f} "
+                            f"({cell['seconds']:.0f} s)",
+                            flush=True,
+                        )
+                    report()
+    modes = (args.report_only, args.flower_check, args.ablation, args.widths, args.apv_norm, args.metis_study)
     if not any(modes):
         # seed-major order: after the first third every cell has one seed, so a cut-short run is still useful.
         # FedProx goes last: with one full-batch local step its proximal gradient is 0, so it reproduces

@@ -41,6 +41,11 @@ __all__ = [
 ]
 
 PartitionMethod = Literal["metis", "overlapping", "louvain"]
+#: how METIS is called. ``"pymetis"``: pymetis's default, recursive bisection for K <= 8 and k-way
+#: above, seeded by the split seed (this project's first choice). ``"fedpub"``: k-way for every K with
+#: METIS's own default seed, which is what FED-PUB's ``metispy.part_graph(G, K)`` (metis-python,
+#: ``recursive=False``, no options) does.
+MetisScheme = Literal["pymetis", "fedpub"]
 
 #: sha256 of the Planetoid raw files (kimiyoung/planetoid @ af6abf46), checked before unpickling.
 PLANETOID_SHA256: dict[str, str] = {
@@ -358,17 +363,27 @@ def _csr(edge_index: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.cumsum(xadj), dst.astype(np.int64)
 
 
-def metis_partition(edge_index: torch.Tensor, n: int, k: int, seed: int = 1234) -> list[torch.Tensor]:
-    """Disjoint K-way METIS partition (pymetis); returns the sorted node ids of each part."""
+def metis_partition(
+    edge_index: torch.Tensor, n: int, k: int, seed: int = 1234, scheme: MetisScheme = "pymetis"
+) -> list[torch.Tensor]:
+    """Disjoint K-way METIS partition (pymetis); returns the sorted node ids of each part.
+
+    ``scheme`` picks how METIS is called (:data:`MetisScheme`); ``seed`` is used by ``"pymetis"`` only.
+    """
     import pymetis
 
+    if scheme not in ("pymetis", "fedpub"):
+        raise ValueError(f"unknown METIS scheme {scheme!r}; valid: pymetis, fedpub")
     if k < 1 or k > n:
         raise ValueError(f"cannot split {n} nodes into {k} parts")
     if k == 1:
         return [torch.arange(n)]
     xadj, adjncy = _csr(edge_index, n)
-    opts = pymetis.Options(seed=seed)
-    _, membership = pymetis.part_graph(k, adjacency=pymetis.CSRAdjacency(xadj, adjncy), options=opts)
+    adjacency = pymetis.CSRAdjacency(xadj, adjncy)
+    if scheme == "fedpub":  # METIS_PartGraphKway, default options (seed -1: METIS's own)
+        _, membership = pymetis.part_graph(k, adjacency=adjacency, recursive=False, options=pymetis.Options())
+    else:
+        _, membership = pymetis.part_graph(k, adjacency=adjacency, options=pymetis.Options(seed=seed))
     member = torch.as_tensor(np.asarray(membership), dtype=torch.long)
     parts = [torch.nonzero(member == c).flatten() for c in range(k)]
     if any(p.numel() == 0 for p in parts):
@@ -446,10 +461,12 @@ def prepare_graph(g: Graph) -> Graph:
     return g
 
 
-def partition(g: Graph, method: PartitionMethod, k: int, seed: int) -> list[torch.Tensor]:
+def partition(
+    g: Graph, method: PartitionMethod, k: int, seed: int, metis: MetisScheme = "pymetis"
+) -> list[torch.Tensor]:
     """Dispatch to the partitioner; for ``overlapping`` K is the number of communities × 5 clients."""
     if method == "metis":
-        return metis_partition(g.edge_index, g.num_nodes, k, seed)
+        return metis_partition(g.edge_index, g.num_nodes, k, seed, metis)
     if method == "overlapping":
         if k % 5:
             raise ValueError(
@@ -469,6 +486,7 @@ def build_clients(
     data_root: str | Path | None = None,
     cache_dir: str | Path | None = None,
     split: tuple[float, float, float] = (0.2, 0.4, 0.4),
+    metis: MetisScheme = "pymetis",
 ) -> tuple[list[ClientData], dict[str, int]]:
     """Graph → LCC → normalise → split → partition → client subgraphs, cached under a fingerprint.
 
@@ -480,6 +498,7 @@ def build_clients(
         data_root: folder with the Planetoid raw files.
         cache_dir: where partitions are cached (``None``: no cache).
         split: train/val/test fractions.
+        metis: how METIS is called for ``method="metis"`` (:data:`MetisScheme`).
 
     Returns:
         The clients and ``{"num_features", "num_classes", "num_nodes"}`` of the preprocessed graph.
@@ -491,10 +510,19 @@ def build_clients(
         )
     else:
         graph_key = g.name
+    scheme = [metis] if method == "metis" and metis != "pymetis" else []  # old cache keys stay valid
     key = fingerprint(
-        "fedaux-partition-v1", graph_key, method, num_clients, seed, list(split), files=g.source_files
+        "fedaux-partition-v1",
+        graph_key,
+        method,
+        num_clients,
+        seed,
+        list(split),
+        *scheme,
+        files=g.source_files,
     )
-    cache = Path(cache_dir) / f"{g.name}_{method}_{num_clients}_{seed}_{key}.pt" if cache_dir else None
+    tag = "".join(f"_{x}" for x in scheme)
+    cache = Path(cache_dir) / f"{g.name}_{method}{tag}_{num_clients}_{seed}_{key}.pt" if cache_dir else None
     if cache is not None and cache.is_file():
         blob = torch.load(cache, map_location="cpu", weights_only=True)
         return [ClientData.from_dict(c) for c in blob["clients"]], {
@@ -502,7 +530,7 @@ def build_clients(
         }
     g = prepare_graph(g)
     masks = random_split(g.num_nodes, seed, split)
-    clients = make_clients(g, partition(g, method, num_clients, seed), masks)
+    clients = make_clients(g, partition(g, method, num_clients, seed, metis), masks)
     info = {"num_features": int(g.x.shape[1]), "num_classes": g.num_classes, "num_nodes": g.num_nodes}
     if cache is not None:
         atomic_torch_save(cache, {"clients": [c.to_dict() for c in clients], "info": info})

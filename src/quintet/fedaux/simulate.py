@@ -40,6 +40,9 @@ class DataConfig:
         partition: ``metis`` (disjoint), ``overlapping`` (FED-PUB) or ``louvain``.
         num_clients: K (for ``overlapping``: 5 × number of communities).
         split_seed: seed of the node split and the partitioner (fixed across runs, as FED-PUB's 1234).
+        metis: how METIS is called: ``pymetis`` (its default: recursive bisection for K <= 8,
+            seeded by ``split_seed``) or ``fedpub`` (k-way for every K with METIS's default seed, as
+            FED-PUB's partition script calls it).
         cache_dir: partition cache (keyed by a fingerprint); empty string disables it.
     """
 
@@ -48,6 +51,7 @@ class DataConfig:
     partition: Literal["metis", "overlapping", "louvain"] = "metis"
     num_clients: int = 10
     split_seed: int = 1234
+    metis: Literal["pymetis", "fedpub"] = "pymetis"
     cache_dir: str = "~/.cache/quintet/fedaux"
 
 
@@ -160,6 +164,7 @@ def load_data(cfg: DataConfig) -> tuple[list[ClientData], dict[str, int]]:
         cfg.num_clients,
         cfg.split_seed,
         data_root=cfg.root,
+        metis=cfg.metis,
         cache_dir=Path(cfg.cache_dir).expanduser() if cfg.cache_dir else None,
     )
 
