@@ -53,7 +53,7 @@ def test_fedpub_metis_scheme_is_kway_whatever_the_seed_and_has_its_own_cache(
 
     parts = metis_partition(graph.edge_index, graph.num_nodes, 4, seed=1, scheme="fedpub")
     assert torch.equal(torch.sort(torch.cat(parts)).values, torch.arange(graph.num_nodes))
-    other_seed = metis_partition(graph.edge_index, graph.num_nodes, 4, seed=99, scheme="fedpub")
+    other_seed = metis_partition(graph.edge_index, graph.num_nodes, 4, seed=99)
     assert all(torch.equal(a, b) for a, b in zip(parts, other_seed, strict=True))  # METIS's own seed
     xadj, adjncy = D._csr(graph.edge_index, graph.num_nodes)
     _, kway = pymetis.part_graph(4, adjacency=pymetis.CSRAdjacency(xadj, adjncy), recursive=False)
@@ -61,8 +61,8 @@ def test_fedpub_metis_scheme_is_kway_whatever_the_seed_and_has_its_own_cache(
     for c, p in enumerate(parts):
         member[p.numpy()] = c
     assert np.array_equal(member, np.asarray(kway))  # METIS_PartGraphKway with default options
-    build_clients(graph, "metis", 4, seed=0, cache_dir=tmp_path)
-    build_clients(graph, "metis", 4, seed=0, cache_dir=tmp_path, metis="fedpub")
+    build_clients(graph, "metis", 4, seed=0, cache_dir=tmp_path, metis="pymetis")
+    build_clients(graph, "metis", 4, seed=0, cache_dir=tmp_path)  # default: fedpub
     names = sorted(f.name for f in tmp_path.glob("*.pt"))
     assert len(names) == 2 and any("_metis_fedpub_" in n for n in names)
     with pytest.raises(ValueError, match="unknown METIS scheme"):

@@ -40,9 +40,9 @@ class DataConfig:
         partition: ``metis`` (disjoint), ``overlapping`` (FED-PUB) or ``louvain``.
         num_clients: K (for ``overlapping``: 5 × number of communities).
         split_seed: seed of the node split and the partitioner (fixed across runs, as FED-PUB's 1234).
-        metis: how METIS is called: ``pymetis`` (its default: recursive bisection for K <= 8,
-            seeded by ``split_seed``) or ``fedpub`` (k-way for every K with METIS's default seed, as
-            FED-PUB's partition script calls it).
+        metis: how METIS is called: ``fedpub`` (k-way for every K with METIS's default seed, as
+            FED-PUB's partition script calls it) or ``pymetis`` (pymetis's default: recursive
+            bisection for K <= 8, seeded by ``split_seed``).
         cache_dir: partition cache (keyed by a fingerprint); empty string disables it.
     """
 
@@ -51,7 +51,7 @@ class DataConfig:
     partition: Literal["metis", "overlapping", "louvain"] = "metis"
     num_clients: int = 10
     split_seed: int = 1234
-    metis: Literal["pymetis", "fedpub"] = "pymetis"
+    metis: Literal["fedpub", "pymetis"] = "fedpub"
     cache_dir: str = "~/.cache/quintet/fedaux"
 
 
