@@ -328,8 +328,9 @@ def main() -> None:
     ap.add_argument(
         "--lr-schedule",
         choices=("cosine", "plateau"),
-        default="cosine",
-        help="cosine: anneal to 1e-5 over the budget; plateau: ReduceLROnPlateau (patience 4 epochs)",
+        default="plateau",
+        help="plateau: ReduceLROnPlateau (patience 4 epochs); cosine: anneal to 1e-5 over the budget "
+        "(worse on validation at 2,400 CPU-s for both models, benchmarks/results/lr_schedule_ab.json)",
     )
     ap.add_argument(
         "--train-only",
