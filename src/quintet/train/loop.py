@@ -356,6 +356,8 @@ class _TaskModule(pl.LightningModule):
             return
         used = self._steps_at_start + self.trainer.global_step
         lr = cosine_lr(cfg, used, self._elapsed())
+        if cfg.max_time_s is not None and self.trainer.world_size > 1:
+            lr = float(self.trainer.strategy.broadcast(lr))  # ranks' clocks differ: rank 0 decides
         for group in self.trainer.optimizers[0].param_groups:
             group["lr"] = lr
 
