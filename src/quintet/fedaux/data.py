@@ -43,7 +43,7 @@ __all__ = [
 PartitionMethod = Literal["metis", "overlapping", "louvain"]
 #: how METIS is called. ``"fedpub"`` (the default): k-way for every K with METIS's own default seed,
 #: which is what FED-PUB's ``metispy.part_graph(G, K)`` (metis-python, ``recursive=False``, no
-#: options) does; with it our Local baseline lands within 0.6 points of the published Local row on
+#: options) does; with it our Local baseline lands within 0.7 points of the published Local row on
 #: Cora. ``"pymetis"``: pymetis's default, recursive bisection for K <= 8 and k-way above, seeded by
 #: the split seed (this project's first choice; Local then runs 2.4 points above the paper on Cora-10).
 MetisScheme = Literal["pymetis", "fedpub"]
