@@ -39,7 +39,8 @@ class DataConfig:
         root: folder with the Planetoid raw files (``ind.cora.*``); nothing is downloaded.
         partition: ``metis`` (disjoint), ``overlapping`` (FED-PUB) or ``louvain``.
         num_clients: K (for ``overlapping``: 5 × number of communities).
-        split_seed: seed of the node split and the partitioner (fixed across runs, as FED-PUB's 1234).
+        split_seed: seed of the node split (fixed across runs, as FED-PUB's 1234) and of the
+            partitioner where it takes one (``metis=pymetis``, Louvain, the overlapping halves).
         metis: how METIS is called: ``fedpub`` (k-way for every K with METIS's default seed, as
             FED-PUB's partition script calls it) or ``pymetis`` (pymetis's default: recursive
             bisection for K <= 8, seeded by ``split_seed``).

@@ -56,8 +56,9 @@ class TrainConfig:
             ``"cosine"``: before every step the LR is ``min_lr + (lr - min_lr) (1 + cos(pi f)) / 2``,
             where ``f`` is the fraction of the budget used, ``max(step / max_steps, elapsed /
             max_time_s)``, so it reaches ``min_lr`` when training ends, whichever limit comes
-            first. Needs ``max_steps`` or ``max_time_s``. A plateau schedule under a short budget
-            may never lower the LR at all; on a time budget the schedule follows the clock.
+            first. Needs ``max_steps`` or ``max_time_s``. On a time budget the schedule follows
+            the clock. With EMA on, it did not beat a constant LR in the materials benchmarks
+            (``docs/training.md``).
         plateau_factor: ReduceLROnPlateau multiplies the LR by this factor ...
         plateau_patience: ... after this many epochs without improvement of ``monitor``.
         min_lr: the LR never goes below this value.
