@@ -175,6 +175,37 @@ def test_batched_solve_equals_one_structure_at_a_time() -> None:
     assert torch.allclose(full.positions[:n0], one.positions, atol=1e-10)
 
 
+def test_structures_already_inside_their_bands_are_skipped_with_the_same_result() -> None:
+    """With the hinge, a structure whose start satisfies every band has an exactly zero gradient and never
+    moves; leaving it out of the loop (the default) must give bit-identical positions for the batch."""
+    recs, batch, y_d, y_r = _exact_problem(1)
+    ei, sh, disp, b = batch[K.EDGE_INDEX], batch[K.EDGE_SHIFT], batch[DISPLACE], batch[K.BATCH]
+    pos, cell = batch[K.POSITIONS], batch[K.RELAXED_CELL]
+    n0 = recs[0][K.POSITIONS].shape[0]
+    # structure 0: bands centred on its own start (converged); structure 1: bands around the relaxed one
+    d_start = displace_distances(pos, pos, batch[K.CELL], ei[:, disp], sh[disp], b)
+    r_start = edge_lengths(pos, cell, ei, sh, b)
+    d0, r0 = b[ei[0, disp]] == 0, b[ei[0]] == 0
+    mu_d, mu_r = torch.where(d0, d_start, y_d), torch.where(r0, r_start, y_r)
+    sig_d, sig_r = torch.full_like(mu_d, 0.02), torch.full_like(mu_r, 0.02)
+
+    def solve(mu_d: torch.Tensor, skip: bool):
+        return solve_positions(
+            pos, pos, batch[K.CELL], cell, ei, sh, disp, b, 2, mu_d, sig_d, mu_r, sig_r, steps=40,
+            skip_converged=skip,
+        )  # fmt: skip
+
+    fast, full = solve(mu_d, True).positions, solve(mu_d, False).positions
+    assert torch.equal(fast, full)
+    assert torch.equal(fast[:n0], pos[:n0])  # the converged structure did not move
+    assert (fast[n0:] - pos[n0:]).abs().max() > 1e-3  # the other one was solved
+    # a NaN prediction is not taken for a converged start: same result as the full loop, NaN residual
+    nan_d = torch.where(d0, torch.full_like(mu_d, float("nan")), mu_d)
+    broken = solve(nan_d, True)
+    assert torch.equal(broken.positions, solve(nan_d, False).positions)
+    assert torch.isnan(broken.displace_residual[0]) and torch.isfinite(broken.displace_residual[1])
+
+
 def test_band_penalty_is_zero_inside_the_band() -> None:
     d = torch.tensor([0.9, 1.0, 1.1, 1.3, 0.5])
     pen = band_penalty(d, torch.ones(5), torch.full((5,), 0.15))

@@ -26,6 +26,8 @@ class SolveConfig:
         lr: Adam learning rate (Å).
         objective: ``"hinge"`` (band penalty, published) or ``"laplace"`` (|d - mu| / σ).
         lr_decay: cosine-decay the learning rate over the steps (not in the paper; lets Adam settle).
+        skip_converged: leave structures whose start is inside all bands out of the loop (hinge only;
+            same result, their solve costs nothing).
         log_b_min: lower clamp of log b when turning it into σ.
         log_b_max: upper clamp of log b.
     """
@@ -34,6 +36,7 @@ class SolveConfig:
     lr: float = 0.1
     objective: Literal["hinge", "laplace"] = "hinge"
     lr_decay: bool = True
+    skip_converged: bool = True
     log_b_min: float = -5.0
     log_b_max: float = 2.0
 
@@ -82,6 +85,7 @@ def relax_batch(
         lr=solve.lr,
         objective=solve.objective,
         lr_decay=solve.lr_decay,
+        skip_converged=solve.skip_converged,
     )
     # every distance an atom is the centre of (its displace edges and its edges in the relaxed cell)
     atom_unc = per_atom_uncertainty(torch.cat([sig_d, sig_r]), torch.cat([ei[0, disp], ei[0]]), pos.shape[0])

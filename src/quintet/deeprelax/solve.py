@@ -55,6 +55,12 @@ class SolveResult:
     relaxed_residual: Tensor
 
 
+def _select_edges(edges: tuple[Tensor, ...], keep: Tensor) -> tuple[Tensor, ...]:
+    """(index (2, E), shift, graph, mu, sigma) restricted to the edges where ``keep``."""
+    index, *rest = edges
+    return (index[:, keep], *(t[keep] for t in rest))
+
+
 def solve_positions(
     init_pos: Tensor,
     anchor_pos: Tensor,
@@ -73,6 +79,7 @@ def solve_positions(
     lr: float = 0.1,
     objective: Objective = "hinge",
     lr_decay: bool = True,
+    skip_converged: bool = True,
 ) -> SolveResult:
     """Recover relaxed coordinates of a batch of structures from predicted distances.
 
@@ -90,6 +97,9 @@ def solve_positions(
         lr: Adam learning rate (Å per step at most); with ``lr_decay`` it follows a cosine to 1 % of it.
         objective: ``"hinge"`` (published band penalty) or ``"laplace"``.
         lr_decay: cosine-decay the learning rate, which lets Adam settle instead of oscillating.
+        skip_converged: with the hinge, leave out of the loop every structure whose start already
+            lies inside all its bands. Its gradient is exactly 0, so Adam would never move it; the
+            result is the same, and the solve costs nothing for such structures.
 
     Returns:
         :class:`SolveResult` (positions detached).
@@ -115,8 +125,25 @@ def solve_positions(
     moving = edge_index[0] != edge_index[1]
     m_ei, m_sh, m_mu, m_sg = edge_index[:, moving], shift[moving], mu_r[moving], sg_r[moving]
     m_graph = r_graph[moving]
+    # the edges the loop works on: (index, shift, graph, mu, sigma) of the displace and moving edges
+    loop_d = (d_ei, d_sh, d_graph, mu_d, sg_d)
+    loop_m = (m_ei, m_sh, m_graph, m_mu, m_sg)
+    if skip_converged and objective == "hinge" and steps > 0:
+        with torch.no_grad():
+            x0 = init_pos.detach()
+            pen = per_graph_mean(
+                band_penalty(displace_distances(x0, anchor_pos, anchor_cell, d_ei, d_sh, batch), mu_d, sg_d),
+                d_graph,
+                num_graphs,
+            ) + per_graph_mean(
+                band_penalty(edge_lengths(x0, cell, m_ei, m_sh, batch), m_mu, m_sg), m_graph, num_graphs
+            )
+        active = ~(pen == 0)  # NaN counts as active: a broken prediction must not pass silently
+        loop_d = _select_edges(loop_d, active[d_graph])
+        loop_m = _select_edges(loop_m, active[m_graph])
     x = init_pos.detach().clone().requires_grad_(True)
-    if steps > 0 and (d_ei.numel() or m_ei.numel()):
+    (ld_ei, ld_sh, ld_graph, ld_mu, ld_sg), (lm_ei, lm_sh, lm_graph, lm_mu, lm_sg) = loop_d, loop_m
+    if steps > 0 and (ld_ei.numel() or lm_ei.numel()):
         with torch.enable_grad():
             opt = torch.optim.Adam([x], lr=lr)
             for t in range(steps):
@@ -124,13 +151,13 @@ def solve_positions(
                     for group in opt.param_groups:
                         group["lr"] = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t / steps)))
                 opt.zero_grad(set_to_none=True)
-                dd = displace_distances(x, anchor_pos, anchor_cell, d_ei, d_sh, batch)
-                dr = edge_lengths(x, cell, m_ei, m_sh, batch)
-                pen_d = band_penalty(dd, mu_d, sg_d, objective)
-                pen_r = band_penalty(dr, m_mu, m_sg, objective)
+                dd = displace_distances(x, anchor_pos, anchor_cell, ld_ei, ld_sh, batch)
+                dr = edge_lengths(x, cell, lm_ei, lm_sh, batch)
+                pen_d = band_penalty(dd, ld_mu, ld_sg, objective)
+                pen_r = band_penalty(dr, lm_mu, lm_sg, objective)
                 loss = (
-                    per_graph_mean(pen_d, d_graph, num_graphs).sum()
-                    + per_graph_mean(pen_r, m_graph, num_graphs).sum()
+                    per_graph_mean(pen_d, ld_graph, num_graphs).sum()
+                    + per_graph_mean(pen_r, lm_graph, num_graphs).sum()
                 )
                 loss.backward()
                 opt.step()
