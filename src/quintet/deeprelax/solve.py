@@ -128,22 +128,23 @@ def solve_positions(
     # the edges the loop works on: (index, shift, graph, mu, sigma) of the displace and moving edges
     loop_d = (d_ei, d_sh, d_graph, mu_d, sg_d)
     loop_m = (m_ei, m_sh, m_graph, m_mu, m_sg)
+
+    def graph_penalty(x: Tensor, ed: tuple[Tensor, ...], em: tuple[Tensor, ...]) -> Tensor:
+        """(B,) mean band penalty of each structure over the displace and the moving edges."""
+        dd = displace_distances(x, anchor_pos, anchor_cell, ed[0], ed[1], batch)
+        dr = edge_lengths(x, cell, em[0], em[1], batch)
+        return per_graph_mean(band_penalty(dd, ed[3], ed[4], objective), ed[2], num_graphs) + per_graph_mean(
+            band_penalty(dr, em[3], em[4], objective), em[2], num_graphs
+        )
+
     if skip_converged and objective == "hinge" and steps > 0:
         with torch.no_grad():
-            x0 = init_pos.detach()
-            pen = per_graph_mean(
-                band_penalty(displace_distances(x0, anchor_pos, anchor_cell, d_ei, d_sh, batch), mu_d, sg_d),
-                d_graph,
-                num_graphs,
-            ) + per_graph_mean(
-                band_penalty(edge_lengths(x0, cell, m_ei, m_sh, batch), m_mu, m_sg), m_graph, num_graphs
-            )
+            pen = graph_penalty(init_pos.detach(), loop_d, loop_m)
         active = ~(pen == 0)  # NaN counts as active: a broken prediction must not pass silently
         loop_d = _select_edges(loop_d, active[d_graph])
         loop_m = _select_edges(loop_m, active[m_graph])
     x = init_pos.detach().clone().requires_grad_(True)
-    (ld_ei, ld_sh, ld_graph, ld_mu, ld_sg), (lm_ei, lm_sh, lm_graph, lm_mu, lm_sg) = loop_d, loop_m
-    if steps > 0 and (ld_ei.numel() or lm_ei.numel()):
+    if steps > 0 and (loop_d[0].numel() or loop_m[0].numel()):
         with torch.enable_grad():
             opt = torch.optim.Adam([x], lr=lr)
             for t in range(steps):
@@ -151,15 +152,7 @@ def solve_positions(
                     for group in opt.param_groups:
                         group["lr"] = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t / steps)))
                 opt.zero_grad(set_to_none=True)
-                dd = displace_distances(x, anchor_pos, anchor_cell, ld_ei, ld_sh, batch)
-                dr = edge_lengths(x, cell, lm_ei, lm_sh, batch)
-                pen_d = band_penalty(dd, ld_mu, ld_sg, objective)
-                pen_r = band_penalty(dr, lm_mu, lm_sg, objective)
-                loss = (
-                    per_graph_mean(pen_d, ld_graph, num_graphs).sum()
-                    + per_graph_mean(pen_r, lm_graph, num_graphs).sum()
-                )
-                loss.backward()
+                graph_penalty(x, loop_d, loop_m).sum().backward()
                 opt.step()
     with torch.no_grad():
         dd, dr = distances(x)
