@@ -383,7 +383,7 @@ def main() -> None:
                 data, cfg, budgets[stage], work / f"definet_no_{HELD_OUT}", [HELD_OUT], args.seed
             )
     if args.train_only:
-        print({k: v for k, v in trained[args.train_only][-1].items()})
+        print(trained[args.train_only][-1])
         return
     definet, info_def = trained["definet"]
     deeprelax, dr_tf, info_dr = trained["deeprelax"]

@@ -538,12 +538,6 @@ def main() -> int:
         action="store_true",
         help="FedAux with the APV free (none) and on the unit sphere (unit) on --datasets x --clients",
     )
-    parser.add_argument(
-        "--metis-study",
-        action="store_true",
-        help="local, FED-PUB and FedAux on the FED-PUB-style METIS call (k-way, METIS's default seed) "
-        "on --datasets x --clients, next to the first (pymetis) partition",
-    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -582,19 +576,7 @@ def main() -> int:
                             flush=True,
                         )
                     report()
-    if args.metis_study:
-        for seed in SEEDS:
-            for ds in args.datasets.split(","):
-                for k in map(int, args.clients.split(",")):
-                    for m in STUDY_METHODS:
-                        cell = run_cell(ds, k, m, seed, metis="fedpub")
-                        print(
-                            f"{ds}-{k} {m} s{seed} (fedpub METIS): {cell['test_at_best_val']:.2f} "
-                            f"({cell['seconds']:.0f} s)",
-                            flush=True,
-                        )
-                    report()
-    modes = (args.report_only, args.flower_check, args.ablation, args.widths, args.apv_norm, args.metis_study)
+    modes = (args.report_only, args.flower_check, args.ablation, args.widths, args.apv_norm)
     if not any(modes):
         # seed-major order: after the first third every cell has one seed, so a cut-short run is still useful.
         # FedProx goes last: with one full-batch local step its proximal gradient is 0, so it reproduces
