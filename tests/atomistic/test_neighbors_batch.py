@@ -9,7 +9,7 @@ from ase.build import bulk, molecule, mx2
 from ase.neighborlist import neighbor_list as ase_nl
 
 from quintet.atomistic import keys as K
-from quintet.atomistic.batch import collate, uncollate
+from quintet.atomistic.batch import collate, plan_batches, uncollate
 from quintet.atomistic.neighbors import batch_neighbor_list, edge_vectors, neighbor_list, with_neighbors
 from quintet.atomistic.testing import example_records
 
@@ -128,3 +128,18 @@ def test_collate_rejects_mismatched_or_unknown_fields() -> None:
         collate([{**recs[0], "mystery": torch.zeros(1)}])
     with pytest.raises(ValueError, match="empty"):
         collate([])
+
+
+def test_plan_batches_bounds_structures_and_atoms_in_order() -> None:
+    sizes = [8, 8, 8, 100, 8, 3000, 8, 8]
+    plan = plan_batches(sizes, max_structures=2, max_atoms=120)
+    # by hand: [8, 8] (two structures), [8, 100] (116 atoms), [8] (8 + 3000 > 120),
+    # [3000] (too big, alone), [8, 8]
+    assert [list(r) for r in plan] == [[0, 1], [2, 3], [4], [5], [6, 7]]
+    assert [list(r) for r in plan_batches(sizes, 3)] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert [k for r in plan_batches(sizes, 64, 16) for k in r] == list(range(len(sizes)))
+    assert plan_batches([], 4, 10) == []
+    with pytest.raises(ValueError, match="max_structures"):
+        plan_batches(sizes, 0)
+    with pytest.raises(ValueError, match="max_atoms"):
+        plan_batches(sizes, 4, 0)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from quintet.atomistic import keys as K
 
-__all__ = ["collate", "uncollate"]
+__all__ = ["collate", "plan_batches", "uncollate"]
 
 
 def collate(records: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
@@ -49,6 +49,42 @@ def collate(records: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
     n_t = torch.tensor(counts, dtype=torch.long, device=device)
     out[K.NUM_ATOMS] = n_t
     out[K.BATCH] = torch.repeat_interleave(torch.arange(len(records), device=device), n_t)
+    return out
+
+
+def plan_batches(num_atoms: Sequence[int], max_structures: int, max_atoms: int | None = None) -> list[range]:
+    """Split structures, in order, into consecutive batches of bounded size.
+
+    A batch holds at most ``max_structures`` structures and, when ``max_atoms`` is set, at most
+    ``max_atoms`` atoms in all; a structure larger than ``max_atoms`` gets a batch of its own.
+    Small cells are thus packed many to a batch (the per-step overhead of a batched forward pass
+    and solve is shared) while a batch of large cells stays within memory.
+
+    Args:
+        num_atoms: atoms of each structure.
+        max_structures: most structures per batch (>= 1).
+        max_atoms: most atoms per batch (>= 1), or ``None`` for no atom limit.
+
+    Returns:
+        One ``range`` of structure indices per batch, covering ``0..len(num_atoms)`` in order.
+
+    Raises:
+        ValueError: a limit below 1.
+    """
+    if max_structures < 1:
+        raise ValueError(f"max_structures must be >= 1, got {max_structures}")
+    if max_atoms is not None and max_atoms < 1:
+        raise ValueError(f"max_atoms must be >= 1 or None, got {max_atoms}")
+    out: list[range] = []
+    start, atoms = 0, 0
+    for k, n in enumerate(num_atoms):
+        full = k - start >= max_structures or (max_atoms is not None and atoms + n > max_atoms)
+        if k > start and full:
+            out.append(range(start, k))
+            start, atoms = k, 0
+        atoms += n
+    if len(num_atoms) > start:
+        out.append(range(start, len(num_atoms)))
     return out
 
 

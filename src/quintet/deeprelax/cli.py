@@ -50,6 +50,8 @@ def _predict(args: argparse.Namespace) -> int:
             over.append(f"{key}={val}")
     if args.batch_size is not None:
         over.append(f"batch_size={args.batch_size}")
+    if args.max_atoms is not None:
+        over.append(f"max_atoms={args.max_atoms}")
     job = load_config(PredictJob, args.config, over)
     if args.input:
         job.inputs = list(job.inputs) + list(args.input)
@@ -91,6 +93,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--finish-optimizer", dest="finish_optimizer", choices=["fire", "bfgs"], default=None,
         help="optimizer of the finishing relaxation (default fire)",
     )  # fmt: skip
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        default=None,
+        help="most structures per batch (default 64)",
+    )
+    p.add_argument(
+        "--max-atoms", dest="max_atoms", type=int, default=None, help="most atoms per batch (default 2048)"
+    )
     add_config_arguments(p)
     p.set_defaults(func=_predict)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from quintet.atomistic import keys as K
-from quintet.atomistic.batch import collate
+from quintet.atomistic.batch import collate, plan_batches
 from quintet.config import from_dict, save_config
 from quintet.deeprelax.data import DeepRelaxTransform, check_record, pairs_to_records
 from quintet.deeprelax.maths import coverage, edge_lengths, per_graph_mean, spearman, volume
@@ -102,7 +102,8 @@ class EvalJob:
     model: str = "runs/deeprelax/best.pt"
     data: DataConfig = field(default_factory=DataConfig)
     split: Literal["train", "val", "test", "all"] = "test"
-    batch_size: int = 16
+    batch_size: int = 64
+    max_atoms: int | None = 2048
     solve: SolveConfig = field(default_factory=SolveConfig)
     out: str = "runs/deeprelax/eval"
 
@@ -115,7 +116,8 @@ class PredictJob:
         model: model file (``best.pt``).
         inputs: files, folders (every CIF/POSCAR/extxyz inside) or glob patterns.
         out: output folder (relaxed CIFs + ``predictions.csv``); never an input's folder.
-        batch_size: structures per forward pass + solve.
+        batch_size: most structures per forward pass + solve.
+        max_atoms: most atoms per batch (small cells are packed many to a batch, large ones few).
         solve: coordinate-solve settings.
         finish_with: relax each prediction further with ``emt``, ``chgnet`` or ``sevenn`` (``none``: don't).
         fmax: force threshold of the finishing relaxation, eV/Å.
@@ -130,7 +132,8 @@ class PredictJob:
     model: str = "runs/deeprelax/best.pt"
     inputs: list[str] = field(default_factory=list)
     out: str = "deeprelax_out"
-    batch_size: int = 16
+    batch_size: int = 64
+    max_atoms: int | None = 2048
     solve: SolveConfig = field(default_factory=SolveConfig)
     finish_with: Literal["none", "emt", "chgnet", "sevenn"] = "none"
     fmax: float = 0.05
@@ -276,11 +279,15 @@ def train(job: TrainJob) -> Path:
 def evaluate_model(
     model: DeepRelax,
     dataset: Any,
-    batch_size: int = 16,
+    batch_size: int = 64,
     solve: SolveConfig | None = None,
     progress: bool = True,
+    max_atoms: int | None = 2048,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Errors of the one-shot relaxation next to the dummy baseline (the unrelaxed input).
+
+    Structures are batched in order, at most ``batch_size`` and ``max_atoms`` atoms per batch
+    (:func:`quintet.atomistic.batch.plan_batches`).
 
     Returns:
         ``(summary, rows)``: the summary has ``coord_mae_A``, ``dummy_coord_mae_A``, ``cell_mae_A``,
@@ -299,8 +306,10 @@ def evaluate_model(
     sig_all, err_all = [], []
     cov_n = cov_in = 0.0
     t_total = 0.0
-    for s in tqdm(range(0, len(dataset), batch_size), desc="evaluate", disable=not progress):
-        recs = [dataset[k] for k in range(s, min(s + batch_size, len(dataset)))]
+    sizes = [int(dataset[k][K.POSITIONS].shape[0]) for k in range(len(dataset))]
+    for span in tqdm(plan_batches(sizes, batch_size, max_atoms), desc="evaluate", disable=not progress):
+        s = span.start
+        recs = [dataset[k] for k in span]
         batch = collate(recs)
         t0 = time.perf_counter()
         res = relax_batch(model, batch, solve)
@@ -389,7 +398,7 @@ def evaluate(job: EvalJob) -> dict[str, float]:
     save_config(job, out / "config.yaml")
     model, _ = load_deeprelax(job.model)
     ds = load_dataset(job.data, job.split, model.cfg)
-    summary, rows = evaluate_model(model, ds, job.batch_size, job.solve)
+    summary, rows = evaluate_model(model, ds, job.batch_size, job.solve, max_atoms=job.max_atoms)
     atomic_save_json(out / "metrics.json", summary)
     _write_csv(out / "per_structure.csv", rows)
     return summary
@@ -502,8 +511,8 @@ def predict(job: PredictJob) -> Path:
         calc = get_calculator(job.finish_with)
     rows = list(done.values())
     bar = tqdm(total=len(todo), desc="deeprelax predict", unit="structure")
-    for s in range(0, len(todo), job.batch_size):
-        chunk = todo[s : s + job.batch_size]
+    for span in plan_batches([len(a) for _, a in todo], job.batch_size, job.max_atoms):
+        chunk = todo[span.start : span.stop]
         recs = [_record_from_atoms(a, sid) for sid, a in chunk]
         batch = collate(recs)
         t0 = time.perf_counter()

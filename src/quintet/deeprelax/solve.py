@@ -56,9 +56,33 @@ class SolveResult:
 
 
 def _select_edges(edges: tuple[Tensor, ...], keep: Tensor) -> tuple[Tensor, ...]:
-    """(index (2, E), shift, graph, mu, sigma) restricted to the edges where ``keep``."""
-    index, *rest = edges
-    return (index[:, keep], *(t[keep] for t in rest))
+    """(i, j, graph, mu, sigma, const) restricted to the edges where ``keep``."""
+    return tuple(t[keep] for t in edges)
+
+
+def _loop_penalty(
+    x: Tensor, ed: tuple[Tensor, ...], em: tuple[Tensor, ...], num_graphs: int, objective: Objective
+) -> Tensor:
+    """(B,) mean band penalty of each structure over its displace edges ``ed`` and moving edges ``em``.
+
+    Each edge tuple is ``(i, j, graph, mu, sigma, const)``. The cells are fixed during the solve, so
+    the constant part of every distance is precomputed: for a displace edge ``const`` is the anchor
+    point ``u_j + S @ cell_u`` (distance ``|x_i - const|``), for a moving edge it is the image offset
+    ``S @ cell`` (distance ``|x_j - x_i + const|``). Same arithmetic as :func:`displace_distances` and
+    :func:`edge_lengths`, without rebuilding (E, 3, 3) cells in every step.
+    """
+    dd = torch.linalg.vector_norm(x[ed[0]] - ed[5], dim=-1)
+    dr = torch.linalg.vector_norm(x[em[1]] - x[em[0]] + em[5], dim=-1)
+    return per_graph_mean(band_penalty(dd, ed[3], ed[4], objective), ed[2], num_graphs) + per_graph_mean(
+        band_penalty(dr, em[3], em[4], objective), em[2], num_graphs
+    )
+
+
+def _offsets(shift: Tensor, cell: Tensor, graph: Tensor, dtype: torch.dtype) -> Tensor:
+    """(E, 3) Cartesian image offsets ``S @ cell`` of edges whose structure is ``graph``."""
+    if not shift.numel():
+        return shift.to(dtype).reshape(-1, 3)
+    return torch.einsum("ek,ekl->el", shift.to(dtype), cell[graph])
 
 
 def solve_positions(
@@ -123,23 +147,22 @@ def solve_positions(
     # an edge from an atom to its own image has a fixed length in a fixed cell: it cannot move the atom,
     # and leaving it in would let Adam blow float round-off (+g - g) up to full steps
     moving = edge_index[0] != edge_index[1]
-    m_ei, m_sh, m_mu, m_sg = edge_index[:, moving], shift[moving], mu_r[moving], sg_r[moving]
-    m_graph = r_graph[moving]
-    # the edges the loop works on: (index, shift, graph, mu, sigma) of the displace and moving edges
-    loop_d = (d_ei, d_sh, d_graph, mu_d, sg_d)
-    loop_m = (m_ei, m_sh, m_graph, m_mu, m_sg)
-
-    def graph_penalty(x: Tensor, ed: tuple[Tensor, ...], em: tuple[Tensor, ...]) -> Tensor:
-        """(B,) mean band penalty of each structure over the displace and the moving edges."""
-        dd = displace_distances(x, anchor_pos, anchor_cell, ed[0], ed[1], batch)
-        dr = edge_lengths(x, cell, em[0], em[1], batch)
-        return per_graph_mean(band_penalty(dd, ed[3], ed[4], objective), ed[2], num_graphs) + per_graph_mean(
-            band_penalty(dr, em[3], em[4], objective), em[2], num_graphs
-        )
+    m_ei, m_sh, m_graph = edge_index[:, moving], shift[moving], r_graph[moving]
+    # the edges the loop works on: (i, j, graph, mu, sigma, const) of the displace and moving edges
+    anchor = anchor_pos[d_ei[1]] + _offsets(d_sh, anchor_cell, d_graph, anchor_pos.dtype)
+    loop_d = (d_ei[0], d_ei[1], d_graph, mu_d, sg_d, anchor)
+    loop_m = (
+        m_ei[0],
+        m_ei[1],
+        m_graph,
+        mu_r[moving],
+        sg_r[moving],
+        _offsets(m_sh, cell, m_graph, init_pos.dtype),
+    )
 
     if skip_converged and objective == "hinge" and steps > 0:
         with torch.no_grad():
-            pen = graph_penalty(init_pos.detach(), loop_d, loop_m)
+            pen = _loop_penalty(init_pos.detach(), loop_d, loop_m, num_graphs, objective)
         active = ~(pen == 0)  # NaN counts as active: a broken prediction must not pass silently
         loop_d = _select_edges(loop_d, active[d_graph])
         loop_m = _select_edges(loop_m, active[m_graph])
@@ -152,7 +175,7 @@ def solve_positions(
                     for group in opt.param_groups:
                         group["lr"] = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t / steps)))
                 opt.zero_grad(set_to_none=True)
-                graph_penalty(x, loop_d, loop_m).sum().backward()
+                _loop_penalty(x, loop_d, loop_m, num_graphs, objective).sum().backward()
                 opt.step()
     with torch.no_grad():
         dd, dr = distances(x)
