@@ -76,6 +76,10 @@ def test_relax_lowers_energy_to_fmax() -> None:
     strained = build_structure("Cu:fcc:3.80")
     cell_res = relax(strained, EMT(), fmax=0.01, relax_cell=True, cell_filter="unitcell")
     assert abs(cell_res.atoms.cell.lengths()[0] - 3.59) < 0.02
+    with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'"):
+        relax(atoms, EMT(), optimizer="lbfgs")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown cell filter"):
+        relax(atoms, EMT(), relax_cell=True, cell_filter="exp")  # type: ignore[arg-type]
 
 
 def _md_cfg(out: Path, **kw: object) -> MDConfig:

@@ -236,15 +236,21 @@ def relax(
     from ase.filters import FrechetCellFilter, UnitCellFilter
     from ase.optimize import BFGS, FIRE
 
+    optimizers, filters = (
+        {"fire": FIRE, "bfgs": BFGS},
+        {"frechet": FrechetCellFilter, "unitcell": UnitCellFilter},
+    )
+    if optimizer not in optimizers:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {sorted(optimizers)}")
+    if cell_filter not in filters:
+        raise ValueError(f"unknown cell filter {cell_filter!r}; use one of {sorted(filters)}")
     t0 = time.perf_counter()
     work = atoms.copy()
     work.calc = calc
     e0 = float(work.get_potential_energy())
     mask = list(cell_mask) if cell_mask is not None else None
-    filt = {"frechet": FrechetCellFilter, "unitcell": UnitCellFilter}[cell_filter]
-    target = filt(work, mask=mask) if relax_cell else work
-    opt_cls = {"fire": FIRE, "bfgs": BFGS}[optimizer]
-    opt = opt_cls(target, logfile=None)
+    target = filters[cell_filter](work, mask=mask) if relax_cell else work
+    opt = optimizers[optimizer](target, logfile=None)
     converged = bool(opt.run(fmax=fmax, steps=max_steps))
     e1 = float(work.get_potential_energy())
     if not math.isfinite(e1):
