@@ -311,7 +311,10 @@ def report() -> dict:
         if len(abl) > 1:
             ablation[norm] = abl
     if widths:
-        out["fedaux_width_selected_on_val"] = widths  # {apv_norm: {dataset: {clients: ...}}}
+        out["fedaux_width_selected_on_val"] = widths  # {apv_norm: {dataset: {clients: ...}}}, pymetis cells
+    main_widths = _width_selection(default_norm, MAIN_METIS)
+    if main_widths:  # the same selection on the main grid's partition
+        out[f"fedaux_width_selected_on_val_m{MAIN_METIS}"] = {default_norm: main_widths}
     if ablation:
         out["ablation_cora10"] = ablation  # {apv_norm: {variant: ...}}
     apv = apv_norm_comparison()
@@ -329,14 +332,15 @@ def report() -> dict:
     return out
 
 
-def _width_selection(norm: str) -> dict:
-    """FedAux width chosen in WIDTHS on mean validation accuracy, per cell, for runs under ``norm``."""
+def _width_selection(norm: str, metis: str = "pymetis") -> dict:
+    """FedAux width chosen in WIDTHS on mean validation accuracy, per cell, for runs under ``norm`` on the
+    ``metis`` partition."""
     widths: dict = {}
     for ds in DATASETS:
         for k in CLIENTS:
             runs = {}
             for h in WIDTHS:
-                paths = [cell_path(ds, k, f"fedaux_h{h}", s, norm) for s in SEEDS]
+                paths = [cell_path(ds, k, f"fedaux_h{h}", s, norm, metis) for s in SEEDS]
                 if all(p.is_file() for p in paths):
                     runs[h] = [load_json(p) for p in paths]
             if len(runs) == len(WIDTHS):
@@ -531,7 +535,9 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--ablation", action="store_true", help="FedAux variants on Cora-10 (3 seeds)")
     parser.add_argument(
-        "--widths", action="store_true", help="FedAux widths 64/128/256, chosen on validation"
+        "--widths",
+        action="store_true",
+        help="FedAux widths 64/128/256 on the main partition, chosen on validation",
     )
     parser.add_argument(
         "--apv-norm",
@@ -560,7 +566,7 @@ def main() -> int:
             for ds in args.datasets.split(","):
                 for k in map(int, args.clients.split(",")):
                     for h in WIDTHS:
-                        cell = run_cell(ds, k, f"fedaux_h{h}", seed)
+                        cell = run_cell(ds, k, f"fedaux_h{h}", seed, metis=MAIN_METIS)
                         print(f"{ds}-{k} fedaux_h{h} s{seed}: {cell['test_at_best_val']:.2f}", flush=True)
                     report()
     if args.apv_norm:
