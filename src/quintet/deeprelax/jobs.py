@@ -306,10 +306,11 @@ def evaluate_model(
     sig_all, err_all = [], []
     cov_n = cov_in = 0.0
     t_total = 0.0
-    sizes = [int(dataset[k][K.POSITIONS].shape[0]) for k in range(len(dataset))]
+    records = [dataset[k] for k in range(len(dataset))]  # each record (and its graph) built once
+    sizes = [int(r[K.POSITIONS].shape[0]) for r in records]
     for span in tqdm(plan_batches(sizes, batch_size, max_atoms), desc="evaluate", disable=not progress):
         s = span.start
-        recs = [dataset[k] for k in span]
+        recs = records[span.start : span.stop]
         batch = collate(recs)
         t0 = time.perf_counter()
         res = relax_batch(model, batch, solve)
