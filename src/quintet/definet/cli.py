@@ -76,6 +76,7 @@ def _predict(args: argparse.Namespace) -> int:
             "finish_with": "finish_with",
             "finish_optimizer": "finish_optimizer",
             "batch_size": "batch_size",
+            "max_atoms": "max_atoms",
         },
     )
     job = load_config(PredictJob, args.config, over)
@@ -142,7 +143,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder")
     p.add_argument("--finish-with", default=None, choices=["none", "emt", "chgnet", "sevenn"])
     p.add_argument("--finish-optimizer", default=None, choices=["fire", "bfgs"], help="default fire")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="most structures per batch (default 8)")
+    p.add_argument("--max-atoms", type=int, default=None, help="most atoms per batch (default 4096)")
     p.set_defaults(func=_predict)
 
     p = subs.add_parser("eval", help="coordinate MAE, local MAE near defects and oracle steps vs the dummy")

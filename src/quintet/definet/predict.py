@@ -62,30 +62,36 @@ def _neighbors(rec: dict[str, Tensor], model: DefiNet) -> dict[str, Tensor]:
 
 @torch.no_grad()
 def predict_batches(
-    model: DefiNet, records: Sequence[dict[str, Tensor]], batch_size: int = 8, progress: bool = False
+    model: DefiNet,
+    records: Sequence[dict[str, Tensor]],
+    batch_size: int = 8,
+    progress: bool = False,
+    max_atoms: int | None = None,
 ) -> tuple[list[np.ndarray], float]:
     """Predicted positions (all nodes, placeholders included) of every record, and the model time.
 
     Args:
         model: a DefiNet in eval mode.
         records: DefiNet records (unrelaxed positions, labels, cell); edges are built when missing.
-        batch_size: structures per forward pass.
+        batch_size: most structures per forward pass.
         progress: show a progress bar.
+        max_atoms: most nodes per forward pass (``None``: no limit); a larger structure runs alone
+            (:func:`quintet.atomistic.batch.plan_batches`).
 
     Returns:
         ``(positions per record, seconds spent in graph building + forward passes)``.
     """
     from tqdm.auto import tqdm
 
-    from quintet.atomistic.batch import collate
+    from quintet.atomistic.batch import collate, plan_batches
 
     dtype = next(model.parameters()).dtype
     out: list[np.ndarray] = []
     seconds = 0.0
-    starts = range(0, len(records), batch_size)
-    for s in tqdm(starts, desc="DefiNet", unit="batch", disable=not progress):
+    spans = plan_batches([int(r[K.POSITIONS].shape[0]) for r in records], batch_size, max_atoms)
+    for span in tqdm(spans, desc="DefiNet", unit="batch", disable=not progress):
         t0 = time.perf_counter()
-        chunk = [_neighbors(dict(r), model) for r in records[s : s + batch_size]]
+        chunk = [_neighbors(dict(r), model) for r in records[span.start : span.stop]]
         chunk = [{k: (v.to(dtype) if v.is_floating_point() else v) for k, v in r.items()} for r in chunk]
         keep = set.intersection(*(set(r) for r in chunk))
         batch = collate([{k: r[k] for k in keep} for r in chunk])
@@ -161,6 +167,7 @@ class PredictJob:
         supercell: repetitions of ``unit_cell`` (e.g. ``[5, 5, 1]``).
         out_dir: output folder (``structures/``, ``predictions.csv``, ``config.yaml``).
         batch_size: structures per forward pass.
+        max_atoms: most nodes per forward pass (a larger structure runs alone).
         tol: site-matching tolerance of the defect labelling, Å.
         finish_with: ``none``, ``emt``, ``chgnet`` or ``sevenn``: relax each prediction further.
         finish_optimizer: ``fire`` or ``bfgs`` (quasi-Newton, like DFT ionic relaxations).
@@ -177,6 +184,7 @@ class PredictJob:
     supercell: list[int] | None = None
     out_dir: str = "definet_predictions"
     batch_size: int = 8
+    max_atoms: int | None = 4096
     tol: float = 0.3
     finish_with: Literal["none", "emt", "chgnet", "sevenn"] = "none"
     finish_optimizer: Literal["fire", "bfgs"] = "fire"
@@ -305,7 +313,7 @@ def predict(job: PredictJob) -> Path:
             recs.append(rec)
             labs.append(lab)
             atoms_in.append(atoms)
-        preds, seconds = predict_batches(model, recs, batch_size=len(recs))
+        preds, seconds = predict_batches(model, recs, batch_size=len(recs), max_atoms=job.max_atoms)
         for f, atoms, lab, pred in zip(chunk, atoms_in, labs, preds, strict=True):
             sid = _structure_id(f)
             real = pred[: lab.num_atoms]
@@ -371,6 +379,7 @@ class EvalJob:
         fmax: oracle force convergence, eV/Å.
         max_steps: oracle step limit.
         batch_size: structures per forward pass.
+        max_atoms: most nodes per forward pass (a larger structure runs alone).
         out_dir: where ``eval.json`` and ``per_structure.csv`` go.
     """
 
@@ -384,6 +393,7 @@ class EvalJob:
     fmax: float = 0.05
     max_steps: int = 400
     batch_size: int = 8
+    max_atoms: int | None = 4096
     out_dir: str = "definet_eval"
 
 
@@ -471,7 +481,9 @@ def evaluate_model(job: EvalJob, model: DefiNet | None = None, progress: bool = 
     ds = load_pairs(job.data, None if job.split == "all" else job.split, model.cfg)
     records = [ds[i] for i in range(len(ds))]
     ids = dataset_ids(ds)
-    preds, seconds = predict_batches(model, records, job.batch_size, progress=progress)
+    preds, seconds = predict_batches(
+        model, records, job.batch_size, progress=progress, max_atoms=job.max_atoms
+    )
     rows: list[dict[str, Any]] = []
     for sid, rec, pred in zip(ids, records, preds, strict=True):
         rows.append(
