@@ -127,6 +127,9 @@ def train_one(
     model, _ = load_deeprelax(res.best_path)
     info = {
         "train_pairs": len(tr),
+        "extra_train": [
+            str(Path(d).relative_to(ROOT)) if Path(d).is_relative_to(ROOT) else d for d in spec["data"].extra_train
+        ],
         "val_pairs": len(va),
         "epochs": len(res.history),
         "train_time_s": round(time.perf_counter() - t0, 1),
@@ -313,6 +316,15 @@ def main() -> None:
         help="Adam steps of the coordinate solve, or 'auto': the fewest of 20/30/40/60/100 within 0.5%% "
         "of the best validation coordinate MAE (100 is published; timed as well)",
     )
+    parser.add_argument(
+        "--oxide-extra",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="more oxide pairs for training only (repeatable; DataConfig.extra_train), e.g. folders made by "
+        "'quintet data relax-pairs' with the double-perovskite recipe (docs/deeprelax.md); compositions "
+        "of validation/test pairs are left out",
+    )
     parser.add_argument("--no-bfgs", action="store_true", help="FIRE finish only")
     parser.add_argument("--oracle-scale", type=float, default=1.0, help="multiply every oracle subset size")
     args = parser.parse_args()
@@ -326,6 +338,7 @@ def main() -> None:
     for spec in specs.values():
         spec["budget_s"] = spec["budget_s"] * args.budget_scale
         spec["oracle_subset"] = max(1, round(spec["oracle_subset"] * args.oracle_scale))
+    specs["bulk_oxides"]["data"].extra_train = [str(Path(d).resolve()) for d in args.oxide_extra]
     names = args.only.split(",") if args.only else list(specs)
     calcs: dict = {}
     full: dict = {}

@@ -66,6 +66,58 @@ def test_structure_specs(tmp_path: Path) -> None:
         build_structure(str(tmp_path / "missing.cif"))
 
 
+def test_perovskite_spec() -> None:
+    sto = build_structure("SrTiO3:perovskite:3.9", (2, 1, 1))
+    assert sto.get_chemical_formula() == "O6Sr2Ti2" and np.isclose(sto.get_volume(), 2 * 3.9**3)
+    big = build_structure("SrTiO3:perovskite:3.9", (2, 2, 2))  # six distinct X around each B
+    d = big.get_all_distances(mic=True)
+    ti, o = np.flatnonzero(big.symbols == "Ti"), big.symbols == "O"
+    # each B site sits in an octahedron of six X at a/2
+    for i in ti:
+        assert np.isclose(np.sort(d[i, o])[:6], 1.95).all() and np.sort(d[i, o])[6] > 3.0
+    with pytest.raises(ValueError, match="expected an ABX3 formula"):
+        build_structure("SrTiO2:perovskite")
+
+
+def test_sublattice_rules_parse_and_fail_clearly() -> None:
+    rules = O._parse_sublattices(["Sr:Ca,Ba", "Ti:Ti,Zr,Nb/2"])
+    assert rules == [O.Sublattice("Sr", ("Ca", "Ba"), 1), O.Sublattice("Ti", ("Ti", "Zr", "Nb"), 2)]
+    for bad, msg in [
+        ("Ti:Zr/3", r"k=3 needs 1 <= k <= 1"),
+        ("Ti:Zr,Xx", "unknown element 'Xx'"),
+        ("Ti", "must look like"),
+        ("Ti:Zr,Nb/two", "must be an integer"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            RelaxPairsConfig(sublattices=[bad])
+    with pytest.raises(ValueError, match="given twice"):
+        RelaxPairsConfig(sublattices=["Ti:Zr", "Ti:Nb"])
+    with pytest.raises(ValueError, match="three repetitions"):
+        RelaxPairsConfig(supercells=[(2, 0, 1)])
+
+
+def test_relax_pairs_with_sublattices_and_drawn_supercells(tmp_path: Path) -> None:
+    # fcc Cu: the conventional cell's four sites take two distinct elements, two sites each
+    cfg = RelaxPairsConfig(
+        out=tmp_path / "ord", n=6, prototypes=["Cu:fcc:3.7"], supercells=[(1, 1, 1), (2, 1, 1)],
+        sublattices=["Cu:Cu,Ni,Pd,Au/2"], strain=0.0, rattle=0.02, cell_filter="unitcell", seed=4,
+    )  # fmt: skip
+    ds = RelaxPairDataset(make_relax_pairs(cfg, progress=False), dtype=torch.float64)
+    sizes = set()
+    for k in range(len(ds)):
+        u, r = ds.atoms(k)
+        counts = np.unique(u.numbers, return_counts=True)[1]
+        assert len(counts) == 2 and counts[0] == counts[1] == len(u) // 2
+        assert (u.numbers == r.numbers).all()
+        sizes.add(len(u))
+    assert sizes == {4, 8}  # both supercells were drawn
+    with pytest.raises(ValueError, match=r"sublattice 'Cu' has 1 sites, too few for 2"):
+        make_relax_pairs(
+            RelaxPairsConfig(out=tmp_path / "x", prototypes=["Cu:sc:2.5"], sublattices=["Cu:Ni,Pd/2"]),
+            progress=False,
+        )
+
+
 def test_relax_lowers_energy_to_fmax() -> None:
     atoms = build_structure("Cu:fcc:3.61", (2, 2, 2))
     atoms.rattle(0.1, seed=0)

@@ -131,6 +131,8 @@ def build_structure(spec: str, supercell: Sequence[int] = (1, 1, 1), vacuum: flo
           zincblende, rocksalt, cesiumchloride, fluorite, wurtzite): conventional cubic cell when possible;
         - ``"MoS2:mx2[:a]"``: a 2H transition-metal dichalcogenide monolayer (pbc in-plane);
         - ``"BN:graphene[:a]"``: a honeycomb monolayer (graphene, hBN; pbc in-plane);
+        - ``"SrTiO3:perovskite[:a]"``: the cubic 5-atom ABX3 perovskite cell (A at the corner, B at the
+          body centre, X on the face centres; a = 3.9 Å by default);
         - an ASE molecule name (``"CH3CH2OH"``, ``"H2O"`` ...; g2 collection).
 
     Args:
@@ -153,6 +155,8 @@ def build_structure(spec: str, supercell: Sequence[int] = (1, 1, 1), vacuum: flo
         a = float(parts[2]) if len(parts) > 2 and parts[2] else None
         if kind == "mx2":
             atoms = mx2(name, "2H", a=a or 3.18, thickness=3.19, vacuum=vacuum)
+        elif kind == "perovskite":
+            atoms = _perovskite(name, a or 3.9)
         elif kind == "graphene":
             from ase.build import graphene
 
@@ -164,7 +168,8 @@ def build_structure(spec: str, supercell: Sequence[int] = (1, 1, 1), vacuum: flo
                 atoms = bulk(name, kind, a=a)
         else:
             raise ValueError(
-                f"structure spec {spec!r}: unknown crystal {kind!r}; choose from {[*_CRYSTALS, 'mx2', 'graphene']}"
+                f"structure spec {spec!r}: unknown crystal {kind!r}; "
+                f"choose from {[*_CRYSTALS, 'mx2', 'graphene', 'perovskite']}"
             )
         return atoms.repeat(tuple(int(s) for s in supercell))
     from ase.collections import g2
@@ -175,6 +180,21 @@ def build_structure(spec: str, supercell: Sequence[int] = (1, 1, 1), vacuum: flo
         f"structure spec {spec!r} is neither a file, 'Element:crystal[:a]', 'MX2:mx2[:a]', 'BN:graphene[:a]' "
         "nor an ASE g2 molecule name (e.g. CH3CH2OH, H2O)"
     )
+
+
+def _perovskite(formula: str, a: float) -> Any:
+    """Cubic ABX3 perovskite from a formula such as ``"SrTiO3"`` (A, B, then three X)."""
+    from ase import Atoms
+    from ase.symbols import string2symbols
+
+    try:
+        symbols = string2symbols(formula)
+    except ValueError as exc:
+        raise ValueError(f"perovskite {formula!r}: not a chemical formula") from exc
+    if len(symbols) != 5 or len(set(symbols[2:])) != 1 or symbols[2] in symbols[:2]:
+        raise ValueError(f"perovskite {formula!r}: expected an ABX3 formula such as 'SrTiO3'")
+    frac = [(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)]
+    return Atoms(symbols, scaled_positions=frac, cell=np.eye(3) * a, pbc=True)
 
 
 def _remove_random(atoms: Any, n: int, rng: np.random.Generator) -> Any:
@@ -579,8 +599,14 @@ class RelaxPairsConfig:
         prototypes: structure specs (files or ``"Cu:fcc:3.61"``; see :func:`build_structure`), drawn
             at random per pair.
         supercell: repetitions of each prototype.
+        supercells: when given, one of these repetitions is drawn per pair instead of ``supercell``.
         elements: substitution pool (one drawn per substituted site).
         substitute_fraction: probability that a site is substituted.
+        sublattices: ordered substitution by sublattice, replacing the per-site draw from
+            ``elements``: entries ``"Site:El1,El2,...[/k]"`` draw ``k`` distinct elements (default 1)
+            from the pool for the prototype's ``Site`` atoms and give each an equal share of those
+            sites, in random order. The double-perovskite recipe of the shared oxide set is
+            ``["Sr:Ca,Sr,Ba,La,K,Na", "Ti:Ti,Zr,Mn,Fe,Co,Ni,Nb,Sn,Cr,V/2"]`` on ``SrTiO3:perovskite``.
         strain: largest |component| of the random symmetric strain.
         rattle: Gaussian displacement of positions, Å.
         relax_cell: relax positions and cell or positions only.
@@ -600,8 +626,10 @@ class RelaxPairsConfig:
         default_factory=lambda: ["Cu:fcc:3.61", "Ni:fcc:3.52", "Pd:fcc:3.89", "Ag:fcc:4.09"]
     )
     supercell: tuple[int, int, int] = (1, 1, 1)
+    supercells: list[tuple[int, int, int]] = field(default_factory=list)
     elements: list[str] = field(default_factory=lambda: ["Cu", "Ni", "Pd", "Ag", "Au", "Pt", "Al"])
     substitute_fraction: float = 0.5
+    sublattices: list[str] = field(default_factory=list)
     strain: float = 0.04
     rattle: float = 0.1
     relax_cell: bool = True
@@ -621,6 +649,67 @@ class RelaxPairsConfig:
             raise ValueError("prototypes must not be empty")
         if not 0 <= self.substitute_fraction <= 1:
             raise ValueError("substitute_fraction must be in [0, 1]")
+        for rep in [self.supercell, *self.supercells]:
+            if len(rep) != 3 or min(int(r) for r in rep) < 1:
+                raise ValueError(f"supercell {rep!r}: need three repetitions >= 1")
+        _parse_sublattices(self.sublattices)
+
+
+@dataclass(frozen=True)
+class Sublattice:
+    """One ordered-substitution rule: the prototype's ``site`` atoms get ``k`` distinct elements of ``pool``."""
+
+    site: str
+    pool: tuple[str, ...]
+    k: int = 1
+
+
+def _parse_sublattices(entries: Sequence[str]) -> list[Sublattice]:
+    """Parse ``"Site:El1,El2[/k]"`` entries (see :class:`RelaxPairsConfig`)."""
+    from ase.data import atomic_numbers
+
+    out: list[Sublattice] = []
+    for e in entries:
+        site, _, rest = e.partition(":")
+        pool_text, _, k_text = rest.partition("/")
+        pool = tuple(x.strip() for x in pool_text.split(",") if x.strip())
+        try:
+            k = int(k_text) if k_text.strip() else 1
+        except ValueError:
+            raise ValueError(f"sublattices entry {e!r}: '/k' must be an integer") from None
+        if not site.strip() or not pool:
+            raise ValueError(f"sublattices entry {e!r} must look like 'Ti:Ti,Zr,Nb/2'")
+        for el in (site.strip(), *pool):
+            if el not in atomic_numbers:
+                raise ValueError(f"sublattices entry {e!r}: unknown element {el!r}")
+        if not 1 <= k <= len(set(pool)):
+            raise ValueError(f"sublattices entry {e!r}: k={k} needs 1 <= k <= {len(set(pool))} distinct elements")
+        if any(s.site == site.strip() for s in out):
+            raise ValueError(f"sublattices: site {site.strip()!r} given twice")
+        out.append(Sublattice(site.strip(), pool, k))
+    return out
+
+
+def _check_sublattices(atoms: Any, rules: Sequence[Sublattice], source: str) -> None:
+    symbols = atoms.get_chemical_symbols()
+    for r in rules:
+        m = symbols.count(r.site)
+        if m < r.k:
+            raise ValueError(f"{source}: sublattice {r.site!r} has {m} sites, too few for {r.k} elements")
+
+
+def _substitute_sublattices(atoms: Any, rng: np.random.Generator, rules: Sequence[Sublattice]) -> Any:
+    """Ordered substitution: each rule's sites (by the prototype's element) get ``k`` drawn elements."""
+    from ase.data import atomic_numbers
+
+    atoms = atoms.copy()
+    symbols = np.array(atoms.get_chemical_symbols())
+    for r in rules:
+        sites = np.flatnonzero(symbols == r.site)
+        chosen = rng.choice(sorted(set(r.pool)), size=r.k, replace=False)
+        for el, group in zip(chosen, np.array_split(rng.permutation(sites), r.k), strict=True):
+            atoms.numbers[group] = atomic_numbers[str(el)]
+    return atoms
 
 
 def _perturb(
@@ -657,9 +746,17 @@ def make_relax_pairs(cfg: RelaxPairsConfig, calc: Calculator | None = None, prog
     settings = config_to_dict(cfg)
     settings.pop("out")
     settings.pop("device")
+    for key in ("supercells", "sublattices"):  # folders made before these options existed still resume
+        if not settings[key]:
+            settings.pop(key)
     _check_settings(out, settings)
     save_config(cfg, out / "config.yaml")
-    protos = [build_structure(p, cfg.supercell) for p in cfg.prototypes]
+    rules = _parse_sublattices(cfg.sublattices)
+    reps = [tuple(int(r) for r in rep) for rep in cfg.supercells]
+    protos = [build_structure(p, (1, 1, 1) if reps else cfg.supercell) for p in cfg.prototypes]
+    for p, proto in zip(cfg.prototypes, protos, strict=True):
+        for rep in reps or [(1, 1, 1)]:
+            _check_sublattices(proto.repeat(rep), rules, f"prototype {p!r} x {rep}")
     prefix = cfg.prefix or f"{oracle_name}_s{cfg.seed}"
     ids = [f"{prefix}_{k:05d}" for k in range(cfg.n)]
     columns = [
@@ -680,7 +777,12 @@ def make_relax_pairs(cfg: RelaxPairsConfig, calc: Calculator | None = None, prog
     def make_one(k: int, pid: str) -> dict[str, Any]:
         rng = np.random.default_rng([cfg.seed, k])
         proto = protos[int(rng.integers(len(protos)))]
-        unrelaxed = _perturb(proto, rng, cfg.elements, cfg.substitute_fraction, cfg.strain, cfg.rattle)
+        if reps:
+            proto = proto.repeat(reps[int(rng.integers(len(reps)))])
+        if rules:
+            proto = _substitute_sublattices(proto, rng, rules)
+        frac = 0.0 if rules else cfg.substitute_fraction
+        unrelaxed = _perturb(proto, rng, cfg.elements, frac, cfg.strain, cfg.rattle)
         check_atoms(unrelaxed, f"pair {pid}")
         mask = None if unrelaxed.pbc.all() else [True, True, False, False, False, True]  # 2D: in-plane only
         res = relax(

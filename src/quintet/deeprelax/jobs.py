@@ -65,6 +65,12 @@ class DataConfig:
         seed: seed of new splits and generated data.
         fractions: train/val/test fractions of new splits.
         cache_dir: keep parsed pairs here between runs (optional).
+        extra_train: more folders of pairs (same layout as ``root``; for instance made with
+            ``quintet data relax-pairs``) whose pairs are all added to the training split; validation
+            and test stay those of ``root``.
+        exclude_eval_formulas: leave out extra pairs whose composition equals that of a validation or
+            test pair of ``root`` (the same composition in the same prototype is a near-duplicate;
+            custom layout only).
     """
 
     root: str = ""
@@ -72,6 +78,8 @@ class DataConfig:
     seed: int = 0
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     cache_dir: str | None = None
+    extra_train: list[str] = field(default_factory=list)
+    exclude_eval_formulas: bool = True
 
 
 @dataclass
@@ -206,20 +214,43 @@ _DB_CACHE: dict[str, list[dict[str, Tensor]]] = {}
 def load_dataset(data: DataConfig, split: str, model_cfg: ModelConfig) -> torch.utils.data.Dataset:
     """The dataset of ``split`` with the DeepRelax graph transform applied."""
     tf = DeepRelaxTransform(model_cfg.cutoff, model_cfg.max_neighbors, model_cfg.max_displace)
+    if data.extra_train and data.layout not in ("custom", "2dmd"):
+        raise ValueError(f"extra_train needs the custom or 2dmd layout, not {data.layout!r}")
     if data.layout in ("custom", "2dmd"):
         from quintet.atomistic.datasets import RelaxPairDataset
 
-        return RelaxPairDataset(
-            data.root,
-            layout=data.layout,
-            split=None if split == "all" else split,
-            transform=tf,
-            fractions=data.fractions,
-            seed=data.seed,
-            defects=False,
-            cache_dir=data.cache_dir,
-            dtype=torch.float32,
-        )
+        def pairs(root: str, split: str | None, ids: Sequence[str] | None = None) -> RelaxPairDataset:
+            return RelaxPairDataset(
+                root,
+                layout=data.layout,  # type: ignore[arg-type]
+                split=split,
+                transform=tf,
+                fractions=data.fractions,
+                seed=data.seed,
+                defects=False,
+                cache_dir=data.cache_dir,
+                dtype=torch.float32,
+                ids=ids,
+            )
+
+        main = pairs(data.root, None if split == "all" else split)
+        if split != "train" or not data.extra_train:
+            return main
+        held: set[tuple] = set()
+        if data.exclude_eval_formulas and data.layout == "custom":
+            for name in ("val", "test"):
+                ev = pairs(data.root, name)
+                held |= {_composition(ev, i) for i in ev.ids}
+        parts: list[torch.utils.data.Dataset] = [main]
+        for root in data.extra_train:
+            extra = pairs(root, None)
+            keep = [i for i in extra.ids if _composition(extra, i) not in held]
+            if len(keep) < len(extra.ids):
+                print(f"{root}: {len(extra.ids) - len(keep)} of {len(extra.ids)} pairs left out "
+                      "(composition of a validation/test pair)")
+            if keep:
+                parts.append(pairs(root, None, keep))
+        return torch.utils.data.ConcatDataset(parts)
     if data.layout != "db":
         raise ValueError(f"unknown data layout {data.layout!r}; use custom, 2dmd or db")
     key = str(Path(data.root).resolve())
@@ -230,6 +261,18 @@ def load_dataset(data: DataConfig, split: str, model_cfg: ModelConfig) -> torch.
     if not idx:
         raise ValueError(f"split {split!r} of {data.layout} data is empty ({len(records)} pairs)")
     return _ListDataset([records[i] for i in idx], tf)
+
+
+def _composition(ds: Any, pid: str) -> tuple[tuple[str, int], ...]:
+    """Element counts of pair ``pid`` of a :class:`RelaxPairDataset` (``meta.csv`` formula, else the CIF)."""
+    from ase.formula import Formula
+
+    formula = ds.meta.get(pid, {}).get("formula", "")
+    if not formula:
+        from quintet.atomistic.structures import read_structure
+
+        formula = read_structure(Path(ds.root) / "CIF" / f"{pid}_unrelaxed.cif").get_chemical_formula()
+    return tuple(sorted(Formula(formula).count().items()))
 
 
 # -------------------------------------------------------------------------------------------- model
