@@ -180,6 +180,24 @@ def trained_elsewhere(model_file: Path) -> dict:
     }
 
 
+def from_unrelaxed(
+    unrel, pid: str | None, spec: dict, calc, bfgs: bool, stored: dict, cache: Path | None
+) -> dict:
+    """Oracle relaxation of one unrelaxed input (FIRE steps and seconds, BFGS steps), from ``stored``
+    when there (keyed by id and oracle settings), else run and, with an id and a ``cache``, saved."""
+    key = f"{pid}|{spec['oracle']}|{spec['filter']}|cell{int(spec['cell'])}|fmax0.05"
+    got = stored.get(key, {}) if pid else {}
+    if "fire_steps" not in got or (bfgs and "bfgs_steps" not in got):
+        ru = finish(unrel, calc, 0.05, 1000, spec["cell"], spec["filter"])
+        got = {"fire_steps": ru.steps, "fire_s": ru.seconds}
+        if bfgs:
+            got["bfgs_steps"] = finish(unrel, calc, 0.05, 1000, spec["cell"], spec["filter"], "bfgs").steps
+        if cache is not None and pid:
+            stored[key] = got
+            atomic_save_json(cache, stored)
+    return got
+
+
 def oracle_compare(
     model: DeepRelax,
     ds,
@@ -203,16 +221,7 @@ def oracle_compare(
     for idx in range(min(k, len(ds))):
         rec = ds[idx]
         unrel = to_ase({kk: rec[kk] for kk in (K.POSITIONS, K.ATOMIC_NUMBERS, K.CELL, K.PBC)})
-        key = f"{ids[idx] if ids else idx}|{spec['oracle']}|{spec['filter']}|cell{int(spec['cell'])}|fmax0.05"
-        got = stored.get(key, {})
-        if "fire_steps" not in got or (bfgs and "bfgs_steps" not in got):
-            ru = finish(unrel, calc, 0.05, 1000, spec["cell"], spec["filter"])
-            got = {"fire_steps": ru.steps, "fire_s": ru.seconds}
-            if bfgs:
-                got["bfgs_steps"] = finish(unrel, calc, 0.05, 1000, spec["cell"], spec["filter"], "bfgs").steps
-            if cache is not None and ids:
-                stored[key] = got
-                atomic_save_json(cache, stored)
+        got = from_unrelaxed(unrel, ids[idx] if ids else None, spec, calc, bfgs, stored, cache)
         su, tu = got["fire_steps"], got["fire_s"]
         res = relax_batch(model, collate([rec]), solve or SolveConfig())
         pred = to_ase(
