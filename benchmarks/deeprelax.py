@@ -357,6 +357,12 @@ def main() -> None:
         "'quintet data relax-pairs' with the double-perovskite recipe (docs/deeprelax.md); compositions "
         "of validation/test pairs are left out",
     )
+    parser.add_argument(
+        "--tag",
+        default="",
+        help="suffix of the work folder and results key (a variant kept beside the main row, not plotted), "
+        "e.g. --tag _shared_only",
+    )
     parser.add_argument("--no-bfgs", action="store_true", help="FIRE finish only")
     parser.add_argument("--oracle-scale", type=float, default=1.0, help="multiply every oracle subset size")
     args = parser.parse_args()
@@ -387,19 +393,20 @@ def main() -> None:
     given = dict(m.split("=", 1) for m in args.model)
     for name in names:
         spec = specs[name]
-        best = WORK / name / "best.pt"
+        run = name + args.tag  # work folder and results key
+        best = WORK / run / "best.pt"
         if name in given:
             print(f"== {name}: evaluating the given model {given[name]}")
             model, _ = load_deeprelax(given[name])
             info = {**trained_elsewhere(Path(given[name])), "model": model.cfg.__dict__}
-        elif args.reuse and best.is_file() and "training" in results.get(name, {}):
-            print(f"== {name}: re-evaluating the trained model {best}")
+        elif args.reuse and best.is_file() and "training" in results.get(run, {}):
+            print(f"== {run}: re-evaluating the trained model {best}")
             model, _ = load_deeprelax(best)
-            info = results[name]["training"]
+            info = results[run]["training"]
         else:
-            print(f"== {name}: training (budget {spec['budget_s']} s)")
+            print(f"== {run}: training (budget {spec['budget_s']} s)")
             model, info = train_one(
-                name, spec, args.quick, args.clock, args.position_weight, args.lr_schedule
+                run, spec, args.quick, args.clock, args.position_weight, args.lr_schedule
             )
         test = load_dataset(spec["data"], "test", model.cfg)
         steps, sweep = pick_solve_steps(model, load_dataset(spec["data"], "val", model.cfg), args.solve_steps)
@@ -456,14 +463,14 @@ def main() -> None:
                 "uncertainty_spearman>=0.3": summary["uncertainty_spearman"] >= 0.3,
             },
         }
-        results[name] = res
-        full[name] = {**res, "_rows": rows, "_oracle": orc}
-        atomic_save_json(WORK / f"full_{name}{'_quick' if args.quick else ''}.json", full[name])
+        results[run] = res
+        full[run] = {**res, "_rows": rows, "_oracle": orc}
+        atomic_save_json(WORK / f"full_{run}{'_quick' if args.quick else ''}.json", full[run])
         atomic_save_json(
             out_json,
             {**results, "_meta": {"torch_threads": 1, "cpu": "shared 2-core CPU", "quick": args.quick}},
         )
-        print(f"== {name}: {json.dumps({k: v for k, v in res.items() if k != 'training'}, default=str)}")
+        print(f"== {run}: {json.dumps({k: v for k, v in res.items() if k != 'training'}, default=str)}")
     for name in specs:  # plots cover every dataset measured so far (earlier --only runs included)
         f = WORK / f"full_{name}{'_quick' if args.quick else ''}.json"
         if name not in full and name in results and f.is_file():
