@@ -230,25 +230,30 @@ def test_extra_train_folders_join_the_training_split_without_eval_compositions(t
         progress=False,
     )
     extra = make_relax_pairs(
-        RelaxPairsConfig(out=tmp_path / "extra", n=3, sublattices=["Cu:Ag,Pt/2"], seed=6, **common),
+        RelaxPairsConfig(out=tmp_path / "extra", n=4, sublattices=["Cu:Ag,Pt/2"], seed=6, **common),
         progress=False,
     )
     # a copy of a test pair under another id: same composition, so it must stay out of training
     test_id = RelaxPairDataset(main_dir, split="test", fractions=(0.6, 0.2, 0.2)).ids[0]
     for kind in ("unrelaxed", "relaxed"):
         shutil.copy(main_dir / "CIF" / f"{test_id}_{kind}.cif", extra / "CIF" / f"dup_{kind}.cif")
-    meta = (extra / "meta.csv").read_text().splitlines()
-    (extra / "meta.csv").write_text("\n".join([*meta, "dup"]) + "\n")  # no formula: read from the CIF
+    rows = _rows(extra / "meta.csv")
+    rows[3]["converged"] = "0"  # the oracle hit its step limit: not a training target
+    rows.append({"atoms_id": "dup"})  # no formula: read from the CIF
+    with open(extra / "meta.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
 
     cfg = ModelConfig(hidden=16, num_layers=1, num_rbf=8)
     data = DataConfig(root=str(main_dir), fractions=(0.6, 0.2, 0.2), extra_train=[str(extra)])
     base = load_dataset(DataConfig(root=str(main_dir), fractions=(0.6, 0.2, 0.2)), "train", cfg)
     tr = load_dataset(data, "train", cfg)
-    assert len(tr) == len(base) + 3  # the three Ag/Pt pairs, not the duplicate
+    assert len(tr) == len(base) + 3  # three Ag/Pt pairs: not the unconverged one, not the duplicate
     assert tr.datasets[1].ids == ["emt_s6_00000", "emt_s6_00001", "emt_s6_00002"]
     assert np.allclose(tr[len(base)][K.POSITIONS], tr.datasets[1][0][K.POSITIONS])
     assert load_dataset(data, "test", cfg).ids == RelaxPairDataset(main_dir, split="test", fractions=(0.6, 0.2, 0.2)).ids
     keep_all = DataConfig(**{**data.__dict__, "exclude_eval_formulas": False})
-    assert len(load_dataset(keep_all, "train", cfg)) == len(base) + 4
+    assert len(load_dataset(keep_all, "train", cfg)) == len(base) + 4  # the duplicate is back
     with pytest.raises(ValueError, match="extra_train needs the custom or 2dmd layout"):
         load_dataset(DataConfig(root=str(main_dir), layout="db", extra_train=[str(extra)]), "train", cfg)

@@ -67,7 +67,8 @@ class DataConfig:
         cache_dir: keep parsed pairs here between runs (optional).
         extra_train: more folders of pairs (same layout as ``root``; for instance made with
             ``quintet data relax-pairs``) whose pairs are all added to the training split; validation
-            and test stay those of ``root``.
+            and test stay those of ``root``. Pairs whose ``meta.csv`` says ``converged=0`` (the oracle
+            stopped at its step limit) are left out.
         exclude_eval_formulas: leave out extra pairs whose composition equals that of a validation or
             test pair of ``root`` (the same composition in the same prototype is a near-duplicate;
             custom layout only).
@@ -244,10 +245,14 @@ def load_dataset(data: DataConfig, split: str, model_cfg: ModelConfig) -> torch.
         parts: list[torch.utils.data.Dataset] = [main]
         for root in data.extra_train:
             extra = pairs(root, None)
-            keep = [i for i in extra.ids if _composition(extra, i) not in held]
+            done = [i for i in extra.ids if extra.meta.get(i, {}).get("converged", "1") != "0"]
+            keep = [i for i in done if _composition(extra, i) not in held]
             if len(keep) < len(extra.ids):
-                print(f"{root}: {len(extra.ids) - len(keep)} of {len(extra.ids)} pairs left out "
-                      "(composition of a validation/test pair)")
+                print(
+                    f"{root}: {len(extra.ids) - len(keep)} of {len(extra.ids)} pairs left out "
+                    f"({len(extra.ids) - len(done)} not converged by the oracle, {len(done) - len(keep)} "
+                    "with the composition of a validation/test pair)"
+                )
             if keep:
                 parts.append(pairs(root, None, keep))
         return torch.utils.data.ConcatDataset(parts)
