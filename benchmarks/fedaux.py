@@ -116,6 +116,11 @@ APV_VARIANTS = {f"fedaux_apv{n}": {"apv_norm": n} for n in APV_NORMS}
 WIDTHS = (64, 128, 256)
 
 
+#: FedAux similarity temperatures run by ``--alphas`` beside the paper's α = 10 (App. D.2); App. E.2 says α = 1
+#: is "consistently satisfactory". The temperature is then chosen per cell on validation accuracy.
+ALPHAS = (1.0,)
+
+
 def default_fedaux_width(dataset: str, k: int) -> int:
     """Paper Fig. 7 (Cora: 64 / 256 / 256); CiteSeer's widths are not published: 128 (FED-PUB's)."""
     return {5: 64, 10: 256, 20: 256}[k] if dataset == "cora" else 128
@@ -127,6 +132,8 @@ def algo_for(method: str, dataset: str, k: int) -> AlgoConfig:
         return AlgoConfig(
             **{**algo_for("fedaux", dataset, k).__dict__, "hidden": int(method[len("fedaux_h") :])}
         )
+    if method.startswith("fedaux_a") and method[len("fedaux_a") :].replace(".", "", 1).isdigit():
+        return AlgoConfig(**{**algo_for("fedaux", dataset, k).__dict__, "alpha": float(method[len("fedaux_a") :])})
     if method in ABLATIONS or method in APV_VARIANTS:
         base = algo_for("fedaux", dataset, k)
         return AlgoConfig(**{**base.__dict__, **ABLATIONS.get(method, APV_VARIANTS.get(method, {}))})
@@ -315,6 +322,9 @@ def report() -> dict:
     main_widths = _width_selection(default_norm, MAIN_METIS)
     if main_widths:  # the same selection on the main grid's partition
         out[f"fedaux_width_selected_on_val_m{MAIN_METIS}"] = {default_norm: main_widths}
+    alphas = _alpha_selection(default_norm)
+    if alphas:
+        out[f"fedaux_alpha_selected_on_val_m{MAIN_METIS}"] = {default_norm: alphas}
     if ablation:
         out["ablation_cora10"] = ablation  # {apv_norm: {variant: ...}}
     apv = apv_norm_comparison()
@@ -360,6 +370,34 @@ def _width_selection(norm: str, metis: str = "pymetis") -> dict:
                     },
                 }
     return widths
+
+
+def _alpha_selection(norm: str, metis: str = MAIN_METIS) -> dict:
+    """FedAux α chosen on mean validation accuracy among the paper's 10 and :data:`ALPHAS`, per cell."""
+    out: dict = {}
+    for ds in DATASETS:
+        for k in CLIENTS:
+            runs = {}
+            for a in (10.0, *ALPHAS):
+                m = "fedaux" if a == 10.0 else f"fedaux_a{a:g}"
+                paths = [cell_path(ds, k, m, s, norm, metis) for s in SEEDS]
+                if all(p.is_file() for p in paths):
+                    runs[f"{a:g}"] = [load_json(p) for p in paths]
+            if len(runs) == 1 + len(ALPHAS):
+                best = max(runs, key=lambda a: np.mean([c["val_at_best"] for c in runs[a]]))
+                tests = [c["test_at_best_val"] for c in runs[best]]
+                out.setdefault(ds, {})[str(k)] = {
+                    "alpha_by_val": float(best),
+                    "mean": round(float(np.mean(tests)), 2),
+                    "std": round(float(np.std(tests)), 2),
+                    "paper": PAPER[ds][k]["fedaux"],
+                    "val_by_alpha": {a: round(float(np.mean([c["val_at_best"] for c in r])), 2) for a, r in runs.items()},
+                    "test_by_alpha": {
+                        a: round(float(np.mean([c["test_at_best_val"] for c in r])), 2) for a, r in runs.items()
+                    },
+                    "max_weight_by_alpha": {a: round(max(_max_weight(c) for c in r), 4) for a, r in runs.items()},
+                }
+    return out
 
 
 def _max_weight(cell: dict) -> float:
@@ -540,6 +578,11 @@ def main() -> int:
         help="FedAux widths 64/128/256 on the main partition, chosen on validation",
     )
     parser.add_argument(
+        "--alphas",
+        action="store_true",
+        help="FedAux with alpha = 1 (paper App. E.2) beside the paper's 10 on the main partition, chosen on validation",
+    )
+    parser.add_argument(
         "--apv-norm",
         action="store_true",
         help="FedAux with the APV free (none) and on the unit sphere (unit) on --datasets x --clients",
@@ -569,6 +612,13 @@ def main() -> int:
                         cell = run_cell(ds, k, f"fedaux_h{h}", seed, metis=MAIN_METIS)
                         print(f"{ds}-{k} fedaux_h{h} s{seed}: {cell['test_at_best_val']:.2f}", flush=True)
                     report()
+    if args.alphas:
+        for seed in SEEDS:
+            for ds in args.datasets.split(","):
+                for k in map(int, args.clients.split(",")):
+                    for a in ALPHAS:
+                        cell = run_cell(ds, k, f"fedaux_a{a:g}", seed, metis=MAIN_METIS)
+                        print(f"{ds}-{k} fedaux_a{a:g} s{seed}: {cell['test_at_best_val']:.2f}", flush=True)
     if args.apv_norm:
         for seed in SEEDS:
             for ds in args.datasets.split(","):
@@ -582,7 +632,7 @@ def main() -> int:
                             flush=True,
                         )
                     report()
-    modes = (args.report_only, args.flower_check, args.ablation, args.widths, args.apv_norm)
+    modes = (args.report_only, args.flower_check, args.ablation, args.widths, args.alphas, args.apv_norm)
     if not any(modes):
         # seed-major order: after the first third every cell has one seed, so a cut-short run is still useful.
         # FedProx goes last: with one full-batch local step its proximal gradient is 0, so it reproduces
