@@ -342,62 +342,50 @@ def report() -> dict:
     return out
 
 
-def _width_selection(norm: str, metis: str = "pymetis") -> dict:
-    """FedAux width chosen in WIDTHS on mean validation accuracy, per cell, for runs under ``norm`` on the
-    ``metis`` partition."""
-    widths: dict = {}
-    for ds in DATASETS:
-        for k in CLIENTS:
-            runs = {}
-            for h in WIDTHS:
-                paths = [cell_path(ds, k, f"fedaux_h{h}", s, norm, metis) for s in SEEDS]
-                if all(p.is_file() for p in paths):
-                    runs[h] = [load_json(p) for p in paths]
-            if len(runs) == len(WIDTHS):
-                best = max(runs, key=lambda h: np.mean([c["val_at_best"] for c in runs[h]]))
-                tests = [c["test_at_best_val"] for c in runs[best]]
-                widths.setdefault(ds, {})[str(k)] = {
-                    "width_by_val": best,
-                    "mean": round(float(np.mean(tests)), 2),
-                    "std": round(float(np.std(tests)), 2),
-                    "paper": PAPER[ds][k]["fedaux"],
-                    "val_by_width": {
-                        h: round(float(np.mean([c["val_at_best"] for c in r])), 2) for h, r in runs.items()
-                    },
-                    "test_by_width": {
-                        h: round(float(np.mean([c["test_at_best_val"] for c in r])), 2)
-                        for h, r in runs.items()
-                    },
-                }
-    return widths
-
-
-def _alpha_selection(norm: str, metis: str = MAIN_METIS) -> dict:
-    """FedAux α chosen on mean validation accuracy among the paper's 10 and :data:`ALPHAS`, per cell."""
+def _select_on_val(
+    name: str, options: dict, norm: str, metis: str, cast: type = int, weights: bool = False
+) -> dict:
+    """Per cell, the option (``{value: method}``) with the best mean validation accuracy over the seeds, for
+    runs under ``norm`` on the ``metis`` partition; cells missing any run are skipped. Keys are named after
+    ``name`` (``<name>_by_val``, ``val_by_<name>``, ``test_by_<name>``; ``max_weight_by_<name>`` with
+    ``weights``)."""
     out: dict = {}
     for ds in DATASETS:
         for k in CLIENTS:
             runs = {}
-            for a in (10.0, *ALPHAS):
-                m = "fedaux" if a == 10.0 else f"fedaux_a{a:g}"
-                paths = [cell_path(ds, k, m, s, norm, metis) for s in SEEDS]
+            for value, method in options.items():
+                paths = [cell_path(ds, k, method, s, norm, metis) for s in SEEDS]
                 if all(p.is_file() for p in paths):
-                    runs[f"{a:g}"] = [load_json(p) for p in paths]
-            if len(runs) == 1 + len(ALPHAS):
-                best = max(runs, key=lambda a: np.mean([c["val_at_best"] for c in runs[a]]))
-                tests = [c["test_at_best_val"] for c in runs[best]]
-                out.setdefault(ds, {})[str(k)] = {
-                    "alpha_by_val": float(best),
-                    "mean": round(float(np.mean(tests)), 2),
-                    "std": round(float(np.std(tests)), 2),
-                    "paper": PAPER[ds][k]["fedaux"],
-                    "val_by_alpha": {a: round(float(np.mean([c["val_at_best"] for c in r])), 2) for a, r in runs.items()},
-                    "test_by_alpha": {
-                        a: round(float(np.mean([c["test_at_best_val"] for c in r])), 2) for a, r in runs.items()
-                    },
-                    "max_weight_by_alpha": {a: round(max(_max_weight(c) for c in r), 4) for a, r in runs.items()},
-                }
+                    runs[value] = [load_json(p) for p in paths]
+            if len(runs) < len(options):
+                continue
+            best = max(runs, key=lambda v: np.mean([c["val_at_best"] for c in runs[v]]))
+            tests = [c["test_at_best_val"] for c in runs[best]]
+            row = {
+                f"{name}_by_val": cast(best),
+                "mean": round(float(np.mean(tests)), 2),
+                "std": round(float(np.std(tests)), 2),
+                "paper": PAPER[ds][k]["fedaux"],
+                f"val_by_{name}": {v: round(float(np.mean([c["val_at_best"] for c in r])), 2) for v, r in runs.items()},
+                f"test_by_{name}": {
+                    v: round(float(np.mean([c["test_at_best_val"] for c in r])), 2) for v, r in runs.items()
+                },
+            }
+            if weights:
+                row[f"max_weight_by_{name}"] = {v: round(max(_max_weight(c) for c in r), 4) for v, r in runs.items()}
+            out.setdefault(ds, {})[str(k)] = row
     return out
+
+
+def _width_selection(norm: str, metis: str = "pymetis") -> dict:
+    """FedAux width chosen in WIDTHS on mean validation accuracy, per cell."""
+    return _select_on_val("width", {h: f"fedaux_h{h}" for h in WIDTHS}, norm, metis)
+
+
+def _alpha_selection(norm: str, metis: str = MAIN_METIS) -> dict:
+    """FedAux α chosen on mean validation accuracy among the paper's 10 and :data:`ALPHAS`, per cell."""
+    options = {"10": "fedaux", **{f"{a:g}": f"fedaux_a{a:g}" for a in ALPHAS}}
+    return _select_on_val("alpha", options, norm, metis, cast=float, weights=True)
 
 
 def _max_weight(cell: dict) -> float:
@@ -604,21 +592,16 @@ def main() -> int:
                     f"cora-10 {m} s{seed}: {cell['test_at_best_val']:.2f} ({cell['seconds']:.0f} s)",
                     flush=True,
                 )
-    if args.widths:
+    sweeps = [[f"fedaux_h{h}" for h in WIDTHS]] if args.widths else []
+    sweeps += [[f"fedaux_a{a:g}" for a in ALPHAS]] if args.alphas else []
+    for variants in sweeps:  # on the main partition, seed-major
         for seed in SEEDS:
             for ds in args.datasets.split(","):
                 for k in map(int, args.clients.split(",")):
-                    for h in WIDTHS:
-                        cell = run_cell(ds, k, f"fedaux_h{h}", seed, metis=MAIN_METIS)
-                        print(f"{ds}-{k} fedaux_h{h} s{seed}: {cell['test_at_best_val']:.2f}", flush=True)
+                    for m in variants:
+                        cell = run_cell(ds, k, m, seed, metis=MAIN_METIS)
+                        print(f"{ds}-{k} {m} s{seed}: {cell['test_at_best_val']:.2f}", flush=True)
                     report()
-    if args.alphas:
-        for seed in SEEDS:
-            for ds in args.datasets.split(","):
-                for k in map(int, args.clients.split(",")):
-                    for a in ALPHAS:
-                        cell = run_cell(ds, k, f"fedaux_a{a:g}", seed, metis=MAIN_METIS)
-                        print(f"{ds}-{k} fedaux_a{a:g} s{seed}: {cell['test_at_best_val']:.2f}", flush=True)
     if args.apv_norm:
         for seed in SEEDS:
             for ds in args.datasets.split(","):
