@@ -466,6 +466,9 @@ def main() -> None:
         results[run] = res
         full[run] = {**res, "_rows": rows, "_oracle": orc}
         atomic_save_json(WORK / f"full_{run}{'_quick' if args.quick else ''}.json", full[run])
+        if out_json.is_file() and args.only:  # re-read: rows that a concurrent --only run wrote meanwhile stay
+            on_disk = {k: v for k, v in json.loads(out_json.read_text()).items() if not k.startswith("_")}
+            results = {**on_disk, **{k: results[k] for k in full}}
         atomic_save_json(
             out_json,
             {**results, "_meta": {"torch_threads": 1, "cpu": "shared 2-core CPU", "quick": args.quick}},
