@@ -666,27 +666,19 @@ class Sublattice:
 
 def _parse_sublattices(entries: Sequence[str]) -> list[Sublattice]:
     """Parse ``"Site:El1,El2[/k]"`` entries (see :class:`RelaxPairsConfig`)."""
-    from ase.data import atomic_numbers
-
     out: list[Sublattice] = []
     for e in entries:
-        site, _, rest = e.partition(":")
-        pool_text, _, k_text = rest.partition("/")
-        pool = tuple(x.strip() for x in pool_text.split(",") if x.strip())
+        rule, _, k_text = e.partition("/")
         try:
             k = int(k_text) if k_text.strip() else 1
         except ValueError:
             raise ValueError(f"sublattices entry {e!r}: '/k' must be an integer") from None
-        if not site.strip() or not pool:
-            raise ValueError(f"sublattices entry {e!r} must look like 'Ti:Ti,Zr,Nb/2'")
-        for el in (site.strip(), *pool):
-            if el not in atomic_numbers:
-                raise ValueError(f"sublattices entry {e!r}: unknown element {el!r}")
+        ((site, pool),) = _parse_substitutions([rule], "sublattices", "Ti:Ti,Zr,Nb/2").items()
         if not 1 <= k <= len(set(pool)):
             raise ValueError(f"sublattices entry {e!r}: k={k} needs 1 <= k <= {len(set(pool))} distinct elements")
-        if any(s.site == site.strip() for s in out):
-            raise ValueError(f"sublattices: site {site.strip()!r} given twice")
-        out.append(Sublattice(site.strip(), pool, k))
+        if any(s.site == site for s in out):
+            raise ValueError(f"sublattices: site {site!r} given twice")
+        out.append(Sublattice(site, tuple(pool), k))
     return out
 
 
@@ -866,7 +858,11 @@ class DefectPairsConfig:
             raise ValueError("vacancy_prob must be in [0, 1]")
 
 
-def _parse_substitutions(entries: Sequence[str]) -> dict[str, list[str]]:
+def _parse_substitutions(
+    entries: Sequence[str], key: str = "substitutions", example: str = "Mo:W,Nb"
+) -> dict[str, list[str]]:
+    """Parse ``"Host:El1,El2"`` entries into ``{host: [elements]}``; every name must be an element.
+    ``key`` and ``example`` name the config key in the error messages."""
     from ase.data import atomic_numbers
 
     out: dict[str, list[str]] = {}
@@ -875,9 +871,9 @@ def _parse_substitutions(entries: Sequence[str]) -> dict[str, list[str]]:
         els = [s.strip() for s in subs.split(",") if s.strip()]
         for el in [host.strip(), *els]:
             if el not in atomic_numbers:
-                raise ValueError(f"substitutions entry {e!r}: unknown element {el!r}")
+                raise ValueError(f"{key} entry {e!r}: unknown element {el!r}")
         if not els:
-            raise ValueError(f"substitutions entry {e!r} must look like 'Mo:W,Nb'")
+            raise ValueError(f"{key} entry {e!r} must look like {example!r}")
         out[host.strip()] = els
     return out
 
