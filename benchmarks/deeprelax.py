@@ -37,7 +37,7 @@ from quintet.deeprelax.jobs import (
     load_deeprelax,
 )
 from quintet.deeprelax.model import DeepRelax, ModelConfig
-from quintet.deeprelax.relax import SolveConfig, relax_batch
+from quintet.deeprelax.relax import SolveConfig, relax_ensemble
 from quintet.deeprelax.task import DeepRelaxTask, LossConfig
 from quintet.io import atomic_save_json
 from quintet.train import TrainConfig, fit
@@ -91,11 +91,15 @@ def train_one(
     clock: str = "cpu",
     position_weight: float = 1.0,
     lr_schedule: str = "plateau",
+    seed: int = 0,
+    workdir: Path | None = None,
 ) -> tuple[DeepRelax, dict]:
+    """Train one DeepRelax on ``spec``'s data; ``seed`` sets its initial weights and data order
+    (ensemble members differ only in it)."""
     mcfg = ModelConfig(hidden=64, num_layers=3, num_rbf=32, relax_cell=spec["relax_cell"])
     tr = load_dataset(spec["data"], "train", mcfg)
     va = load_dataset(spec["data"], "val", mcfg)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = DeepRelax(mcfg)
     cfg = TrainConfig(
         max_epochs=10_000,
@@ -112,6 +116,7 @@ def train_one(
         monitor="val/coord_mae",
         accelerator="cpu",
         progress=False,
+        seed=seed,
     )
     t0 = time.perf_counter()
     res = fit(
@@ -119,7 +124,7 @@ def train_one(
         tr,
         va,
         cfg,
-        WORK / name,
+        workdir or WORK / name,
         collate_fn=collate,
         resume=False,
         extra={MODEL_KEY: model.config_dict()},
@@ -138,6 +143,7 @@ def train_one(
         "steps": res.history[-1]["step"],
         "position_weight": position_weight,
         "lr_schedule": lr_schedule,
+        "seed": seed,
         "best_val_coord_mae_A": res.best_metric,
         "model": mcfg.__dict__,
     }
@@ -147,7 +153,7 @@ def train_one(
 SOLVE_STEPS = (20, 30, 40, 60, 100)
 
 
-def pick_solve_steps(model: DeepRelax, val, choice: str, tol: float = 0.005) -> tuple[int, dict]:
+def pick_solve_steps(model: DeepRelax | list[DeepRelax], val, choice: str, tol: float = 0.005) -> tuple[int, dict]:
     """Adam steps of the coordinate solve: ``choice`` as a number, or with ``"auto"`` the fewest of
     :data:`SOLVE_STEPS` whose validation coordinate MAE is within ``tol`` (relative) of the best one.
 
@@ -199,7 +205,7 @@ def from_unrelaxed(
 
 
 def oracle_compare(
-    model: DeepRelax,
+    models: list[DeepRelax],
     ds,
     spec: dict,
     k: int,
@@ -223,7 +229,7 @@ def oracle_compare(
         unrel = to_ase({kk: rec[kk] for kk in (K.POSITIONS, K.ATOMIC_NUMBERS, K.CELL, K.PBC)})
         got = from_unrelaxed(unrel, ids[idx] if ids else None, spec, calc, bfgs, stored, cache)
         su, tu = got["fire_steps"], got["fire_s"]
-        res = relax_batch(model, collate([rec]), solve or SolveConfig())
+        res = relax_ensemble(models, collate([rec]), solve or SolveConfig())
         pred = to_ase(
             {
                 K.POSITIONS: res["positions"],
@@ -264,7 +270,8 @@ def _finish_summary(orc: dict, optimizer: str = "fire") -> dict:
     }
 
 
-def plots(results: dict, out: Path) -> None:
+def plots(results: dict, out: Path, suffix: str = "") -> None:
+    """Error vs dummy, σ vs error and finish-step histograms, one panel per dataset."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -280,7 +287,7 @@ def plots(results: dict, out: Path) -> None:
     ax.set_ylabel("coordinate MAE (Å)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "deeprelax_error_vs_dummy.png", dpi=120)
+    fig.savefig(out / f"deeprelax_error_vs_dummy{suffix}.png", dpi=120)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
@@ -291,7 +298,7 @@ def plots(results: dict, out: Path) -> None:
         ax.set_ylabel("coordinate MAE (Å)")
         ax.set_title(f"{n}: Spearman {results[n]['uncertainty_spearman']:.2f}")
     fig.tight_layout()
-    fig.savefig(out / "deeprelax_sigma_vs_error.png", dpi=120)
+    fig.savefig(out / f"deeprelax_sigma_vs_error{suffix}.png", dpi=120)
     plt.close(fig)
 
     fig, axes = plt.subplots(2, len(names), figsize=(4 * len(names), 6.5), squeeze=False)
@@ -310,7 +317,133 @@ def plots(results: dict, out: Path) -> None:
             ax.set_title(n)
             ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "deeprelax_finish_steps.png", dpi=120)
+    fig.savefig(out / f"deeprelax_finish_steps{suffix}.png", dpi=120)
+    plt.close(fig)
+
+
+def evaluate_run(
+    models: list[DeepRelax], name: str, spec: dict, args: argparse.Namespace, calcs: dict
+) -> tuple[dict, list, dict]:
+    """Test-split errors, timings and the oracle comparison of one model or an ensemble of them.
+
+    For an ensemble, the structure-level uncertainty compared with the errors is chosen on the
+    validation split: the distances' σ (members' Laplace scales with their disagreement) or the
+    members' spread. Returns ``(results row, per-structure rows, oracle runs)``."""
+    test = load_dataset(spec["data"], "test", models[0].cfg)
+    val = load_dataset(spec["data"], "val", models[0].cfg)
+    steps, sweep = pick_solve_steps(models, val, args.solve_steps)
+    solve = SolveConfig(steps=steps)
+    # batches of at most 64 structures / 2,048 atoms (the predict defaults); batch 16 and the
+    # published 100-step solve timed for comparison
+    summary, rows = evaluate_model(models, test, solve=solve, progress=False)
+    summary["solve_steps"] = steps
+    summary["solve_steps_val_sweep"] = sweep
+    summary["time_per_structure_s_batch16"] = evaluate_model(
+        models, test, batch_size=16, solve=solve, progress=False
+    )[0]["time_per_structure_s"]
+    # the published solve: the main evaluation itself when the sweep picked 100 steps
+    s100 = (
+        summary
+        if steps == 100
+        else evaluate_model(models, test, solve=SolveConfig(steps=100), progress=False)[0]
+    )
+    summary["time_per_structure_s_solve100"] = s100["time_per_structure_s"]
+    summary["coord_mae_ratio_vs_dummy_solve100"] = s100["coord_mae_ratio_vs_dummy"]
+    measure = "uncertainty"
+    if len(models) > 1:
+        on_val = evaluate_model(models, val, solve=solve, progress=False)[0]
+        summary["val_uncertainty_spearman"] = on_val["uncertainty_spearman"]
+        summary["val_spread_spearman"] = on_val["spread_spearman"]
+        measure = "spread" if on_val["spread_spearman"] > on_val["uncertainty_spearman"] else "uncertainty"
+        summary["uncertainty_measure_selected_on_val"] = measure
+    print(f"  test: {summary}")
+    if spec["oracle"] not in calcs:
+        calcs[spec["oracle"]] = get_calculator(spec["oracle"])
+        # warm-up call so the first timed relaxation does not pay the model load
+        rec = test[0]
+        warm = to_ase({kk: rec[kk] for kk in (K.POSITIONS, K.ATOMIC_NUMBERS, K.CELL, K.PBC)})
+        warm.calc = calcs[spec["oracle"]]
+        warm.get_forces()
+    orc = oracle_compare(
+        models,
+        test,
+        spec,
+        spec["oracle_subset"],
+        calcs[spec["oracle"]],
+        bfgs=not args.no_bfgs,
+        solve=solve,
+        cache=WORK / f"oracle_unrelaxed_{name}{'_quick' if args.quick else ''}.json",
+    )
+    oracle_t = float(np.mean(orc["oracle_time_s"]))
+    fire = _finish_summary(orc)
+    res = {
+        **summary,
+        "oracle": spec["oracle"],
+        "oracle_time_per_structure_s": oracle_t,
+        "speedup_vs_oracle": oracle_t / summary["time_per_structure_s"],
+        **fire,
+        "oracle_subset_size": len(orc["steps_unrelaxed"]),
+        **_finish_summary(orc, "bfgs"),
+        "targets": {
+            "coord_mae_ratio_vs_dummy<=0.35": summary["coord_mae_ratio_vs_dummy"] <= 0.35,
+            "speedup_vs_oracle>=50": oracle_t / summary["time_per_structure_s"] >= 50,
+            "finish_steps_ratio<=0.3": fire["finish_steps_ratio"] <= 0.3,
+            "uncertainty_spearman>=0.3": summary[f"{measure}_spearman"] >= 0.3,
+        },
+    }
+    return res, rows, orc
+
+
+def member_dir(run: str, m: int, quick: bool = False) -> Path:
+    """Work folder of ensemble member ``m`` (member 0 is the single model of earlier runs); ``--quick``
+    runs keep theirs apart."""
+    top = WORK / (run + ("_quick" if quick else ""))
+    return top if m == 0 else top / f"member{m}"
+
+
+def member(run: str, m: int, spec: dict, args: argparse.Namespace, info: dict | None = None) -> tuple[DeepRelax, dict]:
+    """Ensemble member ``m`` of ``run`` (seed ``m``): its trained model when ``--reuse`` finds one, else
+    trained now. Training facts come from ``train_info.json`` beside the model (or ``info``)."""
+    d = member_dir(run, m, args.quick)
+    facts = d / "train_info.json"
+    if args.reuse and (d / "best.pt").is_file() and (facts.is_file() or info):
+        print(f"== {run} member {m}: re-evaluating the trained model {d / 'best.pt'}")
+        model, _ = load_deeprelax(d / "best.pt")
+        return model, json.loads(facts.read_text()) if facts.is_file() else dict(info or {})
+    print(f"== {run} member {m}: training (budget {spec['budget_s']} s, seed {m})")
+    model, info = train_one(
+        run, spec, args.quick, args.clock, args.position_weight, args.lr_schedule, seed=m, workdir=d
+    )
+    atomic_save_json(facts, info)
+    return model, info
+
+
+def plot_ensembles(ensembles: dict, full: dict, out: Path, suffix: str = "") -> None:
+    """Per structure: coordinate error vs the single model's σ, the ensemble's σ and its spread."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(ensembles), 3, figsize=(12, 3.5 * len(ensembles)), squeeze=False)
+    for row, (key, ens) in enumerate(ensembles.items()):
+        single = full.get(key.split("_ensemble")[0])
+        panels = [
+            ("single model: mean σ (Å)", single, "uncertainty_A", "uncertainty_spearman"),
+            ("ensemble: mean σ (Å)", ens, "uncertainty_A", "uncertainty_spearman"),
+            ("ensemble: spread of members (Å)", ens, "spread_A", "spread_spearman"),
+        ]
+        for ax, (label, res, col, rho) in zip(axes[row], panels, strict=True):
+            if res is None:
+                ax.set_axis_off()
+                continue
+            rows = res["_rows"]
+            ax.scatter([r[col] for r in rows], [r["coord_mae_A"] for r in rows], s=8)
+            ax.set_xlabel(label)
+            ax.set_ylabel("coordinate MAE (Å)")
+            ax.set_title(f"{key}: Spearman {res[rho]:.2f}")
+    fig.tight_layout()
+    fig.savefig(out / f"deeprelax_ensemble{suffix}.png", dpi=120)
     plt.close(fig)
 
 
@@ -363,6 +496,19 @@ def main() -> None:
         help="suffix of the work folder and results key (a variant kept beside the main row, not plotted), "
         "e.g. --tag _shared_only",
     )
+    parser.add_argument(
+        "--members",
+        type=int,
+        default=1,
+        help="ensemble size: members differ in their seed (initial weights, data order); the ensemble "
+        "is evaluated beside member 0",
+    )
+    parser.add_argument(
+        "--train-only", action="store_true", help="train the members (see --member) of --only, evaluate nothing"
+    )
+    parser.add_argument(
+        "--member", type=int, action="append", default=[], help="with --train-only: this member only (repeatable)"
+    )
     parser.add_argument("--no-bfgs", action="store_true", help="FIRE finish only")
     parser.add_argument("--oracle-scale", type=float, default=1.0, help="multiply every oracle subset size")
     args = parser.parse_args()
@@ -391,95 +537,54 @@ def main() -> None:
         )  # fmt: skip
         print(f"EMT pairs ready ({time.perf_counter() - t0:.0f} s)")
     given = dict(m.split("=", 1) for m in args.model)
+    if args.train_only:  # train (or find) the chosen members, no evaluation: one process per core
+        for name in names:
+            for m in args.member or range(args.members):
+                member(name + args.tag, m, specs[name], args)
+        return
     for name in names:
         spec = specs[name]
         run = name + args.tag  # work folder and results key
-        best = WORK / run / "best.pt"
         if name in given:
             print(f"== {name}: evaluating the given model {given[name]}")
             model, _ = load_deeprelax(given[name])
             info = {**trained_elsewhere(Path(given[name])), "model": model.cfg.__dict__}
-        elif args.reuse and best.is_file() and "training" in results.get(run, {}):
-            print(f"== {run}: re-evaluating the trained model {best}")
-            model, _ = load_deeprelax(best)
-            info = results[run]["training"]
         else:
-            print(f"== {run}: training (budget {spec['budget_s']} s)")
-            model, info = train_one(
-                run, spec, args.quick, args.clock, args.position_weight, args.lr_schedule
+            model, info = member(run, 0, spec, args, results.get(run, {}).get("training"))
+        if args.train_only:
+            continue
+        runs = {run: [model]}
+        if args.members > 1:
+            runs[f"{run}_ensemble{args.members}"] = [model] + [
+                member(run, m, spec, args)[0] for m in range(1, args.members)
+            ]
+        for key, models in runs.items():
+            res, rows, orc = evaluate_run(models, name, spec, args, calcs)
+            res["training"] = info if len(models) == 1 else {"members": len(models), "member0": info}
+            results[key] = res
+            full[key] = {**res, "_rows": rows, "_oracle": orc}
+            atomic_save_json(WORK / f"full_{key}{'_quick' if args.quick else ''}.json", full[key])
+            if out_json.is_file() and args.only:  # re-read: rows a concurrent --only run wrote meanwhile stay
+                on_disk = {k: v for k, v in json.loads(out_json.read_text()).items() if not k.startswith("_")}
+                results = {**on_disk, **{k: results[k] for k in full}}
+            atomic_save_json(
+                out_json,
+                {**results, "_meta": {"torch_threads": 1, "cpu": "shared 2-core CPU", "quick": args.quick}},
             )
-        test = load_dataset(spec["data"], "test", model.cfg)
-        steps, sweep = pick_solve_steps(model, load_dataset(spec["data"], "val", model.cfg), args.solve_steps)
-        solve = SolveConfig(steps=steps)
-        # batches of at most 64 structures / 2,048 atoms (the predict defaults); batch 16 and the
-        # published 100-step solve timed for comparison
-        summary, rows = evaluate_model(model, test, solve=solve, progress=False)
-        summary["solve_steps"] = steps
-        summary["solve_steps_val_sweep"] = sweep
-        summary["time_per_structure_s_batch16"] = evaluate_model(
-            model, test, batch_size=16, solve=solve, progress=False
-        )[0]["time_per_structure_s"]
-        # the published solve: the main evaluation itself when the sweep picked 100 steps
-        s100 = (
-            summary
-            if steps == 100
-            else evaluate_model(model, test, solve=SolveConfig(steps=100), progress=False)[0]
-        )
-        summary["time_per_structure_s_solve100"] = s100["time_per_structure_s"]
-        summary["coord_mae_ratio_vs_dummy_solve100"] = s100["coord_mae_ratio_vs_dummy"]
-        print(f"  test: {summary}")
-        if spec["oracle"] not in calcs:
-            calcs[spec["oracle"]] = get_calculator(spec["oracle"])
-            # warm-up call so the first timed relaxation does not pay the model load
-            rec = test[0]
-            warm = to_ase({kk: rec[kk] for kk in (K.POSITIONS, K.ATOMIC_NUMBERS, K.CELL, K.PBC)})
-            warm.calc = calcs[spec["oracle"]]
-            warm.get_forces()
-        orc = oracle_compare(
-            model,
-            test,
-            spec,
-            spec["oracle_subset"],
-            calcs[spec["oracle"]],
-            bfgs=not args.no_bfgs,
-            solve=solve,
-            cache=WORK / f"oracle_unrelaxed_{name}{'_quick' if args.quick else ''}.json",
-        )
-        oracle_t = float(np.mean(orc["oracle_time_s"]))
-        fire = _finish_summary(orc)
-        res = {
-            **{k: v for k, v in summary.items()},
-            "oracle": spec["oracle"],
-            "oracle_time_per_structure_s": oracle_t,
-            "speedup_vs_oracle": oracle_t / summary["time_per_structure_s"],
-            **fire,
-            "oracle_subset_size": len(orc["steps_unrelaxed"]),
-            **_finish_summary(orc, "bfgs"),
-            "training": info,
-            "targets": {
-                "coord_mae_ratio_vs_dummy<=0.35": summary["coord_mae_ratio_vs_dummy"] <= 0.35,
-                "speedup_vs_oracle>=50": oracle_t / summary["time_per_structure_s"] >= 50,
-                "finish_steps_ratio<=0.3": fire["finish_steps_ratio"] <= 0.3,
-                "uncertainty_spearman>=0.3": summary["uncertainty_spearman"] >= 0.3,
-            },
-        }
-        results[run] = res
-        full[run] = {**res, "_rows": rows, "_oracle": orc}
-        atomic_save_json(WORK / f"full_{run}{'_quick' if args.quick else ''}.json", full[run])
-        if out_json.is_file() and args.only:  # re-read: rows that a concurrent --only run wrote meanwhile stay
-            on_disk = {k: v for k, v in json.loads(out_json.read_text()).items() if not k.startswith("_")}
-            results = {**on_disk, **{k: results[k] for k in full}}
-        atomic_save_json(
-            out_json,
-            {**results, "_meta": {"torch_threads": 1, "cpu": "shared 2-core CPU", "quick": args.quick}},
-        )
-        print(f"== {run}: {json.dumps({k: v for k, v in res.items() if k != 'training'}, default=str)}")
-    for name in specs:  # plots cover every dataset measured so far (earlier --only runs included)
-        f = WORK / f"full_{name}{'_quick' if args.quick else ''}.json"
-        if name not in full and name in results and f.is_file():
-            full[name] = json.loads(f.read_text())
-    plots({k: full[k] for k in specs if k in full}, RESULTS)
-
+            print(f"== {key}: {json.dumps({k: v for k, v in res.items() if k != 'training'}, default=str)}")
+    sfx = "_quick" if args.quick else ""
+    for key in results:  # plots cover every row measured so far (earlier --only runs included)
+        f = WORK / f"full_{key}{sfx}.json"
+        if key not in full and f.is_file():
+            full[key] = json.loads(f.read_text())
+    missing = [k for k in specs if k in results and k not in full]
+    if missing:  # rows of earlier runs are gone (a fresh checkout): keep the committed plots whole
+        print(f"plots kept: no per-structure rows for {missing} in {WORK} (a run over all datasets redraws them)")
+    else:
+        plots({k: full[k] for k in specs if k in full}, RESULTS, sfx)
+    ensembles = {k: v for k, v in full.items() if "_ensemble" in k}
+    if ensembles:
+        plot_ensembles(ensembles, full, RESULTS, sfx)
 
 if __name__ == "__main__":
     main()

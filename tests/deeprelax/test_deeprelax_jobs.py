@@ -148,6 +148,14 @@ def test_predict_cli_writes_cifs_and_csv_resumes_and_never_overwrites(trained, p
     (row,) = _rows(bf / "predictions.csv")
     assert int(row["finish_steps"]) >= 0 and float(row["finish_fmax"]) <= 0.05
     assert "finish_optimizer: bfgs" in (bf / "config.yaml").read_text()
+    # -m twice: an ensemble (here of one model with itself: no spread, the same uncertainty)
+    ens = tmp_path / "ens"
+    assert main(["deeprelax", "predict", "-m", str(path), "-m", str(path), "-i", str(inp / "s0.cif"), "-o", str(ens)]) == 0
+    (row,) = _rows(ens / "predictions.csv")
+    single = next(r for r in rows if r["id"] == "s0")
+    assert float(row["spread_A"]) == 0.0
+    assert float(row["uncertainty_A"]) == pytest.approx(float(single["uncertainty_A"]), abs=2e-6)
+    assert str(path) in (ens / "config.yaml").read_text().split("ensemble:")[1]
 
 
 def test_bad_pairs_give_clear_errors(pairs, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from quintet.deeprelax import model as M
 from quintet.deeprelax.graph import DISPLACE
 from quintet.deeprelax.maths import displace_distances, edge_lengths, per_graph_mean
 from quintet.deeprelax.model import DeepRelax, ModelConfig
-from quintet.deeprelax.relax import SolveConfig, relax_batch
+from quintet.deeprelax.relax import SolveConfig, relax_batch, relax_ensemble, sigma_from_log_b
 from quintet.deeprelax.solve import band_penalty, solve_positions
 
 
@@ -28,8 +28,8 @@ def _records() -> list[dict[str, torch.Tensor]]:
     return [recs["bulk"], recs["triclinic"], recs["slab"]]
 
 
-def _model(cell_head: str = "equivariant", **kw) -> DeepRelax:
-    torch.manual_seed(0)
+def _model(cell_head: str = "equivariant", seed: int = 0, **kw) -> DeepRelax:
+    torch.manual_seed(seed)
     m = DeepRelax(ModelConfig(hidden=16, num_layers=2, num_rbf=8, cell_head=cell_head, **kw)).double()
     with torch.no_grad():  # make every head non-trivial (the last layers start at zero)
         for p in m.parameters():
@@ -244,3 +244,43 @@ def test_position_loss_is_the_first_guess_error_and_trains_the_displacement_head
         out.loss.backward()
         grads.append(model.displacement.lin.weight.grad.abs().sum().item())
     assert grads[0] > 1e-6 and grads[1] < grads[0]
+
+
+def test_ensemble_combines_members_as_documented_and_ignores_their_order() -> None:
+    """Mean μ, moment-matched σ = sqrt(mean b² + var μ / 2), mean first guess and cell, spread = RMS
+    distance of the first guesses from their mean (for two members: half their distance), by hand."""
+    a, b = _model(seed=0), _model(seed=1)
+    batch = collate(_records())
+    oa, ob = a(batch), b(batch)
+    solve = SolveConfig(steps=0)  # the solve returns its start: the combined first guess
+    res = relax_ensemble([a, b], batch, solve)
+    for mu, lb, sig in (
+        (M.MU_RELAXED, M.LOG_B_RELAXED, "sigma_relaxed"),
+        (M.MU_DISPLACE, M.LOG_B_DISPLACE, "sigma_displace"),
+    ):
+        ba, bb = sigma_from_log_b(oa[lb], solve), sigma_from_log_b(ob[lb], solve)
+        half = (oa[mu] - ob[mu]) / 2
+        assert torch.allclose(res[mu], (oa[mu] + ob[mu]) / 2)
+        assert torch.allclose(res[sig], ((ba**2 + bb**2) / 2 + half**2 / 2).sqrt())
+    guess = (oa[M.INIT_POS] + ob[M.INIT_POS]) / 2
+    assert torch.allclose(res["positions"], guess)
+    assert torch.allclose(res["cell"], (oa[M.PRED_CELL] + ob[M.PRED_CELL]) / 2)
+    spread = (oa[M.INIT_POS] - ob[M.INIT_POS]).norm(dim=-1) / 2
+    assert torch.allclose(res["atom_spread"], spread) and bool((spread > 0).all())
+    assert torch.allclose(res["spread"], per_graph_mean(spread, batch[K.BATCH], 3))
+    flipped = relax_ensemble([b, a], batch)
+    assert torch.allclose(flipped["positions"], relax_ensemble([a, b], batch)["positions"], atol=1e-12)
+
+
+def test_ensemble_of_one_model_is_the_model_and_mismatched_members_raise() -> None:
+    a = _model()
+    batch = collate(_records())
+    one, twice = relax_batch(a, batch), relax_ensemble([a, a], batch)
+    assert torch.equal(one["spread"], torch.zeros(3, dtype=torch.float64))
+    assert torch.allclose(twice["positions"], one["positions"])
+    assert torch.allclose(twice["uncertainty"], one["uncertainty"])
+    assert torch.equal(twice["atom_spread"], torch.zeros_like(twice["atom_spread"]))
+    with pytest.raises(ValueError, match="builds other edges"):
+        relax_ensemble([a, _model(cutoff=5.0)], batch)
+    with pytest.raises(ValueError, match="at least one model"):
+        relax_ensemble([], batch)

@@ -26,8 +26,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     over = list(args.overrides)
     if args.model:
-        over.append(f"model={args.model}")
+        over.append(f"model={args.model[0]}")
     job = load_config(EvalJob, args.config, over)
+    job.ensemble = list(job.ensemble) + args.model[1:]
     summary = evaluate(job)
     print(json.dumps(summary, indent=2))
     return 0
@@ -38,8 +39,9 @@ def _predict(args: argparse.Namespace) -> int:
     from quintet.deeprelax.jobs import PredictJob, predict
 
     over = list(args.overrides)
+    if args.model:
+        over.append(f"model={args.model[0]}")
     for flag, key in (
-        ("model", "model"),
         ("out", "out"),
         ("finish_with", "finish_with"),
         ("fmax", "fmax"),
@@ -53,6 +55,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.max_atoms is not None:
         over.append(f"max_atoms={args.max_atoms}")
     job = load_config(PredictJob, args.config, over)
+    job.ensemble = list(job.ensemble) + args.model[1:]
     if args.input:
         job.inputs = list(job.inputs) + list(args.input)
     if not job.inputs:
@@ -73,14 +76,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="coordinate/cell/volume/distance errors next to the dummy baseline")
-    p.add_argument("-m", "--model", default=None, help="model file (best.pt)")
+    p.add_argument(
+        "-m", "--model", action="append", default=[],
+        help="model file (best.pt); repeat for a deep ensemble (members trained with other train.seed)",
+    )  # fmt: skip
     add_config_arguments(p)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser(
         "predict", help="relax CIF/POSCAR/extxyz files in one shot (optionally finish with a calculator)"
     )
-    p.add_argument("-m", "--model", default=None, help="model file (best.pt)")
+    p.add_argument(
+        "-m", "--model", action="append", default=[],
+        help="model file (best.pt); repeat for a deep ensemble (members trained with other train.seed)",
+    )  # fmt: skip
     p.add_argument("-i", "--input", action="append", default=[], help="file, folder or glob (repeatable)")
     p.add_argument("-o", "--out", default=None, help="output folder (relaxed CIFs + predictions.csv)")
     p.add_argument(

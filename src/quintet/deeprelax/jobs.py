@@ -29,7 +29,7 @@ from quintet.config import from_dict, save_config
 from quintet.deeprelax.data import DeepRelaxTransform, check_record, pairs_to_records
 from quintet.deeprelax.maths import coverage, edge_lengths, per_graph_mean, spearman, volume
 from quintet.deeprelax.model import DeepRelax, ModelConfig
-from quintet.deeprelax.relax import SolveConfig, relax_batch
+from quintet.deeprelax.relax import SolveConfig, check_ensemble, relax_ensemble
 from quintet.deeprelax.task import DeepRelaxTask, LossConfig, targets
 from quintet.io import atomic_save_json, atomic_write_text
 from quintet.train import TrainConfig, fit, load_model_file
@@ -45,6 +45,7 @@ __all__ = [
     "finish",
     "load_dataset",
     "load_deeprelax",
+    "load_ensemble",
     "predict",
     "read_db_pairs",
     "train",
@@ -106,9 +107,11 @@ class TrainJob:
 
 @dataclass
 class EvalJob:
-    """``quintet deeprelax eval``: a trained model file evaluated on a data split."""
+    """``quintet deeprelax eval``: a trained model file (or an ensemble: ``model`` + ``ensemble``)
+    evaluated on a data split."""
 
     model: str = "runs/deeprelax/best.pt"
+    ensemble: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     split: Literal["train", "val", "test", "all"] = "test"
     batch_size: int = 64
@@ -123,6 +126,9 @@ class PredictJob:
 
     Attributes:
         model: model file (``best.pt``).
+        ensemble: more model files (same graph settings, e.g. trained with other ``train.seed``): the
+            prediction becomes the ensemble's (:func:`~quintet.deeprelax.relax.relax_ensemble`) and the
+            CSV gains ``spread_A``, the members' disagreement.
         inputs: files, folders (every CIF/POSCAR/extxyz inside) or glob patterns.
         out: output folder (relaxed CIFs + ``predictions.csv``); never an input's folder.
         batch_size: most structures per forward pass + solve.
@@ -139,6 +145,7 @@ class PredictJob:
     """
 
     model: str = "runs/deeprelax/best.pt"
+    ensemble: list[str] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
     out: str = "deeprelax_out"
     batch_size: int = 64
@@ -299,6 +306,17 @@ def load_deeprelax(path: str | Path) -> tuple[DeepRelax, dict[str, Any]]:
     return model, d
 
 
+def load_ensemble(paths: Sequence[str | Path]) -> list[DeepRelax]:
+    """Load model files as ensemble members (:func:`load_deeprelax` each).
+
+    Raises:
+        ValueError: no path, or members that build different edges (cutoff, neighbour counts).
+    """
+    models = [load_deeprelax(p)[0] for p in paths]
+    check_ensemble(models)
+    return models
+
+
 def train(job: TrainJob) -> Path:
     """Train DeepRelax; returns the path of the best model file (``<out>/best.pt``)."""
     out = Path(job.out)
@@ -325,7 +343,7 @@ def train(job: TrainJob) -> Path:
 
 
 def evaluate_model(
-    model: DeepRelax,
+    model: DeepRelax | Sequence[DeepRelax],
     dataset: Any,
     batch_size: int = 64,
     solve: SolveConfig | None = None,
@@ -335,7 +353,8 @@ def evaluate_model(
     """Errors of the one-shot relaxation next to the dummy baseline (the unrelaxed input).
 
     Structures are batched in order, at most ``batch_size`` and ``max_atoms`` atoms per batch
-    (:func:`quintet.atomistic.batch.plan_batches`).
+    (:func:`quintet.atomistic.batch.plan_batches`). ``model`` may be a list: a deep ensemble
+    (:func:`~quintet.deeprelax.relax.relax_ensemble`).
 
     Returns:
         ``(summary, rows)``: the summary has ``coord_mae_A``, ``dummy_coord_mae_A``, ``cell_mae_A``,
@@ -343,13 +362,15 @@ def evaluate_model(
         ``dummy_distance_mae_A``, their ratios, ``guess_coord_mae_A`` (the network's first guess, before
         the solve; ``residual_base="displaced"``) and its ratio, ``time_per_structure_s`` (forward + solve, batched),
         ``uncertainty_spearman`` (per structure: mean σ vs coordinate MAE), ``distance_spearman``
-        (per edge: σ vs |error|) and ``coverage`` (fraction of relaxed distances inside mu ± σ);
+        (per edge: σ vs |error|), ``spread_spearman`` (ensembles: members' spread vs coordinate MAE) and ``coverage`` (fraction of relaxed distances inside mu ± σ);
         one row per structure with its errors, uncertainty and residuals.
     """
     from tqdm.auto import tqdm
 
     solve = solve or SolveConfig()
-    model.eval()
+    models = [model] if isinstance(model, DeepRelax) else list(model)
+    for m in models:
+        m.eval()
     rows: list[dict[str, Any]] = []
     sig_all, err_all = [], []
     cov_n = cov_in = 0.0
@@ -361,7 +382,7 @@ def evaluate_model(
         recs = records[span.start : span.stop]
         batch = collate(recs)
         t0 = time.perf_counter()
-        res = relax_batch(model, batch, solve)
+        res = relax_ensemble(models, batch, solve)
         t_total += time.perf_counter() - t0
         b = batch[K.BATCH]
         nb = len(recs)
@@ -400,6 +421,7 @@ def evaluate_model(
                     "distance_mae_A": float(dist_e[g]),
                     "dummy_distance_mae_A": float(ddist_e[g]),
                     "uncertainty_A": float(res["uncertainty"][g]),
+                    "spread_A": float(res["spread"][g]),
                     "displace_residual_A": float(res["displace_residual"][g]),
                     "relaxed_residual_A": float(res["relaxed_residual"][g]),
                 }
@@ -426,6 +448,8 @@ def evaluate_model(
     summary["uncertainty_spearman"] = spearman(
         [r["uncertainty_A"] for r in rows], [r["coord_mae_A"] for r in rows]
     )
+    if len(models) > 1:
+        summary["spread_spearman"] = spearman([r["spread_A"] for r in rows], [r["coord_mae_A"] for r in rows])
     summary["distance_spearman"] = spearman(np.concatenate(sig_all), np.concatenate(err_all))
     summary["coverage"] = cov_in / cov_n if cov_n else float("nan")
     return summary, rows
@@ -445,9 +469,9 @@ def evaluate(job: EvalJob) -> dict[str, float]:
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(job, out / "config.yaml")
-    model, _ = load_deeprelax(job.model)
-    ds = load_dataset(job.data, job.split, model.cfg)
-    summary, rows = evaluate_model(model, ds, job.batch_size, job.solve, max_atoms=job.max_atoms)
+    models = load_ensemble([job.model, *job.ensemble])
+    ds = load_dataset(job.data, job.split, models[0].cfg)
+    summary, rows = evaluate_model(models, ds, job.batch_size, job.solve, max_atoms=job.max_atoms)
     atomic_save_json(out / "metrics.json", summary)
     _write_csv(out / "per_structure.csv", rows)
     return summary
@@ -552,7 +576,7 @@ def predict(job: PredictJob) -> Path:
     if dup:
         raise ValueError(f"several inputs share the name(s) {sorted(dup)[:5]}; outputs would collide")
     todo = [(i, a) for i, a in items if i not in done]
-    model, _ = load_deeprelax(job.model)
+    models = load_ensemble([job.model, *job.ensemble])
     calc = None
     if job.finish_with != "none":
         from quintet.atomistic.oracle import get_calculator
@@ -565,7 +589,7 @@ def predict(job: PredictJob) -> Path:
         recs = [_record_from_atoms(a, sid) for sid, a in chunk]
         batch = collate(recs)
         t0 = time.perf_counter()
-        res = relax_batch(model, batch, job.solve)
+        res = relax_ensemble(models, batch, job.solve)
         dt = (time.perf_counter() - t0) / len(chunk)
         starts = np.concatenate([[0], np.cumsum([len(r[K.POSITIONS]) for r in recs])])
         for g, ((sid, _atoms), rec) in enumerate(zip(chunk, recs, strict=True)):
@@ -580,6 +604,7 @@ def predict(job: PredictJob) -> Path:
                 "max_atom_uncertainty_A": round(
                     float(res["atom_uncertainty"][starts[g] : starts[g + 1]].max()), 6
                 ),
+                **({"spread_A": round(float(res["spread"][g]), 6)} if job.ensemble else {}),
                 "displace_residual_A": round(float(res["displace_residual"][g]), 6),
                 "relaxed_residual_A": round(float(res["relaxed_residual"][g]), 6),
                 "time_s": round(dt, 6),

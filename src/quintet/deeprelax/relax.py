@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -14,7 +15,7 @@ from quintet.deeprelax.graph import DISPLACE
 from quintet.deeprelax.maths import per_atom_uncertainty, per_graph_mean
 from quintet.deeprelax.solve import solve_positions
 
-__all__ = ["SolveConfig", "relax_batch", "sigma_from_log_b"]
+__all__ = ["SolveConfig", "check_ensemble", "relax_batch", "relax_ensemble", "sigma_from_log_b"]
 
 
 @dataclass
@@ -46,24 +47,69 @@ def sigma_from_log_b(log_b: Tensor, cfg: SolveConfig) -> Tensor:
     return torch.exp(log_b.clamp(cfg.log_b_min, cfg.log_b_max))
 
 
+GRAPH_FIELDS = ("cutoff", "max_neighbors", "max_displace")  # members of an ensemble must agree on these
+
+
+def check_ensemble(models: Sequence[M.DeepRelax]) -> None:
+    """Raise ``ValueError`` unless ``models`` is a non-empty list of models that build the same edges."""
+    if not models:
+        raise ValueError("an ensemble needs at least one model")
+    ref = {f: getattr(models[0].cfg, f) for f in GRAPH_FIELDS}
+    for k, m in enumerate(models[1:], start=1):
+        got = {f: getattr(m.cfg, f) for f in GRAPH_FIELDS}
+        if got != ref:
+            raise ValueError(
+                f"ensemble member {k} builds other edges than member 0 ({got} vs {ref}); members must share "
+                f"{', '.join(GRAPH_FIELDS)}"
+            )
+
+
+def _combine(outs: list[dict[str, Tensor]], solve: SolveConfig) -> dict[str, Tensor]:
+    """Members' predictions -> one: mean μ, cell and first guess; each distance's scale moment-matched.
+
+    A mixture of Laplace(μ_m, b_m) has variance mean(2 b_m²) + var(μ_m); the Laplace with the same
+    variance has b = sqrt(mean(b_m²) + var(μ_m) / 2), the members' own scale plus their disagreement.
+    ``atom_spread`` is the RMS distance of the members' first guesses from their mean, per atom (Å).
+    """
+    out = {k: outs[0][k] for k in (K.EDGE_INDEX, K.EDGE_SHIFT, DISPLACE)}
+    for mu_key, lb_key, sig_key in (
+        (M.MU_DISPLACE, M.LOG_B_DISPLACE, "sigma_displace"),
+        (M.MU_RELAXED, M.LOG_B_RELAXED, "sigma_relaxed"),
+    ):
+        mu = torch.stack([o[mu_key] for o in outs])
+        b = torch.stack([sigma_from_log_b(o[lb_key], solve) for o in outs])
+        out[mu_key] = mu.mean(0)
+        out[sig_key] = b[0] if len(outs) == 1 else ((b**2).mean(0) + mu.var(0, correction=0) / 2).sqrt()
+    init = torch.stack([o[M.INIT_POS] for o in outs])
+    out[M.INIT_POS] = init.mean(0)
+    out[M.PRED_CELL] = torch.stack([o[M.PRED_CELL] for o in outs]).mean(0)
+    out["atom_spread"] = ((init - out[M.INIT_POS]) ** 2).sum(-1).mean(0).sqrt()
+    return out
+
+
 @torch.no_grad()
-def relax_batch(
-    model: M.DeepRelax, batch: dict[str, Tensor], solve: SolveConfig | None = None
+def relax_ensemble(
+    models: Sequence[M.DeepRelax], batch: dict[str, Tensor], solve: SolveConfig | None = None
 ) -> dict[str, Tensor]:
-    """Predict relaxed structures for a collated batch of unrelaxed ones.
+    """Predict relaxed structures for a collated batch with a deep ensemble (one model or several).
+
+    Every member predicts the distance bands, the cell and a first guess on the same edges; the
+    predictions are combined (:func:`_combine`: mean μ, moment-matched σ, mean cell and first guess)
+    and the coordinates come from **one** solve of the combined bands, so an ensemble of M costs M
+    forward passes and a single solve. With one model this is :func:`relax_batch`.
 
     Returns:
-        dict with ``positions`` (N, 3), ``cell`` (B, 3, 3), ``atom_uncertainty`` (N,) Å (mean σ of
-        the distances centred on each atom: its displace edges and its edges in the relaxed cell),
-        ``uncertainty`` (B,) (mean over atoms),
-        ``displace_residual`` / ``relaxed_residual`` (B,) (mean |solved - predicted| distance, Å), and
-        the raw predictions (``mu_*``, ``sigma_*``, edges) for evaluation.
+        what :func:`relax_batch` returns, plus ``atom_spread`` (N,) and ``spread`` (B,): how far the
+        members' first guesses lie from their mean (RMS per atom, Å; 0 for one model), an epistemic
+        uncertainty that the Laplace scales of a single model do not carry.
     """
     solve = solve or SolveConfig()
-    out = model(batch)
+    models = list(models)
+    check_ensemble(models)
+    batch = M.ensure_graph(batch, models[0].cfg)  # built once, shared by the members
+    out = _combine([m(batch) for m in models], solve)
     ei, shift, disp = out[K.EDGE_INDEX], out[K.EDGE_SHIFT], out[DISPLACE]
-    sig_d = sigma_from_log_b(out[M.LOG_B_DISPLACE], solve)
-    sig_r = sigma_from_log_b(out[M.LOG_B_RELAXED], solve)
+    sig_d, sig_r = out["sigma_displace"], out["sigma_relaxed"]
     pos = batch[K.POSITIONS]
     cell = batch[K.CELL].reshape(-1, 3, 3)
     num_graphs = cell.shape[0]
@@ -95,6 +141,8 @@ def relax_batch(
         "init_positions": out[M.INIT_POS].detach(),
         "atom_uncertainty": atom_unc,
         "uncertainty": per_graph_mean(atom_unc, batch[K.BATCH], num_graphs),
+        "atom_spread": out["atom_spread"],
+        "spread": per_graph_mean(out["atom_spread"], batch[K.BATCH], num_graphs),
         "displace_residual": res.displace_residual,
         "relaxed_residual": res.relaxed_residual,
         "mu_displace": out[M.MU_DISPLACE],
@@ -105,3 +153,19 @@ def relax_batch(
         K.EDGE_SHIFT: shift,
         DISPLACE: disp,
     }
+
+
+def relax_batch(
+    model: M.DeepRelax, batch: dict[str, Tensor], solve: SolveConfig | None = None
+) -> dict[str, Tensor]:
+    """Predict relaxed structures for a collated batch of unrelaxed ones with one model.
+
+    Returns:
+        dict with ``positions`` (N, 3), ``cell`` (B, 3, 3), ``atom_uncertainty`` (N,) Å (mean σ of
+        the distances centred on each atom: its displace edges and its edges in the relaxed cell),
+        ``uncertainty`` (B,) (mean over atoms),
+        ``displace_residual`` / ``relaxed_residual`` (B,) (mean |solved - predicted| distance, Å), and
+        the raw predictions (``mu_*``, ``sigma_*``, edges) for evaluation (and the ensemble's
+        ``atom_spread`` / ``spread``, zero here; see :func:`relax_ensemble`).
+    """
+    return relax_ensemble([model], batch, solve)
