@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import ase.db
+import ase.io
 import numpy as np
 import pytest
 import torch
@@ -156,6 +157,13 @@ def test_predict_cli_writes_cifs_and_csv_resumes_and_never_overwrites(trained, p
     assert float(row["spread_A"]) == 0.0
     assert float(row["uncertainty_A"]) == pytest.approx(float(single["uncertainty_A"]), abs=2e-6)
     assert str(path) in (ens / "config.yaml").read_text().split("ensemble:")[1]
+    # extxyz output carries the per-atom uncertainty (and the ensemble's spread)
+    assert main([*argv[:-1], str(tmp_path / "xyz"), "-m", str(path), "--format", "extxyz"]) == 0
+    (row,) = _rows(tmp_path / "xyz" / "predictions.csv")
+    got = ase.io.read(tmp_path / "xyz" / row["output"])
+    assert row["output"] == "s0_relaxed.extxyz" and len(got) == len(pairs[0][0])
+    assert got.arrays["uncertainty_A"].max() == pytest.approx(float(row["max_atom_uncertainty_A"]), abs=2e-6)
+    assert np.all(got.arrays["spread_A"] == 0.0)
 
 
 def test_bad_pairs_give_clear_errors(pairs, tmp_path: Path) -> None:

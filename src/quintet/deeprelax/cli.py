@@ -46,6 +46,7 @@ def _predict(args: argparse.Namespace) -> int:
         ("finish_with", "finish_with"),
         ("fmax", "fmax"),
         ("finish_optimizer", "finish_optimizer"),
+        ("output_format", "output_format"),
     ):
         val = getattr(args, flag)
         if val is not None:
@@ -101,6 +102,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--finish-optimizer", dest="finish_optimizer", choices=["fire", "bfgs"], default=None,
         help="optimizer of the finishing relaxation (default fire)",
+    )  # fmt: skip
+    p.add_argument(
+        "--format", dest="output_format", choices=["cif", "extxyz"], default=None,
+        help="output files (default cif); extxyz also carries each atom's uncertainty (array uncertainty_A)",
     )  # fmt: skip
     p.add_argument(
         "--batch-size",

@@ -141,7 +141,9 @@ class PredictJob:
         finish_filter: cell filter of the finishing relaxation (``unitcell`` is cheaper for EMT).
         finish_optimizer: ``fire`` (ASE FIRE) or ``bfgs`` (ASE BFGS, quasi-Newton like the ionic
             relaxations of DFT codes; far fewer steps from a nearly relaxed start).
-        resume: skip inputs already listed in ``predictions.csv`` with their CIF present.
+        resume: skip inputs already listed in ``predictions.csv`` with their output file present.
+        output_format: ``cif`` (``<id>_relaxed.cif``) or ``extxyz`` (``<id>_relaxed.extxyz``, which also
+            carries the per-atom uncertainty as the array ``uncertainty_A``, and ``spread_A`` for an ensemble).
     """
 
     model: str = "runs/deeprelax/best.pt"
@@ -158,6 +160,7 @@ class PredictJob:
     finish_filter: Literal["frechet", "unitcell"] = "frechet"
     finish_optimizer: Literal["fire", "bfgs"] = "fire"
     resume: bool = True
+    output_format: Literal["cif", "extxyz"] = "cif"
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -537,7 +540,7 @@ def _record_from_atoms(atoms: Any, source: str) -> dict[str, Tensor]:
 
 
 def predict(job: PredictJob) -> Path:
-    """Relax every input structure; writes ``<out>/<name>_relaxed.cif`` and ``<out>/predictions.csv``.
+    """Relax every input structure; writes ``<out>/<name>_relaxed.{cif,extxyz}`` and ``<out>/predictions.csv``.
 
     Returns:
         The CSV path.
@@ -629,7 +632,11 @@ def predict(job: PredictJob) -> Path:
                         "finish_time_s": round(fin.seconds, 3),
                     }
                 )
-            name = f"{sid}_relaxed.cif"
+            if job.output_format == "extxyz":  # per-atom uncertainty travels with the structure
+                new.arrays["uncertainty_A"] = res["atom_uncertainty"][starts[g] : starts[g + 1]].double().numpy()
+                if job.ensemble:
+                    new.arrays["spread_A"] = res["atom_spread"][starts[g] : starts[g + 1]].double().numpy()
+            name = f"{sid}_relaxed.{job.output_format}"
             write_structure(out / name, new)
             row["output"] = name
             rows.append(row)
