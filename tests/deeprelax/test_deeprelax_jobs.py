@@ -273,3 +273,25 @@ def test_extra_train_folders_join_the_training_split_without_eval_compositions(t
     assert len(load_dataset(keep_all, "train", cfg)) == len(base) + 4  # the duplicate is back
     with pytest.raises(ValueError, match="extra_train needs the custom or 2dmd layout"):
         load_dataset(DataConfig(root=str(main_dir), layout="db", extra_train=[str(extra)]), "train", cfg)
+
+
+def test_train_seed_sets_the_initial_weights(pair_db: Path, tmp_path: Path) -> None:
+    """Same ``train.seed``: identical model files, whatever ran before in the process; another seed
+    (an ensemble member): other weights."""
+
+    def run(seed: int, name: str) -> dict[str, torch.Tensor]:
+        job = TrainJob(
+            data=DataConfig(root=str(pair_db), layout="db", fractions=(1.0, 0.0, 0.0)),
+            model=ModelConfig(hidden=8, num_layers=1, num_rbf=8),
+            train=TrainConfig(
+                max_epochs=1, batch_size=4, progress=False, seed=seed, early_stop_patience=None,
+                accelerator="cpu", monitor="train/loss",
+            ),
+            out=str(tmp_path / name),
+        )  # fmt: skip
+        job.loss.solve_in_val = False
+        return load_deeprelax(train(job))[0].state_dict()
+
+    a, b, c = run(0, "a"), run(0, "b"), run(1, "c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -113,3 +113,21 @@ def test_bad_model_file_raises(tmp_path: Path) -> None:
     bad.write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match=r"bad\.pt"):
         load_model(bad)
+
+
+def test_train_seed_sets_the_initial_weights(emt_file: Path, tmp_path: Path) -> None:
+    """Same ``train.seed``: identical model files, whatever ran before in the process; another seed
+    (a committee member): other weights."""
+
+    def run(seed: int, name: str) -> dict[str, torch.Tensor]:
+        job = LEIGNNJob(
+            data=DataConfig(path=str(emt_file), n_train=8, n_val=4, n_test=4, split_dir=str(tmp_path / "splits")),
+            model=LEIGNNModelConfig(hidden=8, num_layers=1, num_rbf=8, cutoff=4.5),
+            train=TrainConfig(max_epochs=1, batch_size=4, progress=False, seed=seed, early_stop_patience=None),
+            out=str(tmp_path / name),
+        )
+        return load_model(train(job)).state_dict()
+
+    a, b, c = run(0, "a"), run(0, "b"), run(1, "c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

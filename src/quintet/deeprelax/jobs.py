@@ -327,6 +327,7 @@ def train(job: TrainJob) -> Path:
     save_config(job, out / "config.yaml")
     train_ds = load_dataset(job.data, "train", job.model)
     val_ds = load_dataset(job.data, "val", job.model) if job.data.fractions[1] > 0 else None
+    torch.manual_seed(job.train.seed)  # initial weights follow train.seed too (ensemble members differ)
     model = DeepRelax(job.model)
     if job.init_from:
         init, _ = load_deeprelax(job.init_from)

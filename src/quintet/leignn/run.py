@@ -121,6 +121,7 @@ def train(job: LEIGNNJob) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(job, out / "config.yaml")
     splits = load_splits(job.data, job.model.cutoff, job.model.max_neighbors, dtype)
+    torch.manual_seed(job.train.seed)  # initial weights follow train.seed too (committee members differ)
     model = LEIGNN(job.model).to(dtype)
     task = PotentialTask(model, job.loss)
     result = fit(
