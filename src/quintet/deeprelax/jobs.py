@@ -366,8 +366,9 @@ def evaluate_model(
         ``dummy_distance_mae_A``, their ratios, ``guess_coord_mae_A`` (the network's first guess, before
         the solve; ``residual_base="displaced"``) and its ratio, ``time_per_structure_s`` (forward + solve, batched),
         ``uncertainty_spearman`` (per structure: mean σ vs coordinate MAE), ``distance_spearman``
-        (per edge: σ vs |error|), ``spread_spearman`` (ensembles: members' spread vs coordinate MAE) and ``coverage`` (fraction of relaxed distances inside mu ± σ);
-        one row per structure with its errors, uncertainty and residuals.
+        (per edge: σ vs |error|), ``spread_spearman`` (ensembles: members' spread vs coordinate MAE)
+        and ``coverage`` (fraction of relaxed distances inside mu ± σ); one row per structure with its
+        errors, uncertainty, spread and residuals.
     """
     from tqdm.auto import tqdm
 
