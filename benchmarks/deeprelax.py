@@ -441,7 +441,7 @@ def plot_ensembles(ensembles: dict, full: dict, out: Path, suffix: str = "") -> 
             ax.scatter([r[col] for r in rows], [r["coord_mae_A"] for r in rows], s=8)
             ax.set_xlabel(label)
             ax.set_ylabel("coordinate MAE (Å)")
-            ax.set_title(f"{key}: Spearman {res[rho]:.2f}")
+            ax.set_title(f"{key if res is ens else key.split('_ensemble')[0]}: Spearman {res[rho]:.2f}")
     fig.tight_layout()
     fig.savefig(out / f"deeprelax_ensemble{suffix}.png", dpi=120)
     plt.close(fig)
