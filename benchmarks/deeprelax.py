@@ -153,21 +153,23 @@ def train_one(
 SOLVE_STEPS = (20, 30, 40, 60, 100)
 
 
-def pick_solve_steps(model: DeepRelax | list[DeepRelax], val, choice: str, tol: float = 0.005) -> tuple[int, dict]:
+def pick_solve_steps(
+    model: DeepRelax | list[DeepRelax], val, choice: str, tol: float = 0.005
+) -> tuple[int, dict, dict | None]:
     """Adam steps of the coordinate solve: ``choice`` as a number, or with ``"auto"`` the fewest of
     :data:`SOLVE_STEPS` whose validation coordinate MAE is within ``tol`` (relative) of the best one.
 
     The solve is an inference-time knob (100 steps published); its cost is most of the time per
-    structure on small cells. Returns ``(steps, {steps: validation coordinate MAE, Å})``.
+    structure on small cells. Returns ``(steps, {steps: validation coordinate MAE, Å}, validation
+    summary at the chosen steps, or None when ``choice`` is a number)``.
     """
     if choice != "auto":
-        return int(choice), {}
-    sweep = {
-        st: evaluate_model(model, val, solve=SolveConfig(steps=st), progress=False)[0]["coord_mae_A"]
-        for st in SOLVE_STEPS
-    }
+        return int(choice), {}, None
+    on_val = {st: evaluate_model(model, val, solve=SolveConfig(steps=st), progress=False)[0] for st in SOLVE_STEPS}
+    sweep = {st: v["coord_mae_A"] for st, v in on_val.items()}
     best = min(sweep.values())
-    return min(st for st, v in sweep.items() if v <= best * (1 + tol)), sweep
+    steps = min(st for st, v in sweep.items() if v <= best * (1 + tol))
+    return steps, sweep, on_val[steps]
 
 
 def trained_elsewhere(model_file: Path) -> dict:
@@ -331,7 +333,7 @@ def evaluate_run(
     members' spread. Returns ``(results row, per-structure rows, oracle runs)``."""
     test = load_dataset(spec["data"], "test", models[0].cfg)
     val = load_dataset(spec["data"], "val", models[0].cfg)
-    steps, sweep = pick_solve_steps(models, val, args.solve_steps)
+    steps, sweep, on_val = pick_solve_steps(models, val, args.solve_steps)
     solve = SolveConfig(steps=steps)
     # batches of at most 64 structures / 2,048 atoms (the predict defaults); batch 16 and the
     # published 100-step solve timed for comparison
@@ -351,7 +353,7 @@ def evaluate_run(
     summary["coord_mae_ratio_vs_dummy_solve100"] = s100["coord_mae_ratio_vs_dummy"]
     measure = "uncertainty"
     if len(models) > 1:
-        on_val = evaluate_model(models, val, solve=solve, progress=False)[0]
+        on_val = on_val or evaluate_model(models, val, solve=solve, progress=False)[0]
         summary["val_uncertainty_spearman"] = on_val["uncertainty_spearman"]
         summary["val_spread_spearman"] = on_val["spread_spearman"]
         measure = "spread" if on_val["spread_spearman"] > on_val["uncertainty_spearman"] else "uncertainty"
@@ -372,7 +374,7 @@ def evaluate_run(
         calcs[spec["oracle"]],
         bfgs=not args.no_bfgs,
         solve=solve,
-        cache=WORK / f"oracle_unrelaxed_{name}{'_quick' if args.quick else ''}.json",
+        cache=WORK / f"oracle_unrelaxed_{name}{quick_suffix(args)}.json",
     )
     oracle_t = float(np.mean(orc["oracle_time_s"]))
     fire = _finish_summary(orc)
@@ -394,17 +396,22 @@ def evaluate_run(
     return res, rows, orc
 
 
-def member_dir(run: str, m: int, quick: bool = False) -> Path:
-    """Work folder of ensemble member ``m`` (member 0 is the single model of earlier runs); ``--quick``
-    runs keep theirs apart."""
-    top = WORK / (run + ("_quick" if quick else ""))
+def quick_suffix(args: argparse.Namespace) -> str:
+    """Suffix of every work/result file of a ``--quick`` run (kept apart from the full run's)."""
+    return "_quick" if args.quick else ""
+
+
+def member_dir(run: str, m: int, suffix: str = "") -> Path:
+    """Work folder of ensemble member ``m`` (member 0 is the single model of earlier runs); ``suffix``
+    (:func:`quick_suffix`) keeps ``--quick`` runs apart."""
+    top = WORK / (run + suffix)
     return top if m == 0 else top / f"member{m}"
 
 
 def member(run: str, m: int, spec: dict, args: argparse.Namespace, info: dict | None = None) -> tuple[DeepRelax, dict]:
     """Ensemble member ``m`` of ``run`` (seed ``m``): its trained model when ``--reuse`` finds one, else
     trained now. Training facts come from ``train_info.json`` beside the model (or ``info``)."""
-    d = member_dir(run, m, args.quick)
+    d = member_dir(run, m, quick_suffix(args))
     facts = d / "train_info.json"
     if args.reuse and (d / "best.pt").is_file() and (facts.is_file() or info):
         print(f"== {run} member {m}: re-evaluating the trained model {d / 'best.pt'}")
@@ -427,13 +434,13 @@ def plot_ensembles(ensembles: dict, full: dict, out: Path, suffix: str = "") -> 
 
     fig, axes = plt.subplots(len(ensembles), 3, figsize=(12, 3.5 * len(ensembles)), squeeze=False)
     for row, (key, ens) in enumerate(ensembles.items()):
-        single = full.get(key.split("_ensemble")[0])
+        base = key.split("_ensemble")[0]
         panels = [
-            ("single model: mean σ (Å)", single, "uncertainty_A", "uncertainty_spearman"),
-            ("ensemble: mean σ (Å)", ens, "uncertainty_A", "uncertainty_spearman"),
-            ("ensemble: spread of members (Å)", ens, "spread_A", "spread_spearman"),
+            (base, "single model: mean σ (Å)", full.get(base), "uncertainty_A", "uncertainty_spearman"),
+            (key, "ensemble: mean σ (Å)", ens, "uncertainty_A", "uncertainty_spearman"),
+            (key, "ensemble: spread of members (Å)", ens, "spread_A", "spread_spearman"),
         ]
-        for ax, (label, res, col, rho) in zip(axes[row], panels, strict=True):
+        for ax, (title, label, res, col, rho) in zip(axes[row], panels, strict=True):
             if res is None:
                 ax.set_axis_off()
                 continue
@@ -441,7 +448,7 @@ def plot_ensembles(ensembles: dict, full: dict, out: Path, suffix: str = "") -> 
             ax.scatter([r[col] for r in rows], [r["coord_mae_A"] for r in rows], s=8)
             ax.set_xlabel(label)
             ax.set_ylabel("coordinate MAE (Å)")
-            ax.set_title(f"{key if res is ens else key.split('_ensemble')[0]}: Spearman {res[rho]:.2f}")
+            ax.set_title(f"{title}: Spearman {res[rho]:.2f}")
     fig.tight_layout()
     fig.savefig(out / f"deeprelax_ensemble{suffix}.png", dpi=120)
     plt.close(fig)
@@ -551,8 +558,6 @@ def main() -> None:
             info = {**trained_elsewhere(Path(given[name])), "model": model.cfg.__dict__}
         else:
             model, info = member(run, 0, spec, args, results.get(run, {}).get("training"))
-        if args.train_only:
-            continue
         runs = {run: [model]}
         if args.members > 1:
             runs[f"{run}_ensemble{args.members}"] = [model] + [
@@ -563,7 +568,7 @@ def main() -> None:
             res["training"] = info if len(models) == 1 else {"members": len(models), "member0": info}
             results[key] = res
             full[key] = {**res, "_rows": rows, "_oracle": orc}
-            atomic_save_json(WORK / f"full_{key}{'_quick' if args.quick else ''}.json", full[key])
+            atomic_save_json(WORK / f"full_{key}{quick_suffix(args)}.json", full[key])
             if out_json.is_file() and args.only:  # re-read: rows a concurrent --only run wrote meanwhile stay
                 on_disk = {k: v for k, v in json.loads(out_json.read_text()).items() if not k.startswith("_")}
                 results = {**on_disk, **{k: results[k] for k in full}}
@@ -572,7 +577,7 @@ def main() -> None:
                 {**results, "_meta": {"torch_threads": 1, "cpu": "shared 2-core CPU", "quick": args.quick}},
             )
             print(f"== {key}: {json.dumps({k: v for k, v in res.items() if k != 'training'}, default=str)}")
-    sfx = "_quick" if args.quick else ""
+    sfx = quick_suffix(args)
     for key in results:  # plots cover every row measured so far (earlier --only runs included)
         f = WORK / f"full_{key}{sfx}.json"
         if key not in full and f.is_file():
