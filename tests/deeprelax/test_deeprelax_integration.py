@@ -41,3 +41,51 @@ def test_defect_supercells_drop_vacancy_placeholders(shared_data: Path) -> None:
         assert (r[K.EDGE_SHIFT][:, 2] == 0).all()
     out = DeepRelax(cfg)(collate(recs))
     assert torch.equal(out["pred_cell"], collate(recs)[K.CELL])
+
+
+@pytest.mark.integration
+def test_compiled_model_relaxes_like_the_eager_one(tmp_path: Path) -> None:
+    """torch.compile (inductor, dynamic shapes) gives the eager results to float32 round-off, through
+    ``relax_ensemble`` on batches of two sizes and through ``quintet deeprelax predict --compile``."""
+    import csv
+    import warnings
+
+    from quintet.atomistic.nn import CompiledModel
+    from quintet.atomistic.structures import to_ase, write_structure
+    from quintet.atomistic.testing import example_records
+    from quintet.cli import main
+    from quintet.deeprelax.jobs import MODEL_KEY
+    from quintet.deeprelax.relax import SolveConfig, relax_ensemble
+    from quintet.train.checkpoint import save_model
+
+    recs = example_records(torch.float32)
+    recs = [recs["bulk"], recs["triclinic"], recs["slab"]]
+    torch.manual_seed(0)
+    model = DeepRelax(ModelConfig(hidden=16, num_layers=2, num_rbf=8))
+    with torch.no_grad():  # non-trivial heads (their last layers start at zero)
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    model.eval()
+    fast = CompiledModel(model)
+    solve = SolveConfig(steps=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fall-back to eager fails the test
+        for group in (recs, recs[:2]):
+            eager = relax_ensemble([model], collate(group), solve)
+            got = relax_ensemble([fast], collate(group), solve)
+            for key in ("mu_relaxed", "sigma_relaxed", "mu_displace", "cell", "init_positions", "positions"):
+                torch.testing.assert_close(got[key], eager[key], atol=2e-4, rtol=1e-4)
+    assert fast.compiled
+
+    path = save_model(tmp_path / "m.pt", model, {}, extra={MODEL_KEY: model.config_dict()})
+    for k, r in enumerate(recs[:2]):
+        write_structure(tmp_path / "in" / f"s{k}.cif", to_ase(r))
+    unc = {}
+    for flag in ([], ["--compile"]):
+        out = tmp_path / f"out{len(flag)}"
+        assert main(["deeprelax", "predict", "-m", str(path), "-i", str(tmp_path / "in"), "-o", str(out), *flag]) == 0
+        rows = list(csv.DictReader((out / "predictions.csv").read_text().splitlines()))
+        unc[len(flag)] = {r["id"]: float(r["uncertainty_A"]) for r in rows}
+    assert "compile: true" in (tmp_path / "out1" / "config.yaml").read_text()
+    assert unc[1] == pytest.approx(unc[0], rel=1e-4)

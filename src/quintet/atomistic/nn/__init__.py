@@ -14,12 +14,14 @@ from quintet.atomistic.nn.blocks import (
     VectorReadout,
     mlp,
 )
+from quintet.atomistic.nn.compile import CompiledModel
 from quintet.atomistic.nn.normalisation import EnergyNormalisation
 from quintet.atomistic.nn.radial import GaussianRBF, PolynomialEnvelope, RadialBasis
 from quintet.atomistic.nn.scatter import scatter_mean, scatter_sum
 
 __all__ = [
     "AtomEmbedding",
+    "CompiledModel",
     "EnergyNormalisation",
     "GatedUpdate",
     "GaussianRBF",
