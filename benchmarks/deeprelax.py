@@ -31,6 +31,7 @@ from quintet.atomistic.structures import to_ase
 from quintet.deeprelax.jobs import (
     MODEL_KEY,
     DataConfig,
+    compiled,
     evaluate_model,
     finish,
     load_dataset,
@@ -46,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "materials"
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "benchmarks" / "work" / "deeprelax"
+# per-structure rows and oracle runs behind the plots, committed so that a later run can redraw every panel
+ROWS = RESULTS / "deeprelax_rows"
 
 
 def datasets(quick: bool) -> dict[str, dict]:
@@ -60,6 +63,7 @@ def datasets(quick: bool) -> dict[str, dict]:
             "budget_s": 60 if quick else 540,
             "oracle_subset": 10 if quick else 40,
             "relax_cell": True,
+            "finish_floor": True,  # cheap with EMT: FIRE steps from interpolated starts (finish_floor())
         },
         "bulk_oxides": {
             "data": DataConfig(
@@ -257,6 +261,55 @@ def oracle_compare(
     return out
 
 
+FLOOR_T = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
+
+
+def finish_floor(ds, spec: dict, k: int, calc) -> dict:
+    """FIRE steps to fmax from ``relaxed + t (unrelaxed - relaxed)`` (cell and fractional coordinates
+    interpolated) for t in :data:`FLOOR_T`, on the first k test structures.
+
+    A start at t has an error t times the dummy's, along the relaxation path. The median steps at t over
+    those at t = 1 is the finish-step ratio that a prediction with coordinate error t × dummy can expect,
+    so the curve says how accurate a prediction must be to meet the finish-step target.
+    """
+    steps: dict[float, list[int]] = {t: [] for t in FLOOR_T}
+    for idx in range(min(k, len(ds))):
+        rec = ds[idx]
+        cu, cr = rec[K.CELL].double().reshape(3, 3), rec[K.RELAXED_CELL].double().reshape(3, 3)
+        fu = torch.linalg.solve(cu.T, rec[K.POSITIONS].double().T).T  # fractional coordinates
+        fr = torch.linalg.solve(cr.T, rec[K.RELAXED_POSITIONS].double().T).T
+        df = fu - fr
+        df -= torch.round(df)
+        for t in FLOOR_T:
+            cell = cr + t * (cu - cr)
+            start = to_ase(
+                {
+                    K.POSITIONS: (fr + t * df) @ cell,
+                    K.ATOMIC_NUMBERS: rec[K.ATOMIC_NUMBERS],
+                    K.CELL: cell,
+                    K.PBC: rec[K.PBC],
+                }
+            )
+            steps[t].append(finish(start, calc, 0.05, 1000, spec["cell"], spec["filter"]).steps)
+    med = {t: float(np.median(v)) for t, v in steps.items()}
+    return {
+        "t": list(FLOOR_T),
+        "median_steps": [med[t] for t in FLOOR_T],
+        "steps_ratio": [med[t] / med[1.0] if med[1.0] > 0 else float("nan") for t in FLOOR_T],
+        "structures": min(k, len(ds)),
+    }
+
+
+def _floor_t_for(floor: dict, ratio: float) -> float:
+    """Where the floor curve first reaches the step ratio ``ratio``: the error (× dummy) a prediction
+    may have to meet it (linear between grid points, from (0, 0))."""
+    t, r = [0.0, *floor["t"]], [0.0, *floor["steps_ratio"]]
+    for a in range(1, len(t)):
+        if r[a] > ratio:
+            return float(np.interp(ratio, [r[a - 1], r[a]], [t[a - 1], t[a]]))
+    return 1.0
+
+
 def _finish_summary(orc: dict, optimizer: str = "fire") -> dict:
     """Median oracle steps from the prediction and from the input, and their ratio (``{}`` when
     ``optimizer`` was not run). FIRE keys carry no suffix (the issue's measure), BFGS ones ``_bfgs``."""
@@ -351,6 +404,16 @@ def evaluate_run(
     )
     summary["time_per_structure_s_solve100"] = s100["time_per_structure_s"]
     summary["coord_mae_ratio_vs_dummy_solve100"] = s100["coord_mae_ratio_vs_dummy"]
+    if not args.no_compile:  # predict/eval --compile: one-off compile on the first batch, then faster
+        fast = compiled(models)
+        t0 = time.perf_counter()
+        evaluate_model(fast, test, solve=solve, progress=False)  # compiles (dynamic shapes: once)
+        first = time.perf_counter() - t0
+        comp = evaluate_model(fast, test, solve=solve, progress=False)[0]
+        summary["time_per_structure_s_compiled"] = comp["time_per_structure_s"]
+        summary["compile_s"] = first - comp["time_per_structure_s"] * len(test)
+        summary["coord_mae_A_compiled"] = comp["coord_mae_A"]
+        summary["compiled"] = all(f.compiled for f in fast)  # False: fell back to eager (warned)
     measure = "uncertainty"
     if len(models) > 1:
         on_val = on_val or evaluate_model(models, val, solve=solve, progress=False)[0]
@@ -378,17 +441,32 @@ def evaluate_run(
     )
     oracle_t = float(np.mean(orc["oracle_time_s"]))
     fire = _finish_summary(orc)
+    if spec.get("finish_floor"):  # depends on no model: measured once per dataset, kept in the work folder
+        cache = WORK / f"finish_floor_{name}{quick_suffix(args)}.json"
+        if cache.is_file():
+            floor = json.loads(cache.read_text())
+        else:
+            floor = finish_floor(test, spec, spec["oracle_subset"], calcs[spec["oracle"]])
+            atomic_save_json(cache, floor)
+        floor["error_ratio_needed_for_steps_ratio_0.3"] = _floor_t_for(floor, 0.3)
+        floor["steps_ratio_at_this_error"] = float(
+            np.interp(summary["coord_mae_ratio_vs_dummy"], [0.0, *floor["t"]], [0.0, *floor["steps_ratio"]])
+        )
+        fire["finish_floor"] = floor
+    speed_c = oracle_t / summary["time_per_structure_s_compiled"] if "compile_s" in summary else None
     res = {
         **summary,
         "oracle": spec["oracle"],
         "oracle_time_per_structure_s": oracle_t,
         "speedup_vs_oracle": oracle_t / summary["time_per_structure_s"],
+        **({"speedup_vs_oracle_compiled": speed_c} if speed_c else {}),
         **fire,
         "oracle_subset_size": len(orc["steps_unrelaxed"]),
         **_finish_summary(orc, "bfgs"),
         "targets": {
             "coord_mae_ratio_vs_dummy<=0.35": summary["coord_mae_ratio_vs_dummy"] <= 0.35,
             "speedup_vs_oracle>=50": oracle_t / summary["time_per_structure_s"] >= 50,
+            **({"speedup_vs_oracle_compiled>=50": speed_c >= 50} if speed_c else {}),
             "finish_steps_ratio<=0.3": fire["finish_steps_ratio"] <= 0.3,
             "uncertainty_spearman>=0.3": summary[f"{measure}_spearman"] >= 0.3,
         },
@@ -451,6 +529,34 @@ def plot_ensembles(ensembles: dict, full: dict, out: Path, suffix: str = "") -> 
             ax.set_title(f"{title}: Spearman {res[rho]:.2f}")
     fig.tight_layout()
     fig.savefig(out / f"deeprelax_ensemble{suffix}.png", dpi=120)
+    plt.close(fig)
+
+
+def plot_finish_floor(full: dict, out: Path, suffix: str = "") -> None:
+    """FIRE finish-step ratio vs the start's error (× dummy) along the relaxation path, with the
+    rows measured from DeepRelax predictions (single models and ensembles) and the 0.3 target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bases = [k for k, v in full.items() if "finish_floor" in v and "_ensemble" not in k]
+    if not bases:
+        return
+    fig, axes = plt.subplots(1, len(bases), figsize=(5 * len(bases), 3.8), squeeze=False)
+    for ax, base in zip(axes[0], bases, strict=True):
+        fl = full[base]["finish_floor"]
+        ax.plot([0, *fl["t"]], [0, *fl["steps_ratio"]], "o-", label="start = relaxed + t (unrelaxed − relaxed)")
+        for key, row in full.items():
+            if key == base or key.startswith(base + "_ensemble"):
+                ax.plot(row["coord_mae_ratio_vs_dummy"], row["finish_steps_ratio"], "s", ms=8, label=f"{key} prediction")
+        ax.axhline(0.3, color="grey", ls="--", label="target 0.3")
+        ax.set_xlabel("coordinate error of the start (× dummy)")
+        ax.set_ylabel("median FIRE steps (× from unrelaxed)")
+        ax.set_title(f"{base}: target needs ≈ {fl['error_ratio_needed_for_steps_ratio_0.3']:.2f}× dummy")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"deeprelax_finish_floor{suffix}.png", dpi=120)
     plt.close(fig)
 
 
@@ -517,6 +623,7 @@ def main() -> None:
         "--member", type=int, action="append", default=[], help="with --train-only: this member only (repeatable)"
     )
     parser.add_argument("--no-bfgs", action="store_true", help="FIRE finish only")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile timing")
     parser.add_argument("--oracle-scale", type=float, default=1.0, help="multiply every oracle subset size")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -568,7 +675,7 @@ def main() -> None:
             res["training"] = info if len(models) == 1 else {"members": len(models), "member0": info}
             results[key] = res
             full[key] = {**res, "_rows": rows, "_oracle": orc}
-            atomic_save_json(WORK / f"full_{key}{quick_suffix(args)}.json", full[key])
+            atomic_save_json(ROWS / f"{key}{quick_suffix(args)}.json", full[key])
             if out_json.is_file() and args.only:  # re-read: rows a concurrent --only run wrote meanwhile stay
                 on_disk = {k: v for k, v in json.loads(out_json.read_text()).items() if not k.startswith("_")}
                 results = {**on_disk, **{k: results[k] for k in full}}
@@ -579,14 +686,15 @@ def main() -> None:
             print(f"== {key}: {json.dumps({k: v for k, v in res.items() if k != 'training'}, default=str)}")
     sfx = quick_suffix(args)
     for key in results:  # plots cover every row measured so far (earlier --only runs included)
-        f = WORK / f"full_{key}{sfx}.json"
+        f = ROWS / f"{key}{sfx}.json"
         if key not in full and f.is_file():
             full[key] = json.loads(f.read_text())
     missing = [k for k in specs if k in results and k not in full]
     if missing:  # rows of earlier runs are gone (a fresh checkout): keep the committed plots whole
-        print(f"plots kept: no per-structure rows for {missing} in {WORK} (a run over all datasets redraws them)")
+        print(f"plots kept: no per-structure rows for {missing} in {ROWS} (a run over all datasets redraws them)")
     else:
         plots({k: full[k] for k in specs if k in full}, RESULTS, sfx)
+    plot_finish_floor(full, RESULTS, sfx)
     ensembles = {k: v for k, v in full.items() if "_ensemble" in k}
     if ensembles:
         plot_ensembles(ensembles, full, RESULTS, sfx)
