@@ -135,9 +135,23 @@ def test_predict_cli_writes_cifs_and_csv_resumes_and_never_overwrites(trained, p
     # resume: a half-done folder only gets the missing structure
     (out / "s1_relaxed.cif").unlink()
     before = (out / "s0_relaxed.cif").stat().st_mtime_ns
-    predict(PredictJob(model=str(path), inputs=[str(inp / "*.cif")], out=str(out)))
+    same = dict(model=str(path), inputs=[str(inp / "*.cif")], out=str(out), finish_with="emt", finish_filter="unitcell")
+    predict(PredictJob(**same))
     assert (out / "s1_relaxed.cif").is_file() and (out / "s0_relaxed.cif").stat().st_mtime_ns == before
     assert len(_rows(out / "predictions.csv")) == 3
+    # resuming with another model or other output settings would mix predictions: refused, nothing touched
+    other = tmp_path / "other.pt"
+    other.write_bytes(path.read_bytes() + b"\0")  # another file (bytes differ); the check runs before loading
+    (out / "s1_relaxed.cif").unlink()
+    csv_before = (out / "predictions.csv").read_bytes()
+    for change, what in (({"model": str(other)}, "models"), ({"finish_with": "none"}, "finish_with")):
+        with pytest.raises(ValueError, match=f"other {what}.*resume=false"):
+            predict(PredictJob(**{**same, **change}))
+    assert (out / "predictions.csv").read_bytes() == csv_before and not (out / "s1_relaxed.cif").exists()
+    predict(PredictJob(**{**same, "finish_with": "none", "resume": False}))  # starts over: every structure again
+    rows = _rows(out / "predictions.csv")
+    assert len(rows) == 3 and all("finish_steps" not in r for r in rows)
+    assert (out / "s0_relaxed.cif").stat().st_mtime_ns != before
     with pytest.raises(ValueError, match="never overwritten"):
         predict(PredictJob(model=str(path), inputs=[str(inp)], out=str(inp)))
     with pytest.raises(FileNotFoundError):

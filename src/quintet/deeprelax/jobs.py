@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -145,7 +146,9 @@ class PredictJob:
         finish_filter: cell filter of the finishing relaxation (``unitcell`` is cheaper for EMT).
         finish_optimizer: ``fire`` (ASE FIRE) or ``bfgs`` (ASE BFGS, quasi-Newton like the ionic
             relaxations of DFT codes; far fewer steps from a nearly relaxed start).
-        resume: skip inputs already listed in ``predictions.csv`` with their output file present.
+        resume: skip inputs already listed in ``predictions.csv`` with their output file present. The folder's
+            ``predict_run.json`` must show the same model files (SHA-256) and output settings, else a
+            ``ValueError``: resuming would mix predictions of two models.
         output_format: ``cif`` (``<id>_relaxed.cif``) or ``extxyz`` (``<id>_relaxed.extxyz``, which also
             carries the per-atom uncertainty as the array ``uncertainty_A``, and ``spread_A`` for an ensemble).
         compile: run the networks through ``torch.compile`` (:class:`~quintet.atomistic.nn.CompiledModel`):
@@ -557,6 +560,49 @@ def _record_from_atoms(atoms: Any, source: str) -> dict[str, Tensor]:
     return rec
 
 
+_RUN_FILE = "predict_run.json"
+#: the settings that change what ``predict`` writes for a structure (batching and ``compile`` do not)
+_OUTPUT_SETTINGS = (
+    "solve", "finish_with", "fmax", "finish_steps", "finish_cell", "finish_filter", "finish_optimizer", "output_format",
+)  # fmt: skip
+
+
+def _predict_fingerprint(job: PredictJob) -> dict[str, Any]:
+    """What produced a prediction folder: the model files' SHA-256 (members in order) and the output settings."""
+    import hashlib
+
+    models = []
+    for p in [job.model, *job.ensemble]:
+        try:
+            models.append(hashlib.sha256(Path(p).read_bytes()).hexdigest())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"model file not found: {p}") from None
+    return {"models": models, **{k: asdict(v) if k == "solve" else v for k in _OUTPUT_SETTINGS for v in [getattr(job, k)]}}
+
+
+def _check_resumable(out: Path, fingerprint: dict[str, Any]) -> None:
+    """Raise ``ValueError`` when the predictions already in ``out`` were made by other models or settings
+    (resuming would mix them); a folder from before this record is resumed with a warning."""
+    prior_file = out / _RUN_FILE
+    if not prior_file.is_file():
+        import warnings
+
+        warnings.warn(
+            f"{out} has predictions but no {_RUN_FILE}: resuming without checking that they came from the same "
+            "model and settings",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
+    prior = json.loads(prior_file.read_text(encoding="utf-8"))
+    differ = sorted(k for k in set(prior) | set(fingerprint) if prior.get(k) != fingerprint.get(k))
+    if differ:
+        raise ValueError(
+            f"{out} already holds predictions made with other {', '.join(differ)} (see {prior_file}); resuming would "
+            "mix them: choose another --out, or pass resume=false to predict every structure again"
+        )
+
+
 def predict(job: PredictJob) -> Path:
     """Relax every input structure; writes ``<out>/<name>_relaxed.{cif,extxyz}`` and ``<out>/predictions.csv``.
 
@@ -564,7 +610,9 @@ def predict(job: PredictJob) -> Path:
         The CSV path.
 
     Raises:
-        ValueError: the output folder holds an input file, or an input is invalid (named in the message).
+        ValueError: the output folder holds an input file, an input is invalid (named in the message), or
+            resuming would mix outputs: the folder's predictions came from other model files or output settings
+            (recorded in ``predict_run.json``).
     """
     from tqdm.auto import tqdm
 
@@ -578,7 +626,6 @@ def predict(job: PredictJob) -> Path:
                 f"output folder {out} contains the input {f}; choose another --out (inputs are never overwritten)"
             )
     out.mkdir(parents=True, exist_ok=True)
-    save_config(job, out / "config.yaml")
     csv_path = out / "predictions.csv"
     done: dict[str, dict[str, Any]] = {}
     if job.resume and csv_path.is_file():
@@ -586,6 +633,11 @@ def predict(job: PredictJob) -> Path:
             for row in csv.DictReader(fh):
                 if (out / row["output"]).is_file():
                     done[row["id"]] = row
+    fingerprint = _predict_fingerprint(job)
+    if done:
+        _check_resumable(out, fingerprint)
+    save_config(job, out / "config.yaml")
+    atomic_save_json(out / _RUN_FILE, fingerprint)
     items: list[tuple[str, Any]] = []
     for f in files:
         frames = read_structures(f)
