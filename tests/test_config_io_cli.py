@@ -3,6 +3,7 @@ nothing behind on failure, fingerprints, and the CLI frame (help for every syste
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -14,7 +15,15 @@ import yaml
 
 from quintet.cli import SYSTEMS, main
 from quintet.config import ConfigError, config_to_dict, load_config, parse_overrides, save_config
-from quintet.io import atomic_open, atomic_save_json, atomic_write_text, fingerprint, load_json
+from quintet.io import (
+    atomic_open,
+    atomic_save_json,
+    atomic_write_text,
+    check_resume_record,
+    file_sha256,
+    fingerprint,
+    load_json,
+)
 
 
 @dataclass
@@ -151,3 +160,24 @@ def test_atomic_files_honour_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_resume_record_refuses_to_mix_runs_and_warns_on_unrecorded_folders(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"weights")
+    rec = {"model": file_sha256(model), "solve": {"steps": 40}, "fmax": 0.05}
+    assert rec["model"] == hashlib.sha256(b"weights").hexdigest()
+    check_resume_record(tmp_path, rec, resuming=False)  # a fresh folder: just recorded
+    assert load_json(tmp_path / "run.json") == rec
+    check_resume_record(tmp_path, dict(rec), resuming=True)  # same run: resumes
+    with pytest.raises(ValueError, match=r"other fmax, solve .*resume=false"):
+        check_resume_record(tmp_path, {**rec, "solve": {"steps": 100}, "fmax": 0.01}, resuming=True)
+    assert load_json(tmp_path / "run.json") == rec  # the refused run wrote nothing
+    check_resume_record(tmp_path, {**rec, "fmax": 0.01}, resuming=False)  # starting over replaces the record
+    assert load_json(tmp_path / "run.json")["fmax"] == 0.01
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    with pytest.warns(RuntimeWarning, match="no run.json"):
+        check_resume_record(legacy, rec, resuming=True)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        file_sha256(tmp_path / "missing.pt")

@@ -23,6 +23,8 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_resume_record",
+    "file_sha256",
     "fingerprint",
     "load_json",
 ]
@@ -126,3 +128,46 @@ def fingerprint(*parts: Any, files: list[PathLike] | None = None, length: int = 
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:length]
+
+
+def file_sha256(path: PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes; ``FileNotFoundError`` names a missing file."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path}") from None
+    return h.hexdigest()
+
+
+def check_resume_record(folder: PathLike, record: dict[str, Any], name: str = "run.json", resuming: bool = True) -> None:
+    """Guard a resumable output folder against mixing two runs, then store ``record`` in it.
+
+    ``record`` says what produced the outputs (model files' hashes, the settings that change them).
+    When ``resuming`` (the folder already holds outputs that will be kept) and ``folder/name`` records
+    something else, ``ValueError`` names the differing keys and nothing is written. A folder with
+    outputs but no record (made before records existed) is resumed with a ``RuntimeWarning``.
+    """
+    path = Path(folder) / name
+    if resuming:
+        if not path.is_file():
+            import warnings
+
+            warnings.warn(
+                f"{folder} holds outputs but no {name}: resuming without checking that they came from the "
+                "same model and settings",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        else:
+            prior = load_json(path)
+            record_plain = json.loads(json.dumps(record, default=_json_default))
+            differ = sorted(k for k in set(prior) | set(record_plain) if prior.get(k) != record_plain.get(k))
+            if differ:
+                raise ValueError(
+                    f"{folder} already holds outputs made with other {', '.join(differ)} (see {path}); resuming "
+                    "would mix them: choose another output folder, or pass resume=false to redo every item"
+                )
+    atomic_save_json(path, record)

@@ -112,6 +112,14 @@ def test_cli_predict_writes_cifs_and_resumes(trained, tmp_path, capsys):
     assert main([*argv, "--out", str(out)]) == 0
     assert "resuming: 5 of 5" in capsys.readouterr().out
     assert len(list(csv.DictReader((out / "predictions.csv").read_text().splitlines()))) == 5
+    # resuming with other output settings (or another model) would mix two runs: refused, nothing written
+    csv_before = (out / "predictions.csv").read_bytes()
+    from quintet.definet.predict import PredictJob, predict
+
+    with pytest.raises(ValueError, match=r"other tol.*resume=false"):
+        predict(PredictJob(model=str(res.best_path), inputs=[str(folder)], pristine=str(host), out_dir=str(out), tol=0.2))
+    assert (out / "predictions.csv").read_bytes() == csv_before
+    assert '"tol": 0.3' in (out / "predict_run.json").read_text()
 
 
 def test_cli_label_rejects_an_interstitial_cleanly(trained, tmp_path, capsys):

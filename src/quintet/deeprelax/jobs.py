@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import glob
 import io
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,7 +33,7 @@ from quintet.deeprelax.maths import coverage, edge_lengths, per_graph_mean, spea
 from quintet.deeprelax.model import DeepRelax, ModelConfig, ensure_graph
 from quintet.deeprelax.relax import SolveConfig, check_ensemble, relax_ensemble
 from quintet.deeprelax.task import DeepRelaxTask, LossConfig, targets
-from quintet.io import atomic_save_json, atomic_write_text
+from quintet.io import atomic_save_json, atomic_write_text, check_resume_record, file_sha256
 from quintet.train import TrainConfig, fit, load_model_file
 
 __all__ = [
@@ -560,47 +559,16 @@ def _record_from_atoms(atoms: Any, source: str) -> dict[str, Tensor]:
     return rec
 
 
-_RUN_FILE = "predict_run.json"
 #: the settings that change what ``predict`` writes for a structure (batching and ``compile`` do not)
 _OUTPUT_SETTINGS = (
     "solve", "finish_with", "fmax", "finish_steps", "finish_cell", "finish_filter", "finish_optimizer", "output_format",
 )  # fmt: skip
 
 
-def _predict_fingerprint(job: PredictJob) -> dict[str, Any]:
+def _predict_record(job: PredictJob) -> dict[str, Any]:
     """What produced a prediction folder: the model files' SHA-256 (members in order) and the output settings."""
-    import hashlib
-
-    models = []
-    for p in [job.model, *job.ensemble]:
-        try:
-            models.append(hashlib.sha256(Path(p).read_bytes()).hexdigest())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"model file not found: {p}") from None
-    return {"models": models, **{k: asdict(v) if k == "solve" else v for k in _OUTPUT_SETTINGS for v in [getattr(job, k)]}}
-
-
-def _check_resumable(out: Path, fingerprint: dict[str, Any]) -> None:
-    """Raise ``ValueError`` when the predictions already in ``out`` were made by other models or settings
-    (resuming would mix them); a folder from before this record is resumed with a warning."""
-    prior_file = out / _RUN_FILE
-    if not prior_file.is_file():
-        import warnings
-
-        warnings.warn(
-            f"{out} has predictions but no {_RUN_FILE}: resuming without checking that they came from the same "
-            "model and settings",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return
-    prior = json.loads(prior_file.read_text(encoding="utf-8"))
-    differ = sorted(k for k in set(prior) | set(fingerprint) if prior.get(k) != fingerprint.get(k))
-    if differ:
-        raise ValueError(
-            f"{out} already holds predictions made with other {', '.join(differ)} (see {prior_file}); resuming would "
-            "mix them: choose another --out, or pass resume=false to predict every structure again"
-        )
+    settings = {k: asdict(job.solve) if k == "solve" else getattr(job, k) for k in _OUTPUT_SETTINGS}
+    return {"models": [file_sha256(p) for p in [job.model, *job.ensemble]], **settings}
 
 
 def predict(job: PredictJob) -> Path:
@@ -633,11 +601,8 @@ def predict(job: PredictJob) -> Path:
             for row in csv.DictReader(fh):
                 if (out / row["output"]).is_file():
                     done[row["id"]] = row
-    fingerprint = _predict_fingerprint(job)
-    if done:
-        _check_resumable(out, fingerprint)
+    check_resume_record(out, _predict_record(job), "predict_run.json", resuming=bool(done))
     save_config(job, out / "config.yaml")
-    atomic_save_json(out / _RUN_FILE, fingerprint)
     items: list[tuple[str, Any]] = []
     for f in files:
         frames = read_structures(f)

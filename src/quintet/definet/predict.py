@@ -30,7 +30,7 @@ from quintet.atomistic import keys as K
 from quintet.config import save_config
 from quintet.definet.model import PRED_POSITIONS, DefiNet
 from quintet.definet.run import DataConfig
-from quintet.io import atomic_save_json, atomic_write_text
+from quintet.io import atomic_save_json, atomic_write_text, check_resume_record, file_sha256
 
 __all__ = [
     "FINISHERS",
@@ -173,7 +173,8 @@ class PredictJob:
         finish_optimizer: ``fire`` or ``bfgs`` (quasi-Newton, like DFT ionic relaxations).
         fmax: oracle force convergence, eV/Å.
         max_steps: oracle step limit.
-        resume: skip structures already listed in ``predictions.csv``.
+        resume: skip structures already listed in ``predictions.csv``, when ``predict_run.json`` shows the
+            same model, host and output settings (else ``ValueError``: resuming would mix two runs).
         progress: progress bars.
     """
 
@@ -270,6 +271,14 @@ def atoms_from(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc
     return Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
 
 
+def _predict_record(job: PredictJob) -> dict[str, Any]:
+    """What produced a prediction folder: the model's and host files' SHA-256 and the settings that change
+    the outputs (batching and progress bars do not)."""
+    host = {k: file_sha256(getattr(job, k)) for k in ("pristine", "unit_cell") if getattr(job, k)}
+    settings = ("supercell", "tol", "finish_with", "finish_optimizer", "fmax", "max_steps")
+    return {"model": file_sha256(job.model), **host, **{k: getattr(job, k) for k in settings}}
+
+
 def predict(job: PredictJob) -> Path:
     """Predict relaxed structures for every input file; returns the path of ``predictions.csv``.
 
@@ -291,9 +300,10 @@ def predict(job: PredictJob) -> Path:
     files = list_inputs(job.inputs)
     out = Path(job.out_dir)  # created only once the inputs are known to be usable
     out.mkdir(parents=True, exist_ok=True)
-    save_config(job, out / "config.yaml")
     csv_path = out / "predictions.csv"
     rows = _read_rows(csv_path) if job.resume else []
+    check_resume_record(out, _predict_record(job), "predict_run.json", resuming=bool(rows))
+    save_config(job, out / "config.yaml")
     done = {r["id"] for r in rows}
     todo = [f for f in files if _structure_id(f) not in done]
     if len(todo) < len(files):
