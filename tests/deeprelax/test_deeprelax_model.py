@@ -105,7 +105,23 @@ def test_untrained_model_returns_the_input_structure() -> None:
     assert torch.allclose(res["positions"], batch[K.POSITIONS], atol=1e-9)
     assert torch.allclose(res["cell"], batch[K.CELL])
     assert res["atom_uncertainty"].shape == (batch[K.POSITIONS].shape[0],)
-    assert torch.allclose(res["uncertainty"], torch.full((2,), float(np.exp(-2.0))).double())
+    # every distance starts at b = e^-2 and the cell at b_cell = e^-3: each atom's uncertainty is
+    # sqrt(e^-4 + (e^-3 |f|)^2), f its fractional coordinates along the periodic directions
+    pos, pbc = batch[K.POSITIONS], batch[K.PBC].reshape(-1, 3)
+    want = []
+    for g in range(2):
+        sel = batch[K.BATCH] == g
+        frac = torch.linalg.solve(batch[K.CELL].reshape(-1, 3, 3)[g].T, pos[sel].T).T * pbc[g]
+        want.append((np.exp(-4.0) + np.exp(-6.0) * (frac**2).sum(-1)).sqrt())
+    assert torch.allclose(res["atom_uncertainty"], torch.cat(want))
+    assert torch.allclose(res["cell_uncertainty"], torch.full((2,), float(np.exp(-3.0))).double())
+    # without the cell scale (and for model files written before it) only the distances count
+    torch.manual_seed(0)
+    m0 = DeepRelax(ModelConfig(hidden=16, num_layers=1, num_rbf=8, cell_uncertainty=False)).double().eval()
+    res0 = relax_batch(m0, batch)
+    assert torch.allclose(res0["uncertainty"], torch.full((2,), float(np.exp(-2.0))).double())
+    assert torch.equal(res0["cell_uncertainty"], torch.zeros(2).double())
+    assert torch.equal(res0["positions"], res["positions"]) and torch.equal(res0["cell"], res["cell"])
 
 
 def _exact_problem(seed: int = 0):
@@ -281,6 +297,35 @@ def test_position_loss_is_the_first_guess_error_and_trains_the_displacement_head
     assert grads[0] > 1e-6 and grads[1] < grads[0]
 
 
+def test_cell_scale_learns_from_detached_features_and_leaves_the_rest_of_training_unchanged() -> None:
+    """The cell scale's NLL must not reach the backbone or the cell: with and without the head, the same
+    seed gives the same loss terms' gradients on every shared parameter; the head's own gradient is non-zero."""
+    from quintet.deeprelax.task import DeepRelaxTask, LossConfig
+
+    recs = _exact_problem(0)[0]
+    batch = collate(recs)
+    grads = {}
+    for flag in (True, False):
+        torch.manual_seed(0)
+        m = DeepRelax(ModelConfig(hidden=16, num_layers=2, num_rbf=8, cell_uncertainty=flag)).double()
+        with torch.no_grad():  # non-trivial heads, drawn from a separate generator (same for both models)
+            gen, gen_scale = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+            for name, p in m.named_parameters():
+                if p.abs().sum() == 0:  # the scale's own draws come from another generator
+                    g = gen_scale if name.startswith("cell_scale") else gen
+                    p.copy_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        out = DeepRelaxTask(m, LossConfig(solve_in_val=False)).step(batch, "train")
+        out.loss.backward()
+        grads[flag] = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        if flag:
+            assert "cell_sigma" in out.metrics
+    shared = set(grads[False])
+    assert shared < set(grads[True]) and all(n.startswith("cell_scale") for n in set(grads[True]) - shared)
+    for n in shared:
+        torch.testing.assert_close(grads[True][n], grads[False][n], rtol=0, atol=1e-12, msg=n)
+    assert grads[True]["cell_scale.2.bias"].abs().item() > 0
+
+
 def test_ensemble_combines_members_as_documented_and_ignores_their_order() -> None:
     """Mean μ, moment-matched σ = sqrt(mean b² + var μ / 2), mean first guess and cell, spread = RMS
     distance of the first guesses from their mean (for two members: half their distance), by hand."""
@@ -303,6 +348,10 @@ def test_ensemble_combines_members_as_documented_and_ignores_their_order() -> No
     spread = (oa[M.INIT_POS] - ob[M.INIT_POS]).norm(dim=-1) / 2
     assert torch.allclose(res["atom_spread"], spread) and bool((spread > 0).all())
     assert torch.allclose(res["spread"], per_graph_mean(spread, batch[K.BATCH], 3))
+    # the cell's scale: b_cell² = mean b_m² + (mean over the 9 entries of var C_m) / 2
+    ca, cb = sigma_from_log_b(oa[M.LOG_B_CELL], solve), sigma_from_log_b(ob[M.LOG_B_CELL], solve)
+    half_c = ((oa[M.PRED_CELL] - ob[M.PRED_CELL]) / 2) ** 2
+    assert torch.allclose(res["cell_uncertainty"], ((ca**2 + cb**2) / 2 + half_c.mean((-1, -2)) / 2).sqrt())
     flipped = relax_ensemble([b, a], batch)
     assert torch.allclose(flipped["positions"], relax_ensemble([a, b], batch)["positions"], atol=1e-12)
 

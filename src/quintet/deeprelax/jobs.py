@@ -311,7 +311,9 @@ def load_deeprelax(path: str | Path) -> tuple[DeepRelax, dict[str, Any]]:
     d = load_model_file(path)
     if MODEL_KEY not in d.get("extra", {}):
         raise ValueError(f"{path}: not a DeepRelax model file (no {MODEL_KEY!r} in its metadata)")
-    cfg = from_dict(ModelConfig, dict(d["extra"][MODEL_KEY]))
+    stored = dict(d["extra"][MODEL_KEY])
+    stored.setdefault("cell_uncertainty", False)  # files written before the cell scale existed
+    cfg = from_dict(ModelConfig, stored)
     model = DeepRelax(cfg)
     model.load_state_dict(d["state_dict"])
     model.eval()

@@ -38,6 +38,7 @@ MU_RELAXED = "mu_relaxed"  # (E,) predicted relaxed distances of every edge, Å
 LOG_B_RELAXED = "log_b_relaxed"  # (E,)
 PRED_CELL = "pred_cell"  # (B, 3, 3) predicted relaxed cell
 INIT_POS = "init_pos"  # (N, 3) the network's first guess of the relaxed positions (start of the solve)
+LOG_B_CELL = "log_b_cell"  # (B,) log Laplace scale of the predicted cell entries (cell_uncertainty)
 
 
 @dataclass
@@ -62,6 +63,11 @@ class ModelConfig:
             predicted cell deformation F in fractional coordinates, plus an equivariant per-atom
             displacement δ read out of the vector features); the solve also starts from p.
             ``"unrelaxed"``: the unrelaxed distances (and the solve starts from u).
+        cell_uncertainty: also predict a Laplace scale b_cell (Å) of the predicted cell entries, one per
+            structure, from the pooled atom features (not in the paper, whose cell head has no uncertainty).
+            It is trained on detached features and a detached cell, so it leaves the rest of the model and its
+            training as they were; it adds the cell's share to each atom's uncertainty (see
+            :func:`~quintet.deeprelax.relax.relax_ensemble`). Model files from before it load without it.
     """
 
     hidden: int = 128
@@ -75,6 +81,7 @@ class ModelConfig:
     residual_distances: bool = True
     relax_cell: bool = True
     residual_base: Literal["displaced", "unrelaxed"] = "displaced"
+    cell_uncertainty: bool = True
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.num_layers < 1 or self.num_rbf < 1:
@@ -236,6 +243,11 @@ class DeepRelax(nn.Module):
         self.cell_head: nn.Module = (
             _EquivariantCellHead(c.hidden) if c.cell_head == "equivariant" else _PublishedCellHead(c.hidden)
         )
+        self.cell_scale: nn.Module | None = None
+        if c.relax_cell and c.cell_uncertainty:  # built last: the other modules' initial weights are unchanged
+            self.cell_scale = mlp(c.hidden, c.hidden, 1)
+            nn.init.zeros_(self.cell_scale[-1].weight)
+            nn.init.constant_(self.cell_scale[-1].bias, -3.0)  # b_cell = e^-3 ≈ 0.05 Å to start
 
     def config_dict(self) -> dict[str, Any]:
         """The architecture as a plain dict (stored in checkpoints)."""
@@ -247,7 +259,8 @@ class DeepRelax(nn.Module):
         The batch needs ``POSITIONS``, ``ATOMIC_NUMBERS``, ``CELL``, ``PBC``, ``BATCH``, ``NUM_ATOMS``;
         the edges (``EDGE_INDEX``, ``EDGE_SHIFT``, :data:`~quintet.deeprelax.graph.DISPLACE`) are built
         when absent. Returns a dict with ``mu_displace``/``log_b_displace`` (displace edges, in edge
-        order), ``mu_relaxed``/``log_b_relaxed`` (every edge), ``pred_cell`` (B, 3, 3), and the edges used.
+        order), ``mu_relaxed``/``log_b_relaxed`` (every edge), ``pred_cell`` (B, 3, 3), ``log_b_cell`` (B,;
+        with ``cell_uncertainty``), and the edges used.
         """
         batch = ensure_graph(batch, self.cfg)
         pos, z, cell = batch[K.POSITIONS], batch[K.ATOMIC_NUMBERS], batch[K.CELL].reshape(-1, 3, 3)
@@ -278,7 +291,11 @@ class DeepRelax(nn.Module):
             init, d0_disp, d0_rel = pos, d[disp], d
         mu_d, lb_d = self.displace_head(x, ei[:, disp], edge_attr[disp], d0_disp)
         mu_r, lb_r = self.relaxed_head(x, ei, edge_attr, d0_rel)
+        extra = {}
+        if self.cell_scale is not None:  # detached: the scale learns the cell's error, it does not shape x
+            extra[LOG_B_CELL] = self.cell_scale(scatter_mean(x.detach(), bidx, num_graphs)).squeeze(-1)
         return {
+            **extra,
             MU_DISPLACE: mu_d,
             LOG_B_DISPLACE: lb_d,
             MU_RELAXED: mu_r,

@@ -15,7 +15,7 @@ from quintet.deeprelax.graph import DISPLACE
 from quintet.deeprelax.maths import per_atom_uncertainty, per_graph_mean
 from quintet.deeprelax.solve import solve_positions
 
-__all__ = ["SolveConfig", "check_ensemble", "relax_batch", "relax_ensemble", "sigma_from_log_b"]
+__all__ = ["SolveConfig", "cell_share", "check_ensemble", "relax_batch", "relax_ensemble", "sigma_from_log_b"]
 
 
 @dataclass
@@ -84,7 +84,24 @@ def _combine(outs: list[dict[str, Tensor]], solve: SolveConfig) -> dict[str, Ten
     out[M.INIT_POS] = init.mean(0)
     out[M.PRED_CELL] = torch.stack([o[M.PRED_CELL] for o in outs]).mean(0)
     out["atom_spread"] = ((init - out[M.INIT_POS]) ** 2).sum(-1).mean(0).sqrt()
+    if all(M.LOG_B_CELL in o for o in outs):  # the cell's scale, moment-matched the same way
+        cells = torch.stack([o[M.PRED_CELL] for o in outs])  # (M, B, 3, 3)
+        bc = torch.stack([sigma_from_log_b(o[M.LOG_B_CELL], solve) for o in outs])  # (M, B)
+        out["sigma_cell"] = bc[0] if len(outs) == 1 else ((bc**2).mean(0) + cells.var(0, correction=0).mean((-1, -2)) / 2).sqrt()
     return out
+
+
+def cell_share(sigma_cell: Tensor, pos: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor) -> Tensor:
+    """(N,) the cell's share of each atom's uncertainty, Å: ``b_cell · |f_i|``.
+
+    An atom at fractional coordinates f (periodic directions only) moves by f · ΔC when the cell is off
+    by ΔC; with every entry of ΔC Laplace(0, b_cell) its position error has the Laplace scale
+    b_cell |f|, so atoms far from the origin inherit more of the cell's uncertainty.
+    """
+    box = M.safe_box(cell)
+    frac = torch.linalg.solve(box.transpose(-1, -2)[batch], pos.unsqueeze(-1)).squeeze(-1)
+    frac = frac * pbc.reshape(-1, 3).to(pos.dtype)[batch]
+    return sigma_cell[batch] * torch.linalg.vector_norm(frac, dim=-1)
 
 
 @torch.no_grad()
@@ -97,6 +114,10 @@ def relax_ensemble(
     predictions are combined (:func:`_combine`: mean μ, moment-matched σ, mean cell and first guess)
     and the coordinates come from **one** solve of the combined bands, so an ensemble of M costs M
     forward passes and a single solve. With one model this is :func:`relax_batch`.
+
+    With a cell scale (``ModelConfig.cell_uncertainty``) each atom's uncertainty also carries the cell's
+    share, ``sqrt(σ_atom² + (b_cell |f|)²)`` (:func:`cell_share`), and ``cell_uncertainty`` (B,) is b_cell
+    (moment-matched over members like the distances' σ; 0 without the head).
 
     Returns:
         what :func:`relax_batch` returns, plus ``atom_spread`` (N,) and ``spread`` (B,): how far the
@@ -135,7 +156,11 @@ def relax_ensemble(
     )
     # every distance an atom is the centre of (its displace edges and its edges in the relaxed cell)
     atom_unc = per_atom_uncertainty(torch.cat([sig_d, sig_r]), torch.cat([ei[0, disp], ei[0]]), pos.shape[0])
+    sigma_cell = out.get("sigma_cell", pos.new_zeros(num_graphs))
+    if "sigma_cell" in out:  # Laplace scales of independent parts add in quadrature
+        atom_unc = (atom_unc**2 + cell_share(sigma_cell, pos, cell, batch[K.PBC], batch[K.BATCH]) ** 2).sqrt()
     return {
+        "cell_uncertainty": sigma_cell,
         "positions": res.positions,
         "cell": out[M.PRED_CELL].detach(),
         "init_positions": out[M.INIT_POS].detach(),

@@ -25,7 +25,8 @@ class LossConfig:
     Attributes:
         displace_weight: weight of the displace-distance Laplace NLL.
         relaxed_weight: weight of the relaxed-distance Laplace NLL.
-        cell_weight: weight of the L1 cell loss (mean over the 9 entries, Å).
+        cell_weight: weight of the L1 cell loss (mean over the 9 entries, Å), and of the Laplace NLL of
+            the cell's scale b_cell (periodic entries; the cell itself detached) when the model has one.
         log_b_min: lower clamp of log b in the loss (-3 in the paper; lower lets the scale follow
             the sub-0.05 Å errors of nearly relaxed inputs).
         log_b_max: upper clamp of log b in the loss.
@@ -91,6 +92,17 @@ class DeepRelaxTask(Task):
             + c.cell_weight * cell_err
         )
         num_graphs = cell_u.shape[0]
+        cell_nll = None
+        if M.LOG_B_CELL in out:  # the cell's Laplace scale, on the detached cell (its L1 above is unchanged)
+            per = batch[K.PBC].reshape(-1, 3).to(cell_r.dtype)
+            entry = per.unsqueeze(-1) * per.unsqueeze(-2)  # (B, 3, 3) entries the cell head may change
+            nll = laplace_nll(
+                out[M.PRED_CELL].detach(), out[M.LOG_B_CELL][:, None, None].expand_as(cell_r), cell_r,
+                c.log_b_min, c.log_b_max,
+            )  # fmt: skip
+            if entry.sum() > 0:
+                cell_nll = (nll * entry).sum() / entry.sum()
+                loss = loss + c.cell_weight * cell_nll
         init = out[M.INIT_POS]
         # Euclidean error with a 1e-6 Å floor: finite gradient when the guess is exact
         guess_err = ((init - batch[K.RELAXED_POSITIONS]).square().sum(-1) + 1e-12).sqrt()
@@ -103,6 +115,7 @@ class DeepRelaxTask(Task):
                 "rel_mae": (out[M.MU_RELAXED] - y_r).abs().mean() if y_r.numel() else zero.detach(),
                 "dummy_rel_mae": (d_unrel - y_r).abs().mean() if y_r.numel() else zero.detach(),
                 "cell_mae": cell_err.detach(),
+                **({"cell_sigma": out[M.LOG_B_CELL].exp().mean()} if cell_nll is not None else {}),
                 "dummy_cell_mae": (cell_u - cell_r).abs().mean(),
                 "guess_mae": per_graph_mean(
                     (init - batch[K.RELAXED_POSITIONS]).abs().mean(-1), batch[K.BATCH], num_graphs
