@@ -103,6 +103,28 @@ def test_tiny_training_beats_the_dummy_and_reload_is_identical(trained, tmp_path
     assert torch.equal(r1["positions"], r2["positions"]) and torch.equal(r1["cell"], r2["cell"])
 
 
+def test_model_files_from_before_the_cell_scale_still_load(trained, tmp_path: Path) -> None:
+    """A file written before ``cell_uncertainty`` existed (no such key, no ``cell_scale`` weights) loads
+    without the head and relaxes exactly like the model it came from; only the cell's share is gone."""
+    from quintet.train.checkpoint import load_model_file, save_model
+
+    path, job = trained
+    d = load_model_file(path)
+    cfg = dict(d["extra"]["deeprelax_model"])
+    assert cfg.pop("cell_uncertainty") is True
+    state = {k: v for k, v in d["state_dict"].items() if not k.startswith("cell_scale")}
+    old = save_model(tmp_path / "old.pt", state, d["config"], extra={"deeprelax_model": cfg})
+    m_old, _ = load_deeprelax(old)
+    m_new, _ = load_deeprelax(path)
+    assert not m_old.cfg.cell_uncertainty and m_old.cell_scale is None and m_new.cell_scale is not None
+    ds = load_dataset(job.data, "train", m_new.cfg)
+    batch = collate([ds[0], ds[1]])
+    r_old, r_new = relax_batch(m_old, batch), relax_batch(m_new, batch)
+    assert torch.equal(r_old["positions"], r_new["positions"]) and torch.equal(r_old["cell"], r_new["cell"])
+    assert bool((r_new["cell_uncertainty"] > 0).all()) and bool((r_old["cell_uncertainty"] == 0).all())
+    assert bool((r_new["uncertainty"] > r_old["uncertainty"]).all())
+
+
 def test_predict_cli_writes_cifs_and_csv_resumes_and_never_overwrites(trained, pairs, tmp_path: Path) -> None:
     path, _ = trained
     inp = tmp_path / "in"
@@ -131,7 +153,7 @@ def test_predict_cli_writes_cifs_and_csv_resumes_and_never_overwrites(trained, p
     assert sorted(r["id"] for r in rows) == ["s0", "s1", "s2"]
     assert all((out / r["output"]).is_file() for r in rows)
     assert all(int(r["finish_steps"]) >= 0 and float(r["finish_fmax"]) <= 0.05 for r in rows)
-    assert all(float(r["uncertainty_A"]) > 0 for r in rows)
+    assert all(float(r["uncertainty_A"]) > 0 and float(r["cell_uncertainty_A"]) > 0 for r in rows)
     # resume: a half-done folder only gets the missing structure
     (out / "s1_relaxed.cif").unlink()
     before = (out / "s0_relaxed.cif").stat().st_mtime_ns

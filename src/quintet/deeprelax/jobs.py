@@ -444,6 +444,7 @@ def evaluate_model(
                     "distance_mae_A": float(dist_e[g]),
                     "dummy_distance_mae_A": float(ddist_e[g]),
                     "uncertainty_A": float(res["uncertainty"][g]),
+                    "cell_uncertainty_A": float(res["cell_uncertainty"][g]),
                     "spread_A": float(res["spread"][g]),
                     "displace_residual_A": float(res["displace_residual"][g]),
                     "relaxed_residual_A": float(res["relaxed_residual"][g]),
@@ -617,6 +618,7 @@ def predict(job: PredictJob) -> Path:
         raise ValueError(f"several inputs share the name(s) {sorted(dup)[:5]}; outputs would collide")
     todo = [(i, a) for i, a in items if i not in done]
     models: Sequence[Any] = load_ensemble([job.model, *job.ensemble])
+    cell_scale = all(getattr(m, "cell_scale", None) is not None for m in models)
     if job.compile:
         models = compiled(models)
     calc = None
@@ -647,6 +649,7 @@ def predict(job: PredictJob) -> Path:
                     float(res["atom_uncertainty"][starts[g] : starts[g + 1]].max()), 6
                 ),
                 **({"spread_A": round(float(res["spread"][g]), 6)} if job.ensemble else {}),
+                **({"cell_uncertainty_A": round(float(res["cell_uncertainty"][g]), 6)} if cell_scale else {}),
                 "displace_residual_A": round(float(res["displace_residual"][g]), 6),
                 "relaxed_residual_A": round(float(res["relaxed_residual"][g]), 6),
                 "time_s": round(dt, 6),
