@@ -87,7 +87,8 @@ def _combine(outs: list[dict[str, Tensor]], solve: SolveConfig) -> dict[str, Ten
     if all(M.LOG_B_CELL in o for o in outs):  # the cell's scale, moment-matched the same way
         cells = torch.stack([o[M.PRED_CELL] for o in outs])  # (M, B, 3, 3)
         bc = torch.stack([sigma_from_log_b(o[M.LOG_B_CELL], solve) for o in outs])  # (M, B)
-        out["sigma_cell"] = bc[0] if len(outs) == 1 else ((bc**2).mean(0) + cells.var(0, correction=0).mean((-1, -2)) / 2).sqrt()
+        disagreement = cells.var(0, correction=0).mean((-1, -2))  # (B,) over the 9 entries
+        out["sigma_cell"] = bc[0] if len(outs) == 1 else ((bc**2).mean(0) + disagreement / 2).sqrt()
     return out
 
 
