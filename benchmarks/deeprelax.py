@@ -526,7 +526,7 @@ def plot_ensembles(ensembles: dict, full: dict, out: Path, suffix: str = "") -> 
             ax.scatter([r[col] for r in rows], [r["coord_mae_A"] for r in rows], s=8)
             ax.set_xlabel(label)
             ax.set_ylabel("coordinate MAE (Å)")
-            ax.set_title(f"{title}: Spearman {res[rho]:.2f}")
+            ax.set_title(f"{title}: Spearman {res[rho]:.2f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / f"deeprelax_ensemble{suffix}.png", dpi=120)
     plt.close(fig)
