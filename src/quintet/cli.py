@@ -46,6 +46,13 @@ SYSTEMS: dict[str, _System] = {
 }
 
 
+#: help text of the ``--compile`` flag of the inference verbs (:class:`quintet.atomistic.nn.CompiledModel`)
+COMPILE_HELP = (
+    "run the network through torch.compile: a one-off compile on the first batch (tens of seconds), "
+    "then a faster forward pass; for large jobs (falls back to eager, with a warning, if compiling fails)"
+)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the shared ``-c/--config FILE`` option and ``key=value`` override arguments."""
     parser.add_argument("-c", "--config", default=None, help="YAML config file (keys as in the dataclass)")

@@ -254,3 +254,35 @@ def test_finish_optimizer_bfgs_converges_in_fewer_steps_than_fire_and_bad_names_
     assert 1 <= bfgs["steps"] < fire["steps"]
     with pytest.raises(ValueError, match="finish_optimizer must be"):
         finish_relax(vac, "emt", optimizer="newton")
+
+
+@pytest.mark.integration
+def test_compiled_definet_evaluates_and_predicts_like_the_eager_one(trained, tmp_path):
+    """``compile=true`` (torch.compile through CompiledModel) gives the eager predictions to float32
+    round-off, in ``eval`` (CLI) and in ``predict_batches`` on batches of two sizes."""
+    import json
+    import warnings
+
+    from quintet.atomistic.nn import CompiledModel
+
+    _, job, res = trained
+    model, _ = load_definet(res.best_path)
+    ds = load_pairs(job.data, "val", model.cfg)
+    recs = [ds[i] for i in range(min(5, len(ds)))]
+    fast = CompiledModel(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fall-back to eager fails the test
+        for bs in (4, 2):
+            eager, _ = predict_batches(model, recs, batch_size=bs)
+            got, _ = predict_batches(fast, recs, batch_size=bs)
+            for a, b in zip(got, eager, strict=True):
+                np.testing.assert_allclose(a, b, atol=2e-4, rtol=0)
+    assert fast.compiled
+    summaries = {}
+    for flag in ([], ["--compile"]):
+        out = tmp_path / f"ev{len(flag)}"
+        argv = ["definet", "eval", "--model", str(res.best_path), "--data", job.data.root, "--out", str(out)]
+        assert main([*argv, "--split", "val", *flag]) == 0
+        summaries[len(flag)] = json.loads((out / "eval.json").read_text())
+    assert "compile: true" in (tmp_path / "ev1" / "config.yaml").read_text()
+    assert summaries[1]["coord_mae_ratio_vs_dummy"] == pytest.approx(summaries[0]["coord_mae_ratio_vs_dummy"], rel=1e-4)

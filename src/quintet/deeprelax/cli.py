@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from quintet.cli import add_config_arguments
+from quintet.cli import COMPILE_HELP, add_config_arguments
 
 __all__ = ["configure"]
 
@@ -70,12 +70,6 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMPILE_HELP = (
-    "run the network through torch.compile: a one-off compile on the first batch (tens of seconds), "
-    "then a faster forward pass; for large jobs (falls back to eager, with a warning, if compiling fails)"
-)
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``train``, ``eval`` and ``predict`` verbs."""
     sub = parser.add_subparsers(dest="verb", metavar="{train,eval,predict}")
@@ -91,7 +85,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "-m", "--model", action="append", default=[],
         help="model file (best.pt); repeat for a deep ensemble (members trained with other train.seed)",
     )  # fmt: skip
-    p.add_argument("--compile", action="store_true", help=_COMPILE_HELP)
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     add_config_arguments(p)
     p.set_defaults(func=_eval)
 
@@ -128,6 +122,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-atoms", dest="max_atoms", type=int, default=None, help="most atoms per batch (default 2048)"
     )
-    p.add_argument("--compile", action="store_true", help=_COMPILE_HELP)
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     add_config_arguments(p)
     p.set_defaults(func=_predict)

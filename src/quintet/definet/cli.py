@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from quintet.cli import add_config_arguments
+from quintet.cli import COMPILE_HELP, add_config_arguments
 
 __all__ = ["configure"]
 
@@ -79,6 +79,8 @@ def _predict(args: argparse.Namespace) -> int:
             "max_atoms": "max_atoms",
         },
     )
+    if args.compile:
+        over.append("compile=true")
     job = load_config(PredictJob, args.config, over)
     path = predict(job)
     print(f"predictions: {path}")
@@ -103,6 +105,8 @@ def _eval(args: argparse.Namespace) -> int:
             "finish_limit": "finish_limit",
         },
     )
+    if args.compile:
+        over.append("compile=true")
     job = load_config(EvalJob, args.config, over)
     summary = evaluate_model(job)
     print(json.dumps(summary, indent=2))
@@ -145,6 +149,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--finish-optimizer", default=None, choices=["fire", "bfgs"], help="default fire")
     p.add_argument("--batch-size", type=int, default=None, help="most structures per batch (default 8)")
     p.add_argument("--max-atoms", type=int, default=None, help="most atoms per batch (default 4096)")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.set_defaults(func=_predict)
 
     p = subs.add_parser("eval", help="coordinate MAE, local MAE near defects and oracle steps vs the dummy")
@@ -156,6 +161,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--finish-with", default=None, choices=["none", "emt", "chgnet", "sevenn"])
     p.add_argument("--finish-optimizer", default=None, choices=["fire", "bfgs"], help="default fire")
     p.add_argument("--finish-limit", type=int, default=None, help="structures relaxed by the oracle")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.set_defaults(func=_eval)
 
     p = subs.add_parser("label", help="label vacancies/substitutions against the pristine host")

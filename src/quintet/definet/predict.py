@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from quintet.atomistic import keys as K
+from quintet.atomistic.nn.compile import CompiledModel
 from quintet.config import save_config
 from quintet.definet.model import PRED_POSITIONS, DefiNet
 from quintet.definet.run import DataConfig
@@ -173,6 +174,8 @@ class PredictJob:
         finish_optimizer: ``fire`` or ``bfgs`` (quasi-Newton, like DFT ionic relaxations).
         fmax: oracle force convergence, eV/Å.
         max_steps: oracle step limit.
+        compile: run the network through ``torch.compile`` (:class:`~quintet.atomistic.nn.CompiledModel`):
+            a one-off compile on the first batch, then a faster forward pass (about 3× on 2D defect cells).
         resume: skip structures already listed in ``predictions.csv``, when ``predict_run.json`` shows the
             same model, host and output settings (else ``ValueError``: resuming would mix two runs).
         progress: progress bars.
@@ -193,6 +196,7 @@ class PredictJob:
     max_steps: int = 400
     resume: bool = True
     progress: bool = True
+    compile: bool = False
 
 
 PREDICT_COLUMNS = (
@@ -295,7 +299,9 @@ def predict(job: PredictJob) -> Path:
 
     if job.finish_with not in FINISHERS:
         raise ValueError(f"finish_with must be one of {list(FINISHERS)}, got {job.finish_with!r}")
-    model, _ = load_definet(job.model)
+    model: Any = load_definet(job.model)[0]
+    if job.compile:
+        model = CompiledModel(model)
     host = load_host(job.pristine, job.unit_cell, job.supercell)
     files = list_inputs(job.inputs)
     out = Path(job.out_dir)  # created only once the inputs are known to be usable
@@ -405,6 +411,7 @@ class EvalJob:
     batch_size: int = 8
     max_atoms: int | None = 4096
     out_dir: str = "definet_eval"
+    compile: bool = False
 
 
 def record_metrics(rec: dict[str, Tensor], pred: np.ndarray, radii: Sequence[float]) -> dict[str, float]:
@@ -485,6 +492,8 @@ def evaluate_model(job: EvalJob, model: DefiNet | None = None, progress: bool = 
 
     if model is None:
         model, _ = load_definet(job.model)
+    if job.compile:
+        model = CompiledModel(model)  # type: ignore[assignment]
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(job, out / "config.yaml")
