@@ -291,7 +291,7 @@ class DeepRelax(nn.Module):
             init, d0_disp, d0_rel = pos, d[disp], d
         mu_d, lb_d = self.displace_head(x, ei[:, disp], edge_attr[disp], d0_disp)
         mu_r, lb_r = self.relaxed_head(x, ei, edge_attr, d0_rel)
-        extra = {}
+        extra: dict[str, Tensor] = {}
         if self.cell_scale is not None:  # detached: the scale learns the cell's error, it does not shape x
             extra[LOG_B_CELL] = self.cell_scale(scatter_mean(x.detach(), bidx, num_graphs)).squeeze(-1)
         return {

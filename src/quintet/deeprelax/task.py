@@ -115,7 +115,11 @@ class DeepRelaxTask(Task):
                 "rel_mae": (out[M.MU_RELAXED] - y_r).abs().mean() if y_r.numel() else zero.detach(),
                 "dummy_rel_mae": (d_unrel - y_r).abs().mean() if y_r.numel() else zero.detach(),
                 "cell_mae": cell_err.detach(),
-                **({"cell_sigma": out[M.LOG_B_CELL].clamp(c.log_b_min, c.log_b_max).exp().mean()} if cell_nll is not None else {}),
+                **(
+                    {"cell_sigma": out[M.LOG_B_CELL].clamp(c.log_b_min, c.log_b_max).exp().mean()}
+                    if cell_nll is not None
+                    else {}
+                ),
                 "dummy_cell_mae": (cell_u - cell_r).abs().mean(),
                 "guess_mae": per_graph_mean(
                     (init - batch[K.RELAXED_POSITIONS]).abs().mean(-1), batch[K.BATCH], num_graphs
