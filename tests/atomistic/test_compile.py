@@ -59,3 +59,34 @@ def test_the_wrapped_module_and_its_state_dict_are_untouched() -> None:
     wrapped = C.CompiledModel(m)
     assert wrapped.module is m and list(wrapped.state_dict()) == keys
     assert wrapped.eval() is m and not m.training
+
+
+def _leignn(forces: str = "conservative"):
+    from quintet.leignn.model import LEIGNN, LEIGNNModelConfig
+
+    torch.manual_seed(0)
+    m = LEIGNN(LEIGNNModelConfig(hidden=16, num_layers=2, num_rbf=8, forces=forces)).double().eval()
+    with torch.no_grad():  # non-trivial readouts (some start at zero)
+        for p in m.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    return m
+
+
+def test_calculator_compile_falls_back_to_the_same_energies_and_forces(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ase.build import bulk
+
+    from quintet.leignn.calculator import LEIGNNCalculator
+
+    monkeypatch.setattr(C.torch, "compile", _broken_compile)
+    m = _leignn()
+    atoms = bulk("Cu", cubic=True).repeat(2)
+    atoms.rattle(0.05, seed=0)
+    ref = atoms.copy()
+    ref.calc = LEIGNNCalculator(m)
+    atoms.calc = LEIGNNCalculator(m, compile=True)
+    assert isinstance(atoms.calc.model, C.CompiledModel)
+    with pytest.warns(RuntimeWarning, match="running LEIGNN eagerly"):
+        forces = atoms.get_forces()
+    assert forces == pytest.approx(ref.get_forces(), abs=1e-12)
+    assert atoms.get_stress() == pytest.approx(ref.get_stress(), abs=1e-12)
