@@ -4,10 +4,12 @@ For each dataset (EMT fcc alloys generated here, CHGNet bulk oxides, CHGNet 2D d
 1. train DeepRelax with the shared trainer under a budget of process CPU time (``--clock wall`` for
    wall-clock; CPU time keeps runs comparable on a shared, unevenly loaded machine);
 2. on the held-out test split: coordinate / cell / distance errors next to the dummy (unrelaxed input),
-   uncertainty calibration, and the time per structure of forward + solve (batches of up to 64
-   structures / 2,048 atoms, 1 CPU thread);
+   uncertainty calibration, and the time per structure of graph + forward + solve (batches of up to 64
+   structures / 2,048 atoms, 1 CPU thread), eager and through ``torch.compile`` (``--compile``);
 3. on a subset of the test split: iterative relaxation with the oracle (FIRE, fmax 0.05) from the
-   unrelaxed input (steps and time) and from the DeepRelax prediction (steps: "predict, then finish").
+   unrelaxed input (steps and time) and from the DeepRelax prediction (steps: "predict, then finish");
+4. EMT only: the finish-step floor, FIRE from starts placed on the relaxation path at t × the dummy's
+   error (:func:`finish_floor`), i.e. how accurate a prediction must be for the finish-step target.
 
 Writes ``benchmarks/results/deeprelax.json`` (updated after every dataset) and PNG plots.
 Run: ``nice -n 10 .venv/bin/python benchmarks/deeprelax.py [--quick] [--only emt_alloys,bulk_oxides,defects2d]
