@@ -124,19 +124,22 @@ def fingerprint(*parts: Any, files: list[PathLike] | None = None, length: int = 
     h.update(json.dumps(parts, sort_keys=True, default=_json_default).encode())
     for f in files or []:
         h.update(str(Path(f).name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        _hash_file(h, f)
     return h.hexdigest()[:length]
+
+
+def _hash_file(h: Any, path: PathLike) -> None:
+    """Feed the bytes of ``path`` into the hash ``h`` in 1 MiB chunks."""
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
 
 
 def file_sha256(path: PathLike) -> str:
     """SHA-256 (hex) of a file's bytes; ``FileNotFoundError`` names a missing file."""
     h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        _hash_file(h, path)
     except FileNotFoundError:
         raise FileNotFoundError(f"no such file: {path}") from None
     return h.hexdigest()

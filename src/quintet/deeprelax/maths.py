@@ -20,6 +20,7 @@ __all__ = [
     "coverage",
     "displace_distances",
     "edge_lengths",
+    "graph_counts",
     "laplace_nll",
     "offset_encoding",
     "per_atom_uncertainty",
@@ -166,14 +167,17 @@ def check_displacements(
     return float(moved.max())
 
 
+def graph_counts(graph: Tensor, num_graphs: int, dtype: torch.dtype) -> Tensor:
+    """(B,) number of entries of each graph, at least 1 (the denominator of :func:`per_graph_mean`)."""
+    n = torch.zeros(num_graphs, dtype=dtype, device=graph.device)
+    return n.index_add_(0, graph, torch.ones_like(graph, dtype=dtype)).clamp_min(1)
+
+
 def per_graph_mean(values: Tensor, graph: Tensor, num_graphs: int) -> Tensor:
     """Mean of ``values`` (E,) or (E, k) per graph (graphs with no entry get 0)."""
     v = values.unsqueeze(-1) if values.dim() == 1 else values.flatten(1)
     s = torch.zeros(num_graphs, v.shape[1], dtype=v.dtype, device=v.device).index_add_(0, graph, v)
-    n = torch.zeros(num_graphs, dtype=v.dtype, device=v.device).index_add_(
-        0, graph, torch.ones_like(graph, dtype=v.dtype)
-    )
-    out = s / n.clamp_min(1).unsqueeze(-1)
+    out = s / graph_counts(graph, num_graphs, v.dtype).unsqueeze(-1)
     return out.reshape(num_graphs, *values.shape[1:]) if values.dim() > 1 else out[:, 0]
 
 

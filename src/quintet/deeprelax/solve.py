@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from quintet.deeprelax.maths import displace_distances, edge_lengths, per_graph_mean
+from quintet.deeprelax.maths import displace_distances, edge_lengths, graph_counts, per_graph_mean
 
 __all__ = ["SolveResult", "band_penalty", "band_penalty_slope", "solve_positions"]
 
@@ -90,10 +90,7 @@ def band_penalty_slope(d: Tensor, mu: Tensor, sigma: Tensor, objective: Objectiv
 
 def _edge_weights(graph: Tensor, num_graphs: int, dtype: torch.dtype) -> Tensor:
     """(E,) 1 / (number of edges of the edge's structure): the weights of :func:`per_graph_mean`."""
-    n = torch.zeros(num_graphs, dtype=dtype, device=graph.device).index_add_(
-        0, graph, torch.ones_like(graph, dtype=dtype)
-    )
-    return 1.0 / n.clamp_min(1)[graph]
+    return 1.0 / graph_counts(graph, num_graphs, dtype)[graph]
 
 
 def _loop_gradient(

@@ -11,7 +11,6 @@ against the values recorded in ``shared/data/planetoid/PROVENANCE.md`` before un
 
 from __future__ import annotations
 
-import hashlib
 import random
 import warnings
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from quintet.io import atomic_torch_save, fingerprint
+from quintet.io import atomic_torch_save, file_sha256, fingerprint
 
 __all__ = [
     "PLANETOID_SHA256",
@@ -182,14 +181,6 @@ def gcn_norm_adjacency(edge_index: torch.Tensor, n: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- loading
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _planetoid_raw_dir(root: Path, name: str) -> Path:
     prefix = name.lower()
     for cand in (
@@ -226,7 +217,7 @@ def load_planetoid(name: str, root: str | Path, verify: bool = True) -> Graph:
     if verify:
         for f in files:
             want = PLANETOID_SHA256.get(f.name)
-            if want is not None and _sha256(f) != want:
+            if want is not None and file_sha256(f) != want:
                 raise ValueError(f"{f}: sha256 does not match the recorded value; refusing to unpickle it")
     data = read_planetoid_data(str(raw), prefix)
     return Graph(
