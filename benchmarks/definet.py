@@ -39,6 +39,7 @@ from quintet.definet.predict import atoms_from, dataset_ids, predict_batches, re
 from quintet.definet.run import DataConfig, load_definet, load_pairs
 from quintet.definet.task import DefiNetTask
 from quintet.io import atomic_save_json
+from quintet.runtime import tune_cpu_allocator
 from quintet.train import TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,6 +362,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny budgets (smoke test)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    tune_cpu_allocator()  # as the quintet command line does (quintet.runtime)
     if args.quick:
         args.steps, args.loho_steps, args.oracle_n = 20, 10, 2
     work, results = Path(args.work), Path(args.results)

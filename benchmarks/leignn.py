@@ -41,6 +41,7 @@ from quintet.leignn.model import LEIGNN, LEIGNNModelConfig  # noqa: E402
 from quintet.leignn.peers import PeerConfig, PeerPotential  # noqa: E402
 from quintet.leignn.run import DataConfig, load_splits, parity_plot, predict_errors  # noqa: E402
 from quintet.leignn.task import LossConfig, PotentialTask  # noqa: E402
+from quintet.runtime import tune_cpu_allocator  # noqa: E402
 from quintet.train import TrainConfig, fit, load_model_file  # noqa: E402
 
 MODELS: dict[str, Any] = {
@@ -426,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    tune_cpu_allocator()  # as the quintet command line does (quintet.runtime)
     if not DATA.is_dir():
         print(f"data not found at {DATA} (set QUINTET_SHARED_DATA)", file=sys.stderr)
         return 2

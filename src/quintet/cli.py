@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from quintet import __version__
+from quintet.runtime import tune_cpu_allocator
 
 __all__ = ["SYSTEMS", "add_config_arguments", "main"]
 
@@ -109,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 0
+    tune_cpu_allocator()  # keep freed tensor memory for reuse (QUINTET_MALLOC_TUNING=0: glibc defaults)
     try:
         result = func(args)
     except KeyboardInterrupt:
