@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -699,10 +700,12 @@ def main() -> None:
         print(f"plots kept: no per-structure rows for {missing} in {ROWS} (a run over all datasets redraws them)")
     else:
         plots({k: full[k] for k in specs if k in full}, RESULTS, sfx)
-    plot_finish_floor(full, RESULTS, sfx)
-    ensembles = {k: v for k, v in full.items() if "_ensemble" in k}
+    # the plots show the main rows (a dataset's name, optionally with _ensembleN); --tag variants stay in the JSON
+    main_rows = {k: v for k, v in full.items() if re.fullmatch(rf"({'|'.join(specs)})(_ensemble\d+)?", k)}
+    plot_finish_floor(main_rows, RESULTS, sfx)
+    ensembles = {k: v for k, v in main_rows.items() if "_ensemble" in k}
     if ensembles:
-        plot_ensembles(ensembles, full, RESULTS, sfx)
+        plot_ensembles(ensembles, main_rows, RESULTS, sfx)
 
 if __name__ == "__main__":
     main()
