@@ -695,8 +695,8 @@ def main() -> None:
         f = ROWS / f"{key}{sfx}.json"
         if key not in full and f.is_file():
             full[key] = json.loads(f.read_text())
-    missing = [k for k in specs if k in results and k not in full]
-    if missing:  # rows of earlier runs are gone (a fresh checkout): keep the committed plots whole
+    missing = [k for k in specs if k not in full]
+    if missing:  # a dataset has no per-structure rows (not run yet, or a fresh checkout): keep the plots whole
         print(f"plots kept: no per-structure rows for {missing} in {ROWS} (a run over all datasets redraws them)")
     else:
         plots({k: full[k] for k in specs if k in full}, RESULTS, sfx)
