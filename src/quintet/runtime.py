@@ -10,9 +10,10 @@ parameters so that those blocks stay in the process and are reused:
   heap instead of a fresh ``mmap``;
 * ``M_TRIM_THRESHOLD`` = 2 GiB: the top of the heap is not handed back after every large free.
 
-Measured here (``benchmarks/allocator.py``): inference 1.3-1.6x faster for the materials models; training
-steps hardly change (autograd keeps the tensors alive anyway). The cost is memory: the process keeps
-what it freed, up to its peak use, as jemalloc and tcmalloc do. ``quintet``'s command line applies it at
+Measured here (``benchmarks/allocator.py``): inference of the materials models 1.1-1.6x faster (DeepRelax
+1.50x, DefiNet 1.20x, LEIGNN MD 1.55x with direct and 1.14x with conservative forces); a training step
+1.08x (autograd keeps its tensors alive anyway). Freed memory stays with the process, up to its peak use, as
+with jemalloc or tcmalloc; the measured peak RSS stayed within 10 % of glibc's defaults. ``quintet``'s command line applies it at
 start-up; set ``QUINTET_MALLOC_TUNING=0`` to keep glibc's defaults. It is skipped, untouched, when the C
 library is not glibc, when ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``/``MALLOC_TOP_PAD_`` or a
 ``glibc.malloc`` tunable is set (the user's own choice wins) and when another allocator is preloaded.
