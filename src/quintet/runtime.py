@@ -12,9 +12,9 @@ parameters so that those blocks stay in the process and are reused:
 
 Measured here (``benchmarks/allocator.py``): inference of the materials models 1.1-1.6x faster (DeepRelax
 1.50x, DefiNet 1.20x, LEIGNN MD 1.55x with direct and 1.14x with conservative forces); a training step
-1.08x (autograd keeps its tensors alive anyway). Freed memory stays with the process, up to its peak use, as
-with jemalloc or tcmalloc; the measured peak RSS stayed within 10 % of glibc's defaults. ``quintet``'s command line applies it at
-start-up; set ``QUINTET_MALLOC_TUNING=0`` to keep glibc's defaults. It is skipped, untouched, when the C
+1.08x (autograd keeps its tensors alive anyway). Freed memory stays with the process, up to its peak use,
+as with jemalloc or tcmalloc; the measured peak RSS stayed within 10 % of glibc's defaults. ``quintet``'s
+command line applies it at start-up; set ``QUINTET_MALLOC_TUNING=0`` to keep glibc's defaults. It is skipped, untouched, when the C
 library is not glibc, when ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``/``MALLOC_TOP_PAD_`` or a
 ``glibc.malloc`` tunable is set (the user's own choice wins) and when another allocator is preloaded.
 """
@@ -48,18 +48,15 @@ def _glibc() -> Any | None:
     return libc if version() else None
 
 
-def _skip_reason(env: dict[str, str]) -> str | None:
+def _opted_out(env: dict[str, str]) -> bool:
+    """True when the environment asks to keep glibc's defaults or configures malloc itself."""
     if env.get("QUINTET_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off"):
-        return "QUINTET_MALLOC_TUNING=0"
+        return True
     if not sys.platform.startswith("linux"):
-        return f"not Linux ({sys.platform})"
-    user = [k for k in _USER_SETTINGS if k in env]
-    if user or "glibc.malloc" in env.get("GLIBC_TUNABLES", ""):
-        return f"malloc already configured by the environment ({', '.join(user) or 'GLIBC_TUNABLES'})"
-    preload = env.get("LD_PRELOAD", "")
-    if any(a in preload for a in _OTHER_ALLOCATORS):
-        return f"another allocator is preloaded ({preload})"
-    return None
+        return True
+    if any(k in env for k in _USER_SETTINGS) or "glibc.malloc" in env.get("GLIBC_TUNABLES", ""):
+        return True
+    return any(a in env.get("LD_PRELOAD", "") for a in _OTHER_ALLOCATORS)
 
 
 def tune_cpu_allocator(env: dict[str, str] | None = None, libc: Any | None = None) -> bool:
@@ -75,7 +72,7 @@ def tune_cpu_allocator(env: dict[str, str] | None = None, libc: Any | None = Non
     global _applied
     if _applied:
         return True
-    if _skip_reason(dict(os.environ if env is None else env)) is not None:
+    if _opted_out(dict(os.environ if env is None else env)):
         return False
     libc = libc if libc is not None else _glibc()
     if libc is None:
