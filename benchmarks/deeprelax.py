@@ -112,7 +112,9 @@ def train_one(
 ) -> tuple[DeepRelax, dict]:
     """Train one DeepRelax on ``spec``'s data; ``seed`` sets its initial weights and data order
     (ensemble members differ only in it)."""
-    mcfg = ModelConfig(hidden=64, num_layers=3, num_rbf=32, relax_cell=spec["relax_cell"])
+    mcfg = ModelConfig(
+        hidden=64, num_layers=3, num_rbf=32, relax_cell=spec["relax_cell"], **spec.get("model_set", {})
+    )
     tr = load_dataset(spec["data"], "train", mcfg)
     va = load_dataset(spec["data"], "val", mcfg)
     torch.manual_seed(seed)
@@ -488,6 +490,19 @@ def evaluate_run(
     return res, rows, orc
 
 
+def model_setting(kv: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--model-set`` as a ModelConfig field and a value of that field's type."""
+    key, _, raw = kv.partition("=")
+    default = getattr(ModelConfig(), key, None)
+    if default is None or not raw:
+        raise SystemExit(f"--model-set {kv!r}: expected KEY=VALUE with KEY a ModelConfig field")
+    if isinstance(default, bool):
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise SystemExit(f"--model-set {kv!r}: {key} takes true or false")
+        return key, raw.lower() in ("true", "1")
+    return key, type(default)(raw)
+
+
 def exact_cell_bound(ds) -> dict[str, float]:
     """Coordinate MAE of a perfect cell-only prediction: the relaxed cell, exactly, with the unrelaxed
     fractional coordinates (``u·F`` with the true deformation F). It depends on no model; a ratio to the
@@ -665,6 +680,14 @@ def main() -> None:
         action="store_true",
         help="only add the exact-cell bound (exact_cell_bound; no model) to every row of the --only datasets",
     )
+    parser.add_argument(
+        "--model-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a ModelConfig field of the trained models (repeatable; use with --tag), "
+        "e.g. detach_base_cell=true",
+    )
     parser.add_argument("--no-bfgs", action="store_true", help="FIRE finish only")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile timing")
     parser.add_argument("--oracle-scale", type=float, default=1.0, help="multiply every oracle subset size")
@@ -680,6 +703,8 @@ def main() -> None:
     for spec in specs.values():
         spec["budget_s"] = spec["budget_s"] * args.budget_scale
         spec["oracle_subset"] = max(1, round(spec["oracle_subset"] * args.oracle_scale))
+    for spec in specs.values():
+        spec["model_set"] = dict(model_setting(kv) for kv in args.model_set)
     specs["bulk_oxides"]["data"].extra_train = [str(Path(d).resolve()) for d in args.oxide_extra]
     names = args.only.split(",") if args.only else list(specs)
     calcs: dict = {}

@@ -371,3 +371,29 @@ def test_ensemble_of_one_model_is_the_model_and_mismatched_members_raise() -> No
         relax_ensemble([a, _model(cutoff=5.0)], batch)
     with pytest.raises(ValueError, match="at least one model"):
         relax_ensemble([], batch)
+
+
+def test_detached_base_cell_keeps_the_outputs_and_trains_the_cell_only_through_cell_and_position_losses() -> None:
+    """``detach_base_cell``: the same forward values; with only the distance NLLs in the loss the cell head
+    gets no gradient (it does without the option), and with the published losses plus the position term
+    its gradient is exactly that of the cell L1 + position loss."""
+    from quintet.deeprelax.task import DeepRelaxTask, LossConfig
+
+    batch = collate(_exact_problem(0)[0])
+    models = {flag: _model(detach_base_cell=flag).train() for flag in (False, True)}
+    outs = {flag: m(batch) for flag, m in models.items()}
+    for key in (M.MU_RELAXED, M.MU_DISPLACE, M.PRED_CELL, M.INIT_POS):
+        torch.testing.assert_close(outs[True][key], outs[False][key], rtol=0, atol=0)
+
+    def cell_grad(flag: bool, **weights: float) -> torch.Tensor:
+        m = models[flag]
+        m.zero_grad()
+        DeepRelaxTask(m, LossConfig(solve_in_val=False, **weights)).step(batch, "train").loss.backward()
+        return torch.cat([p.grad.flatten() for p in m.cell_head.parameters()])
+
+    distances_only = {"cell_weight": 0.0, "position_weight": 0.0}
+    assert cell_grad(False, **distances_only).abs().sum() > 1e-6
+    assert cell_grad(True, **distances_only).abs().sum() == 0
+    cell_and_position = {"displace_weight": 0.0, "relaxed_weight": 0.0}
+    torch.testing.assert_close(cell_grad(True), cell_grad(True, **cell_and_position), rtol=0, atol=1e-12)
+    assert not torch.allclose(cell_grad(False), cell_grad(True))

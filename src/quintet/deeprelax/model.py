@@ -68,6 +68,11 @@ class ModelConfig:
             It is trained on detached features and a detached cell, so it leaves the rest of the model and its
             training as they were; it adds the cell's share to each atom's uncertainty (see
             :func:`~quintet.deeprelax.relax.relax_ensemble`). Model files from before it load without it.
+        detach_base_cell: with ``residual_base="displaced"``, build the distance heads' base distances
+            on the predicted cell *detached*, so that the distance NLLs (whose gradients scale with
+            1/b, ~100x the cell's L1) no longer train the cell head through the base; the cell head
+            then learns from the cell L1 and the first-guess position loss only. Training-only: the
+            forward values are unchanged.
     """
 
     hidden: int = 128
@@ -82,6 +87,7 @@ class ModelConfig:
     relax_cell: bool = True
     residual_base: Literal["displaced", "unrelaxed"] = "displaced"
     cell_uncertainty: bool = True
+    detach_base_cell: bool = False
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.num_layers < 1 or self.num_rbf < 1:
@@ -283,10 +289,15 @@ class DeepRelax(nn.Module):
         else:
             pred_cell = cell
         if self.cfg.residual_base == "displaced":
-            init = first_guess(pos, cell, pred_cell, self.displacement(v).squeeze(-1), bidx)
+            delta = self.displacement(v).squeeze(-1)
+            init = first_guess(pos, cell, pred_cell, delta, bidx)
+            base_cell, base = pred_cell, init
+            if self.cfg.detach_base_cell and pred_cell.requires_grad:
+                base_cell = pred_cell.detach()
+                base = first_guess(pos, cell, base_cell, delta, bidx)
             de = ei[:, disp]
-            d0_disp = torch.linalg.vector_norm(init[de[0]] - pos[de[1]], dim=-1)  # displace edges have S = 0
-            _, d0_rel = edge_vectors(init, pred_cell, ei, shift, bidx)
+            d0_disp = torch.linalg.vector_norm(base[de[0]] - pos[de[1]], dim=-1)  # displace edges have S = 0
+            _, d0_rel = edge_vectors(base, base_cell, ei, shift, bidx)
         else:
             init, d0_disp, d0_rel = pos, d[disp], d
         mu_d, lb_d = self.displace_head(x, ei[:, disp], edge_attr[disp], d0_disp)
