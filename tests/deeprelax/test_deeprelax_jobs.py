@@ -104,19 +104,21 @@ def test_tiny_training_beats_the_dummy_and_reload_is_identical(trained, tmp_path
 
 
 def test_model_files_from_before_the_cell_scale_still_load(trained, tmp_path: Path) -> None:
-    """A file written before ``cell_uncertainty`` existed (no such key, no ``cell_scale`` weights) loads
-    without the head and relaxes exactly like the model it came from; only the cell's share is gone."""
+    """A file written before ``cell_uncertainty`` and ``detach_base_cell`` existed (no such keys, no
+    ``cell_scale`` weights) loads without the head, with the base cell attached, and relaxes exactly like the model it came from; only the cell's share is gone."""
     from quintet.train.checkpoint import load_model_file, save_model
 
     path, job = trained
     d = load_model_file(path)
     cfg = dict(d["extra"]["deeprelax_model"])
     assert cfg.pop("cell_uncertainty") is True
+    assert cfg.pop("detach_base_cell") is True  # nor the detached base cell (kept as they were trained)
     state = {k: v for k, v in d["state_dict"].items() if not k.startswith("cell_scale")}
     old = save_model(tmp_path / "old.pt", state, d["config"], extra={"deeprelax_model": cfg})
     m_old, _ = load_deeprelax(old)
     m_new, _ = load_deeprelax(path)
     assert not m_old.cfg.cell_uncertainty and m_old.cell_scale is None and m_new.cell_scale is not None
+    assert not m_old.cfg.detach_base_cell and m_new.cfg.detach_base_cell
     ds = load_dataset(job.data, "train", m_new.cfg)
     batch = collate([ds[0], ds[1]])
     r_old, r_new = relax_batch(m_old, batch), relax_batch(m_new, batch)

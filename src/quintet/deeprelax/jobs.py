@@ -313,6 +313,7 @@ def load_deeprelax(path: str | Path) -> tuple[DeepRelax, dict[str, Any]]:
         raise ValueError(f"{path}: not a DeepRelax model file (no {MODEL_KEY!r} in its metadata)")
     stored = dict(d["extra"][MODEL_KEY])
     stored.setdefault("cell_uncertainty", False)  # files written before the cell scale existed
+    stored.setdefault("detach_base_cell", False)  # files trained before it (matters only to fine-tuning)
     cfg = from_dict(ModelConfig, stored)
     model = DeepRelax(cfg)
     model.load_state_dict(d["state_dict"])

@@ -70,9 +70,11 @@ class ModelConfig:
             :func:`~quintet.deeprelax.relax.relax_ensemble`). Model files from before it load without it.
         detach_base_cell: with ``residual_base="displaced"``, build the distance heads' base distances
             on the predicted cell *detached*, so that the distance NLLs (whose gradients scale with
-            1/b, ~100x the cell's L1) no longer train the cell head through the base; the cell head
-            then learns from the cell L1 and the first-guess position loss only. Training-only: the
-            forward values are unchanged.
+            1/b, ~100x the cell's L1) do not train the cell head through the base; the cell head then
+            learns from the cell L1 and the first-guess position loss only. Training-only: the forward
+            values are the same either way. On the EMT alloys it cut the test cell error from 0.0233
+            to 0.0165 Å and the coordinate error from 0.287x to 0.249x the dummy (docs/deeprelax.md);
+            False is the behaviour of model files trained before it.
     """
 
     hidden: int = 128
@@ -87,7 +89,7 @@ class ModelConfig:
     relax_cell: bool = True
     residual_base: Literal["displaced", "unrelaxed"] = "displaced"
     cell_uncertainty: bool = True
-    detach_base_cell: bool = False
+    detach_base_cell: bool = True
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.num_layers < 1 or self.num_rbf < 1:
