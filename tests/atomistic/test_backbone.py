@@ -73,3 +73,31 @@ def test_shipped_checks_catch_broken_models() -> None:
         assert_rotation_equivariant(_broken_model, [rec], invariant=[K.ENERGY])
     with pytest.raises(AssertionError, match="FD"):
         assert_forces_match_fd(_broken_model, rec)
+
+
+def test_backbone_message_scale_multiplies_the_aggregated_messages_and_rejects_bad_values() -> None:
+    """One PaiNN layer by hand: x1 = (x + s Δx)/√2, v1 = s Δv, then the update on (x1, v1)."""
+    from quintet.atomistic.nn.backbone import ScalarVectorBackbone
+
+    torch.manual_seed(0)
+    n, h, e_dim = 4, 8, 5
+    ei = torch.tensor([[0, 1, 2, 3, 0, 2], [1, 0, 3, 2, 2, 0]])
+    unit = torch.nn.functional.normalize(torch.randn(ei.shape[1], 3, dtype=torch.float64), dim=-1)
+    ea = torch.randn(ei.shape[1], e_dim, dtype=torch.float64)
+    x = torch.randn(n, h, dtype=torch.float64)
+    v0 = torch.zeros(n, 3, h, dtype=torch.float64)
+    batch = torch.zeros(n, dtype=torch.long)
+    outs = {}
+    for s in (1.0, 0.25):
+        torch.manual_seed(1)
+        bb = ScalarVectorBackbone(h, 1, e_dim, update="painn", global_node=False, message_scale=s).double()
+        dx, dv = bb.messages[0](x, None, ei, ea, unit)
+        x1, v1 = (x + s * dx) / 2**0.5, s * dv
+        ux, uv = bb.updates[0](x1, v1)
+        outs[s] = bb(x, v0, ei, ea, unit, batch, 1)
+        torch.testing.assert_close(outs[s][0], x1 + ux, rtol=0, atol=1e-12)
+        torch.testing.assert_close(outs[s][1], v1 + uv, rtol=0, atol=1e-12)
+    assert not torch.allclose(outs[1.0][0], outs[0.25][0])
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="message_scale"):
+            ScalarVectorBackbone(h, 1, e_dim, message_scale=bad)

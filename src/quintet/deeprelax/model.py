@@ -75,6 +75,8 @@ class ModelConfig:
             values are the same either way. On the EMT alloys it cut the test cell error from 0.0233
             to 0.0165 Å and the coordinate error from 0.287x to 0.249x the dummy (docs/deeprelax.md);
             False is the behaviour of model files trained before it.
+        message_scale: factor on the backbone's aggregated messages
+            (:class:`~quintet.atomistic.nn.ScalarVectorBackbone`); 1 is the plain sum of PaiNN.
     """
 
     hidden: int = 128
@@ -90,6 +92,7 @@ class ModelConfig:
     residual_base: Literal["displaced", "unrelaxed"] = "displaced"
     cell_uncertainty: bool = True
     detach_base_cell: bool = True
+    message_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.num_layers < 1 or self.num_rbf < 1:
@@ -242,7 +245,7 @@ class DeepRelax(nn.Module):
         self.radial = RadialBasis(c.num_rbf, cutoff=c.rbf_cutoff, rbf_cutoff=c.rbf_cutoff)
         self.edge_dim = c.num_rbf + 6 * len(OFFSET_FREQUENCIES) + 1
         self.backbone = ScalarVectorBackbone(
-            c.hidden, c.num_layers, self.edge_dim, update="painn", global_node=False
+            c.hidden, c.num_layers, self.edge_dim, update="painn", global_node=False, message_scale=c.message_scale
         )
         self.displace_head = _DistanceHead(c.hidden, self.edge_dim, c.residual_distances)
         self.relaxed_head = _DistanceHead(c.hidden, self.edge_dim, c.residual_distances)

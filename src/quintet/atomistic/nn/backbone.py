@@ -30,6 +30,9 @@ class ScalarVectorBackbone(nn.Module):
         edge_dim: width of the invariant edge features fed to the messages.
         update: ``"painn"`` (with the ⟨U, V⟩ term) or ``"gated"`` (LEIGNN's NMU).
         global_node: add the scalar + vector virtual node per structure.
+        message_scale: constant factor on every aggregated message (Δx, Δv of the message step), e.g.
+            1/√(neighbours per atom) so that sums over many edges do not grow the features layer by
+            layer (PaiNN's update is quadratic in v). 1 (the default) is the plain sum.
     """
 
     def __init__(
@@ -39,10 +42,14 @@ class ScalarVectorBackbone(nn.Module):
         edge_dim: int,
         update: Literal["painn", "gated"] = "gated",
         global_node: bool = True,
+        message_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if update not in ("painn", "gated"):
             raise ValueError(f"update must be 'painn' or 'gated', got {update!r}")
+        if not message_scale > 0:
+            raise ValueError(f"message_scale must be positive, got {message_scale}")
+        self.message_scale = float(message_scale)
         self.hidden = hidden
         self.num_layers = num_layers
         self.global_node = global_node
@@ -84,6 +91,8 @@ class ScalarVectorBackbone(nn.Module):
                 if not (k == 0 and v_zero):  # with v = 0 and G = 0 the exchange leaves v at zero
                     v = self.global_vectors[k].to_atoms(v, gv, batch)
             dx, dv = self.messages[k](x, None if (k == 0 and v_zero) else v, edge_index, edge_attr, unit)
+            if self.message_scale != 1.0:
+                dx, dv = dx * self.message_scale, dv * self.message_scale
             x = (x + dx) * self.inv_sqrt_2
             v = v + dv
             dx, dv = self.updates[k](x, v)
