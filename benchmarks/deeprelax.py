@@ -716,7 +716,7 @@ def main() -> None:
                                     120 if args.quick else args.emt_pairs, seed=0))  # fmt: skip
         if args.emt_extra:  # another seed: other pairs, while validation and test stay those of emt_pairs
             extra = WORK / ("emt_pairs_extra_quick" if args.quick else "emt_pairs_extra")
-            make_relax_pairs(emt_recipe(extra, args.emt_extra, seed=1))
+            make_relax_pairs(emt_recipe(extra, min(args.emt_extra, 120) if args.quick else args.emt_extra, seed=1))
             specs["emt_alloys"]["data"].extra_train = [str(extra)]
             # one composition in one 8-atom prototype is no near-duplicate here (strain, rattle and
             # site order are drawn per pair), and the main split shares compositions too
