@@ -105,7 +105,8 @@ def test_tiny_training_beats_the_dummy_and_reload_is_identical(trained, tmp_path
 
 def test_model_files_from_before_the_cell_scale_still_load(trained, tmp_path: Path) -> None:
     """A file written before ``cell_uncertainty`` and ``detach_base_cell`` existed (no such keys, no
-    ``cell_scale`` weights) loads without the head, with the base cell attached, and relaxes exactly like the model it came from; only the cell's share is gone."""
+    ``cell_scale`` weights) loads without the head, with the base cell attached, and relaxes exactly like
+    the model it came from; only the cell's share is gone."""
     from quintet.train.checkpoint import load_model_file, save_model
 
     path, job = trained
