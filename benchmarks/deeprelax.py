@@ -31,6 +31,7 @@ from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate
 from quintet.atomistic.oracle import RelaxPairsConfig, get_calculator, make_relax_pairs
 from quintet.atomistic.structures import to_ase
+from quintet.config import from_dict, parse_overrides
 from quintet.deeprelax.jobs import (
     MODEL_KEY,
     DataConfig,
@@ -112,9 +113,8 @@ def train_one(
 ) -> tuple[DeepRelax, dict]:
     """Train one DeepRelax on ``spec``'s data; ``seed`` sets its initial weights and data order
     (ensemble members differ only in it)."""
-    mcfg = ModelConfig(
-        hidden=64, num_layers=3, num_rbf=32, relax_cell=spec["relax_cell"], **spec.get("model_set", {})
-    )
+    base = {"hidden": 64, "num_layers": 3, "num_rbf": 32, "relax_cell": spec["relax_cell"]}
+    mcfg = from_dict(ModelConfig, {**base, **spec.get("model_set", {})})
     tr = load_dataset(spec["data"], "train", mcfg)
     va = load_dataset(spec["data"], "val", mcfg)
     torch.manual_seed(seed)
@@ -490,19 +490,6 @@ def evaluate_run(
     return res, rows, orc
 
 
-def model_setting(kv: str) -> tuple[str, object]:
-    """``KEY=VALUE`` of ``--model-set`` as a ModelConfig field and a value of that field's type."""
-    key, _, raw = kv.partition("=")
-    default = getattr(ModelConfig(), key, None)
-    if default is None or not raw:
-        raise SystemExit(f"--model-set {kv!r}: expected KEY=VALUE with KEY a ModelConfig field")
-    if isinstance(default, bool):
-        if raw.lower() not in ("true", "false", "1", "0"):
-            raise SystemExit(f"--model-set {kv!r}: {key} takes true or false")
-        return key, raw.lower() in ("true", "1")
-    return key, type(default)(raw)
-
-
 def exact_cell_bound(ds) -> dict[str, float]:
     """Coordinate MAE of a perfect cell-only prediction: the relaxed cell, exactly, with the unrelaxed
     fractional coordinates (``u·F`` with the true deformation F). It depends on no model; a ratio to the
@@ -701,11 +688,12 @@ def main() -> None:
     if out_json.is_file() and args.only:  # keep the other datasets' results
         results = {k: v for k, v in json.loads(out_json.read_text()).items() if not k.startswith("_")}
     specs = datasets(args.quick)
+    model_set = parse_overrides(args.model_set)  # the command line's key=value parsing
+    from_dict(ModelConfig, model_set)  # an unknown key or a bad value fails here, before any work
     for spec in specs.values():
         spec["budget_s"] = spec["budget_s"] * args.budget_scale
         spec["oracle_subset"] = max(1, round(spec["oracle_subset"] * args.oracle_scale))
-    for spec in specs.values():
-        spec["model_set"] = dict(model_setting(kv) for kv in args.model_set)
+        spec["model_set"] = model_set
     specs["bulk_oxides"]["data"].extra_train = [str(Path(d).resolve()) for d in args.oxide_extra]
     names = args.only.split(",") if args.only else list(specs)
     calcs: dict = {}
