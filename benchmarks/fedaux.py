@@ -121,6 +121,16 @@ WIDTHS = (64, 128, 256)
 ALPHAS = (1.0,)
 
 
+#: classifier initialisations compared by ``--head-init`` (``AlgoConfig.head_init``): ``kaiming`` (torch's
+#: nn.Linear weight init and a zero bias, the first implementation) and ``fedpub`` (the masked classifier of
+#: the FED-PUB and FedAux code: Glorot weight, Glorot-uniform bias). Cells run under ``kaiming`` carry no
+#: suffix, so the files of the first implementation keep their names; others carry ``_hi<init>``. The
+#: width, α, ablation, APV-norm and partition studies were run under ``kaiming`` and read those cells.
+HEAD_INITS = ("kaiming", "fedpub")
+HEAD_INIT_METHODS = ("fedpub", "fedaux")
+HEAD_INIT_VARIANTS = {f"{m}_hi{h}": (m, h) for m in HEAD_INIT_METHODS for h in HEAD_INITS}
+
+
 def default_fedaux_width(dataset: str, k: int) -> int:
     """Paper Fig. 7 (Cora: 64 / 256 / 256); CiteSeer's widths are not published: 128 (FED-PUB's)."""
     return {5: 64, 10: 256, 20: 256}[k] if dataset == "cora" else 128
@@ -134,6 +144,9 @@ def algo_for(method: str, dataset: str, k: int) -> AlgoConfig:
         )
     if method.startswith("fedaux_a") and method[len("fedaux_a") :].replace(".", "", 1).isdigit():
         return AlgoConfig(**{**algo_for("fedaux", dataset, k).__dict__, "alpha": float(method[len("fedaux_a") :])})
+    if method in HEAD_INIT_VARIANTS:
+        base, init = HEAD_INIT_VARIANTS[method]
+        return AlgoConfig(**{**algo_for(base, dataset, k).__dict__, "head_init": init})
     if method in ABLATIONS or method in APV_VARIANTS:
         base = algo_for("fedaux", dataset, k)
         return AlgoConfig(**{**base.__dict__, **ABLATIONS.get(method, APV_VARIANTS.get(method, {}))})
@@ -145,20 +158,34 @@ def algo_for(method: str, dataset: str, k: int) -> AlgoConfig:
 
 
 def cell_path(
-    dataset: str, k: int, method: str, seed: int, apv_norm: str | None = None, metis: str = "pymetis"
+    dataset: str,
+    k: int,
+    method: str,
+    seed: int,
+    apv_norm: str | None = None,
+    metis: str = "pymetis",
+    head_init: str | None = None,
 ) -> Path:
     """Cache file of one run. FedAux files are named after the configuration actually run: the APV norm
     is part of the name (``_unit`` suffix; no suffix = ``none``, the files of the first implementation), so
     changing the default never reuses or overwrites a run made under the other setting. ``apv_norm``
     names the file of ``method`` under that norm instead of the one ``method`` runs with. Runs on the
-    FED-PUB-style METIS partition (``metis="fedpub"``) carry ``_mfedpub``."""
+    FED-PUB-style METIS partition (``metis="fedpub"``) carry ``_mfedpub``. FED-PUB and FedAux runs whose
+    classifier init is not ``kaiming`` carry ``_hi<init>`` (``head_init`` overrides the method's, like
+    ``apv_norm``)."""
     name = method
-    if method.startswith("fedaux"):
+    if method in HEAD_INIT_VARIANTS:
+        name, init = HEAD_INIT_VARIANTS[method]
+        head_init = head_init or init
+    if name.startswith("fedaux"):
         norm = apv_norm or algo_for(method, dataset, k).apv_norm
-        name = method[: -len("_apv" + APV_VARIANTS[method]["apv_norm"])] if method in APV_VARIANTS else method
+        name = name[: -len("_apv" + APV_VARIANTS[name]["apv_norm"])] if name in APV_VARIANTS else name
         if name == f"fedaux_h{default_fedaux_width(dataset, k)}":
             name = "fedaux"  # the default width is the main FedAux cell
         name += "" if norm == "none" else f"_{norm}"
+    if name.startswith(HEAD_INIT_METHODS):
+        init = head_init or algo_for(method, dataset, k).head_init
+        name += "" if init == "kaiming" else f"_hi{init}"
     if metis != "pymetis":
         name += f"_m{metis}"
     return CELLS / f"{dataset}_{k}_{name}_{seed}.json"
@@ -195,6 +222,7 @@ def run_cell(dataset: str, k: int, method: str, seed: int, metis: str = "pymetis
         "metis": metis,
         "hidden": algo.hidden,
         **({"apv_norm": algo.apv_norm} if algo.name == "fedaux" else {}),
+        **({"head_init": algo.head_init} if algo.name in HEAD_INIT_METHODS else {}),
         **res.summary(),
         "mean_val_curve": (np.nanmean(res.val_acc, 1) * 100).round(3).tolist(),
         "mean_test_curve": (np.nanmean(res.test_acc, 1) * 100).round(3).tolist(),
@@ -306,7 +334,7 @@ def report() -> dict:
             widths[norm] = by_norm
         abl = {}
         for m in ("fedaux", *ABLATIONS):
-            paths = [cell_path("cora", 10, m, s, norm) for s in SEEDS]
+            paths = [cell_path("cora", 10, m, s, norm, head_init="kaiming") for s in SEEDS]
             cells = [load_json(p) for p in paths if p.is_file()]
             if cells:
                 vals = [c["test_at_best_val"] for c in cells]
@@ -330,6 +358,9 @@ def report() -> dict:
     apv = apv_norm_comparison()
     if apv:
         out["fedaux_apv_norm"] = apv
+    heads = head_init_comparison()
+    if heads:
+        out["head_init_study"] = heads
     study = partition_study()
     if study:
         out["metis_partition_study"] = study
@@ -354,7 +385,7 @@ def _select_on_val(
         for k in CLIENTS:
             runs = {}
             for value, method in options.items():
-                paths = [cell_path(ds, k, method, s, norm, metis) for s in SEEDS]
+                paths = [cell_path(ds, k, method, s, norm, metis, head_init="kaiming") for s in SEEDS]
                 if all(p.is_file() for p in paths):
                     runs[value] = [load_json(p) for p in paths]
             if len(runs) < len(options):
@@ -403,7 +434,7 @@ def apv_norm_comparison() -> dict:
         for k in CLIENTS:
             row = {}
             for n, m in zip(APV_NORMS, APV_VARIANTS, strict=True):
-                paths = [cell_path(ds, k, m, s) for s in SEEDS]
+                paths = [cell_path(ds, k, m, s, head_init="kaiming") for s in SEEDS]
                 if not all(p.is_file() for p in paths):
                     continue
                 cells = [load_json(p) for p in paths]
@@ -435,6 +466,46 @@ def apv_norm_comparison() -> dict:
     return out
 
 
+def head_init_comparison() -> dict:
+    """FED-PUB and FedAux under each classifier init on the main partition: per cell the mean validation and
+    test accuracy over the seeds, and per method the init with the higher mean validation accuracy over the
+    cells where every init was run with all seeds (the rule that sets ``AlgoConfig.head_init``)."""
+    rows: dict = {}
+    val_means: dict[str, dict[str, list[float]]] = {m: {h: [] for h in HEAD_INITS} for m in HEAD_INIT_METHODS}
+    for ds in DATASETS:
+        for k in CLIENTS:
+            for m in HEAD_INIT_METHODS:
+                row = {}
+                for h in HEAD_INITS:
+                    paths = [cell_path(ds, k, f"{m}_hi{h}", s, metis=MAIN_METIS) for s in SEEDS]
+                    if not all(p.is_file() for p in paths):
+                        continue
+                    cells = [load_json(p) for p in paths]
+                    row[h] = {
+                        "val_mean": round(float(np.mean([c["val_at_best"] for c in cells])), 2),
+                        "test_mean": round(float(np.mean([c["test_at_best_val"] for c in cells])), 2),
+                        "test_std": round(float(np.std([c["test_at_best_val"] for c in cells])), 2),
+                        "best_round_mean": round(float(np.mean([c["best_round"] for c in cells])), 1),
+                    }
+                if len(row) == len(HEAD_INITS):
+                    for h in HEAD_INITS:
+                        val_means[m][h].append(row[h]["val_mean"])
+                if row:
+                    rows.setdefault(ds, {}).setdefault(str(k), {})[m] = {**row, "paper": PAPER[ds][k][m]}
+    if not rows:
+        return {}
+    out: dict = {"cells": rows, "default": AlgoConfig().head_init}
+    for m, by_init in val_means.items():
+        if by_init[HEAD_INITS[0]]:
+            mean_val = {h: round(float(np.mean(v)), 3) for h, v in by_init.items()}
+            out[m] = {
+                "mean_val_over_cells": mean_val,
+                "cells_compared": len(by_init[HEAD_INITS[0]]),
+                "chosen_on_val": max(mean_val, key=lambda h: mean_val[h]),
+            }
+    return out
+
+
 #: the methods of the METIS partition study: Local depends on nothing but the partition and the split
 STUDY_METHODS = ("local", "fedpub", "fedaux")
 
@@ -449,7 +520,7 @@ def partition_study() -> dict:
             for m in STUDY_METHODS:
                 entry = {"paper": PAPER[ds][k][m]}
                 for scheme in ("pymetis", "fedpub"):
-                    paths = [cell_path(ds, k, m, s, metis=scheme) for s in SEEDS]
+                    paths = [cell_path(ds, k, m, s, metis=scheme, head_init="kaiming") for s in SEEDS]
                     if all(p.is_file() for p in paths):
                         vals = [load_json(p)["test_at_best_val"] for p in paths]
                         entry[scheme] = {
@@ -514,6 +585,34 @@ def markdown_table(out: dict) -> str:
                 + ", ".join(f"{n} {v:.2f}" for n, v in mv.items())
                 + f" -> chosen on validation: `{apv['chosen_on_val']}`",
             ]
+    heads = out.get("head_init_study")
+    if heads:
+        lines += [
+            "",
+            f"Classifier init (default `{heads['default']}`), main partition: mean val / test ± std over seeds "
+            "(paper)",
+            "",
+            "| dataset | clients | method | " + " | ".join(f"head_init={h}" for h in HEAD_INITS) + " | paper |",
+            "|---|---|---|" + "---|" * (len(HEAD_INITS) + 1),
+        ]
+        for ds, by_k in heads["cells"].items():
+            for k, by_m in by_k.items():
+                for m, row in by_m.items():
+                    cells = [
+                        f"{row[h]['val_mean']:.2f} / {row[h]['test_mean']:.2f} ± {row[h]['test_std']:.2f}"
+                        if h in row
+                        else "not run"
+                        for h in HEAD_INITS
+                    ]
+                    lines.append(f"| {ds} | {k} | {m} | " + " | ".join(cells) + f" | {row['paper']:.2f} |")
+        for m in HEAD_INIT_METHODS:
+            if m in heads:
+                mv = heads[m]["mean_val_over_cells"]
+                lines.append(
+                    f"\n{m}: mean validation accuracy over {heads[m]['cells_compared']} cells: "
+                    + ", ".join(f"{h} {v:.2f}" for h, v in mv.items())
+                    + f" -> chosen on validation: `{heads[m]['chosen_on_val']}`"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -575,6 +674,11 @@ def main() -> int:
         action="store_true",
         help="FedAux with the APV free (none) and on the unit sphere (unit) on --datasets x --clients",
     )
+    parser.add_argument(
+        "--head-init",
+        action="store_true",
+        help="FED-PUB and FedAux under each classifier init (kaiming, fedpub) on the main partition",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -594,6 +698,7 @@ def main() -> int:
                 )
     sweeps = [[f"fedaux_h{h}" for h in WIDTHS]] if args.widths else []
     sweeps += [[f"fedaux_a{a:g}" for a in ALPHAS]] if args.alphas else []
+    sweeps += [list(HEAD_INIT_VARIANTS)] if args.head_init else []
     for variants in sweeps:  # on the main partition, seed-major
         for seed in SEEDS:
             for ds in args.datasets.split(","):
@@ -615,7 +720,15 @@ def main() -> int:
                             flush=True,
                         )
                     report()
-    modes = (args.report_only, args.flower_check, args.ablation, args.widths, args.alphas, args.apv_norm)
+    modes = (
+        args.report_only,
+        args.flower_check,
+        args.ablation,
+        args.widths,
+        args.alphas,
+        args.apv_norm,
+        args.head_init,
+    )
     if not any(modes):
         # seed-major order: after the first third every cell has one seed, so a cut-short run is still useful.
         # FedProx goes last: with one full-batch local step its proximal gradient is 0, so it reproduces

@@ -113,6 +113,7 @@ class AlgoConfig:
     fedpub_l1: float = 0.0
     fedpub_prox: float = 1e-3
     proxy_seed: int = 1234
+    head_init: Literal["kaiming", "fedpub"] = "kaiming"
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
@@ -123,6 +124,8 @@ class AlgoConfig:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
         if self.apv_norm not in ("none", "unit"):
             raise ValueError(f"unknown apv_norm {self.apv_norm!r}; valid: none, unit")
+        if self.head_init not in ("kaiming", "fedpub"):
+            raise ValueError(f"unknown head_init {self.head_init!r}; valid: kaiming, fedpub")
 
 
 @dataclass
@@ -164,9 +167,17 @@ def build_model(cfg: AlgoConfig, in_dim: int, num_classes: int) -> nn.Module:
             conv_kernel=cfg.conv_kernel,
             chunk_size=cfg.chunk_size,
             apv_norm=cfg.apv_norm,
+            head_init=cfg.head_init,
         )
+    masked = cfg.name == "fedpub"
     return GCNNet(
-        in_dim, cfg.hidden, num_classes, cfg.num_layers, masked=cfg.name == "fedpub", dropout=cfg.dropout
+        in_dim,
+        cfg.hidden,
+        num_classes,
+        cfg.num_layers,
+        masked=masked,
+        dropout=cfg.dropout,
+        head_init=cfg.head_init if masked else "kaiming",
     )
 
 

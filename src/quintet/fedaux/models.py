@@ -36,10 +36,17 @@ APV_KEY = "apv"
 
 ScoreMode = Literal["paper", "cosine"]
 ApvNorm = Literal["none", "unit"]
+#: weight/bias initialisations of :class:`MaskedLinear`
+HEAD_INITS: tuple[str, ...] = ("kaiming", "glorot", "fedpub")
 
 
 class MaskedLinear(nn.Module):
-    """y = x (W ⊙ M)ᵀ + b with a learnable mask M (ones at init); a plain linear map when ``masked=False``."""
+    """y = x (W ⊙ M)ᵀ + b with a learnable mask M (ones at init); a plain linear map when ``masked=False``.
+
+    ``init``: ``kaiming`` (torch's ``nn.Linear`` weight init, zero bias), ``glorot`` (Glorot weight, zero bias;
+    the GCN layers) or ``fedpub`` (FED-PUB's masked classifier: Glorot weight and a bias drawn
+    Glorot-uniform as a 1 × out matrix, i.e. U(±√(6/(1+out))), which the FED-PUB and FedAux code use).
+    """
 
     def __init__(
         self, in_dim: int, out_dim: int, bias: bool = True, masked: bool = False, init: str = "kaiming"
@@ -52,12 +59,22 @@ class MaskedLinear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.init == "glorot":
+        if self.init not in HEAD_INITS:
+            raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(HEAD_INITS)}")
+        if self.init in ("glorot", "fedpub"):
             nn.init.xavier_uniform_(self.weight)
         else:
             nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
-            nn.init.zeros_(self.bias)
+            if self.init == "fedpub":
+                # Glorot-uniform of a (1, out) matrix: bound √(6 / (1 + out))
+                nn.init.uniform_(
+                    self.bias,
+                    -math.sqrt(6.0 / (1 + self.bias.numel())),
+                    math.sqrt(6.0 / (1 + self.bias.numel())),
+                )
+            else:
+                nn.init.zeros_(self.bias)
         if self.mask is not None:
             nn.init.ones_(self.mask)
 
@@ -127,10 +144,11 @@ class GCNNet(nn.Module):
         num_layers: int = 2,
         masked: bool = False,
         dropout: float = 0.5,
+        head_init: str = "kaiming",
     ) -> None:
         super().__init__()
         self.gnn = Backbone(in_dim, hidden, num_layers, masked, dropout)
-        self.head = MaskedLinear(hidden, num_classes, masked=masked)
+        self.head = MaskedLinear(hidden, num_classes, masked=masked, init=head_init)
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
         return self.head(self.gnn(x, adj))
@@ -224,6 +242,7 @@ class FedAuxNet(nn.Module):
         apv_norm: ``none`` (a is a free vector) or ``unit`` (a is kept on the unit sphere: re-projected at
             init and, by :func:`~quintet.fedaux.algorithms.client_round`, whenever it is loaded and after
             every optimizer step — the "unit-norm re-normalisation" of the paper's Thm 3.1 / Lemma C.3).
+        head_init: classifier initialisation (:class:`MaskedLinear` ``init``).
     """
 
     def __init__(
@@ -241,6 +260,7 @@ class FedAuxNet(nn.Module):
         conv_kernel: int = 3,
         chunk_size: int = 2048,
         apv_norm: ApvNorm = "none",
+        head_init: str = "kaiming",
     ) -> None:
         super().__init__()
         if apv_norm not in ("none", "unit"):
@@ -248,7 +268,7 @@ class FedAuxNet(nn.Module):
         self.apv_norm = apv_norm
         self.gnn = Backbone(in_dim, hidden, num_layers, masked, dropout)
         self.apv = nn.Parameter(torch.empty(hidden))
-        self.head = MaskedLinear(2 * hidden, num_classes, masked=masked)
+        self.head = MaskedLinear(2 * hidden, num_classes, masked=masked, init=head_init)
         self.kernel, self.score, self.sigma, self.chunk_size = kernel, score, sigma, chunk_size
         self.apv_init = apv_init
         self.conv = (
