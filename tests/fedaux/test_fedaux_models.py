@@ -124,14 +124,14 @@ def test_head_init_fedpub_draws_glorot_weight_and_bias() -> None:
     """``fedpub``: Glorot-uniform weight U(±√(6/(in+out))) and a bias drawn Glorot-uniform as a 1 × out
     matrix, U(±√(6/(1+out))); ``kaiming`` keeps torch's U(±1/√in) weight and a zero bias."""
     torch.manual_seed(0)
-    fed = MaskedLinear(256, 7, masked=True, init="fedpub")
+    fed = MaskedLinear(256, 7, masked=True, init="fedpub").requires_grad_(False)
     w_bound, b_bound = math.sqrt(6 / (256 + 7)), math.sqrt(6 / (1 + 7))
     assert float(fed.weight.abs().max()) <= w_bound
     assert float(fed.weight.abs().max()) > 0.9 * w_bound  # 1,792 draws reach the edge of the range
     assert float(fed.bias.abs().max()) <= b_bound
     assert float(fed.bias.abs().max()) > 0.2  # a real draw, not zeros (0.87 bound, 7 draws)
     assert torch.equal(fed.mask, torch.ones(7, 256))
-    kai = MaskedLinear(256, 7, masked=True, init="kaiming")
+    kai = MaskedLinear(256, 7, masked=True, init="kaiming").requires_grad_(False)
     assert float(kai.weight.abs().max()) <= 1 / math.sqrt(256) + 1e-7
     assert torch.equal(kai.bias, torch.zeros(7))
     with pytest.raises(ValueError, match="unknown init"):
@@ -144,7 +144,7 @@ def test_head_init_reaches_the_classifiers_of_fedpub_and_fedaux_only() -> None:
     torch.manual_seed(0)
     for name in ("fedpub", "fedaux"):
         model = build_model(AlgoConfig(name=name, hidden=16, head_init="fedpub"), 20, 7)
-        assert float(model.head.bias.abs().max()) > 0  # type: ignore[union-attr]
+        assert float(model.head.bias.detach().abs().max()) > 0  # type: ignore[union-attr]
         assert model.gnn.convs[0].lin.init == "glorot"  # type: ignore[union-attr]
     # the plain GCN baselines keep nn.Linear's init whatever head_init says (the official GCN uses nn.Linear)
     plain = build_model(AlgoConfig(name="fedavg", hidden=16, head_init="fedpub"), 20, 7)
