@@ -193,11 +193,9 @@ def cell_path(
     return CELLS / f"{dataset}_{k}_{name}_{seed}.json"
 
 
-def run_cell(dataset: str, k: int, method: str, seed: int, metis: str = "pymetis") -> dict:
-    path = cell_path(dataset, k, method, seed, metis=metis)
-    if path.is_file():
-        return load_json(path)
-    clients, info = build_clients(
+def _clients(dataset: str, k: int, metis: str) -> tuple[list, dict]:
+    """The benchmark's METIS clients of ``dataset`` (split seed 1234), cached under benchmarks/work."""
+    return build_clients(
         dataset,
         "metis",
         k,
@@ -206,6 +204,13 @@ def run_cell(dataset: str, k: int, method: str, seed: int, metis: str = "pymetis
         cache_dir=ROOT / "benchmarks" / "work" / "fedaux_cache",
         metis=metis,  # type: ignore[arg-type]
     )
+
+
+def run_cell(dataset: str, k: int, method: str, seed: int, metis: str = "pymetis") -> dict:
+    path = cell_path(dataset, k, method, seed, metis=metis)
+    if path.is_file():
+        return load_json(path)
+    clients, info = _clients(dataset, k, metis)
     algo = algo_for(method, dataset, k)
     res = simulate(
         algo,
@@ -257,9 +262,7 @@ def flower_check(rounds: int = 3) -> dict:
     t0 = time.perf_counter()
     fl = flower_simulate(cfg)
     t_fl = time.perf_counter() - t0
-    clients, info = build_clients(
-        "cora", "metis", 5, 1234, data_root=DATA_ROOT, cache_dir=ROOT / "benchmarks" / "work" / "fedaux_cache"
-    )
+    clients, info = _clients("cora", 5, cfg.data.metis)
     t0 = time.perf_counter()
     ip = simulate(cfg.algo, clients, info["num_classes"], rounds, 0, progress=False)
     t_ip = time.perf_counter() - t0
@@ -275,15 +278,7 @@ def timing(dataset: str = "cora", k: int = 10, repeats: int = 2) -> dict:
     """Seconds per 100-round run of every method on one cell, measured in this one process with the methods
     interleaved (``repeats`` passes, median), so that the ratios to FedAvg share the machine's load. The
     cached cells' own ``seconds`` come from many sessions under different loads and are not compared."""
-    clients, info = build_clients(
-        dataset,
-        "metis",
-        k,
-        1234,
-        data_root=DATA_ROOT,
-        cache_dir=ROOT / "benchmarks" / "work" / "fedaux_cache",
-        metis=MAIN_METIS,  # type: ignore[arg-type]
-    )
+    clients, info = _clients(dataset, k, MAIN_METIS)
     times: dict[str, list[float]] = {m: [] for m in METHODS}
     for _ in range(repeats):
         for m in METHODS:
@@ -312,15 +307,7 @@ def mask_decay(dataset: str = "cora", k: int = 10, seed: int = 0) -> dict:
     active, its logged loss would fall to ≈ 0 within ~100 rounds instead of following this decay."""
     from quintet.fedaux.algorithms import client_round, initial_state, server_aggregate
 
-    clients, info = build_clients(
-        dataset,
-        "metis",
-        k,
-        1234,
-        data_root=DATA_ROOT,
-        cache_dir=ROOT / "benchmarks" / "work" / "fedaux_cache",
-        metis=MAIN_METIS,  # type: ignore[arg-type]
-    )
+    clients, info = _clients(dataset, k, MAIN_METIS)
     algo = algo_for("fedpub", dataset, k)
     ncls = info["num_classes"]
     down = dict.fromkeys(
@@ -414,18 +401,8 @@ def report() -> dict:
         by_norm = _width_selection(norm)
         if by_norm:
             widths[norm] = by_norm
-        abl = {}
-        for m in ("fedaux", *ABLATIONS):
-            paths = [cell_path("cora", 10, m, s, norm, head_init="kaiming") for s in SEEDS]
-            cells = [load_json(p) for p in paths if p.is_file()]
-            if cells:
-                vals = [c["test_at_best_val"] for c in cells]
-                abl[m] = {
-                    "mean": round(float(np.mean(vals)), 2),
-                    "std": round(float(np.std(vals)), 2),
-                    "seeds": len(cells),
-                }
-        if len(abl) > 1:
+        abl = _ablation(norm)
+        if abl:
             ablation[norm] = abl
     if widths:
         out["fedaux_width_selected_on_val"] = widths  # {apv_norm: {dataset: {clients: ...}}}, pymetis cells
@@ -436,7 +413,16 @@ def report() -> dict:
     if alphas:
         out[f"fedaux_alpha_selected_on_val_m{MAIN_METIS}"] = {default_norm: alphas}
     if ablation:
-        out["ablation_cora10"] = ablation  # {apv_norm: {variant: ...}}
+        out["ablation_cora10"] = ablation  # {apv_norm: {variant: ...}}, pymetis cells, head_init=kaiming
+    # the width and ablation studies again under the current default classifier init, main partition
+    default_init = AlgoConfig().head_init
+    if default_init != "kaiming":
+        w = _width_selection(default_norm, MAIN_METIS, default_init)
+        if w:
+            out[f"fedaux_width_selected_on_val_m{MAIN_METIS}_hi{default_init}"] = {default_norm: w}
+        abl = _ablation(default_norm, MAIN_METIS, default_init)
+        if abl:
+            out[f"ablation_cora10_m{MAIN_METIS}_hi{default_init}"] = {default_norm: abl}
     apv = apv_norm_comparison()
     if apv:
         out["fedaux_apv_norm"] = apv
@@ -462,18 +448,24 @@ def report() -> dict:
 
 
 def _select_on_val(
-    name: str, options: dict, norm: str, metis: str, cast: type = int, weights: bool = False
+    name: str,
+    options: dict,
+    norm: str,
+    metis: str,
+    cast: type = int,
+    weights: bool = False,
+    head_init: str = "kaiming",
 ) -> dict:
     """Per cell, the option (``{value: method}``) with the best mean validation accuracy over the seeds, for
-    runs under ``norm`` on the ``metis`` partition; cells missing any run are skipped. Keys are named after
-    ``name`` (``<name>_by_val``, ``val_by_<name>``, ``test_by_<name>``; ``max_weight_by_<name>`` with
-    ``weights``)."""
+    runs under ``norm`` and ``head_init`` on the ``metis`` partition; cells missing any run are skipped. Keys
+    are named after ``name`` (``<name>_by_val``, ``val_by_<name>``, ``test_by_<name>``;
+    ``max_weight_by_<name>`` with ``weights``)."""
     out: dict = {}
     for ds in DATASETS:
         for k in CLIENTS:
             runs = {}
             for value, method in options.items():
-                paths = [cell_path(ds, k, method, s, norm, metis, head_init="kaiming") for s in SEEDS]
+                paths = [cell_path(ds, k, method, s, norm, metis, head_init=head_init) for s in SEEDS]
                 if all(p.is_file() for p in paths):
                     runs[value] = [load_json(p) for p in paths]
             if len(runs) < len(options):
@@ -500,9 +492,25 @@ def _select_on_val(
     return out
 
 
-def _width_selection(norm: str, metis: str = "pymetis") -> dict:
+def _width_selection(norm: str, metis: str = "pymetis", head_init: str = "kaiming") -> dict:
     """FedAux width chosen in WIDTHS on mean validation accuracy, per cell."""
-    return _select_on_val("width", {h: f"fedaux_h{h}" for h in WIDTHS}, norm, metis)
+    return _select_on_val("width", {h: f"fedaux_h{h}" for h in WIDTHS}, norm, metis, head_init=head_init)
+
+
+def _ablation(norm: str, metis: str = "pymetis", head_init: str = "kaiming") -> dict:
+    """Cora-10 test accuracy of FedAux and its :data:`ABLATIONS` (mean/std over the seeds run)."""
+    abl = {}
+    for m in ("fedaux", *ABLATIONS):
+        paths = [cell_path("cora", 10, m, s, norm, metis, head_init=head_init) for s in SEEDS]
+        cells = [load_json(p) for p in paths if p.is_file()]
+        if cells:
+            vals = [c["test_at_best_val"] for c in cells]
+            abl[m] = {
+                "mean": round(float(np.mean(vals)), 2),
+                "std": round(float(np.std(vals)), 2),
+                "seeds": len(cells),
+            }
+    return abl if len(abl) > 1 else {}
 
 
 def _alpha_selection(norm: str, metis: str = MAIN_METIS) -> dict:
@@ -752,7 +760,9 @@ def main() -> int:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)))
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--ablation", action="store_true", help="FedAux variants on Cora-10 (3 seeds)")
+    parser.add_argument(
+        "--ablation", action="store_true", help="FedAux variants on Cora-10 (3 seeds, main partition)"
+    )
     parser.add_argument(
         "--widths",
         action="store_true",
@@ -799,7 +809,7 @@ def main() -> int:
     if args.ablation:
         for seed in SEEDS:
             for m in ABLATIONS:
-                cell = run_cell("cora", 10, m, seed)
+                cell = run_cell("cora", 10, m, seed, metis=MAIN_METIS)
                 print(
                     f"cora-10 {m} s{seed}: {cell['test_at_best_val']:.2f} ({cell['seconds']:.0f} s)",
                     flush=True,
