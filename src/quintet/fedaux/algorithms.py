@@ -89,6 +89,8 @@ class AlgoConfig:
         fedpub_alpha: FED-PUB norm_scale (3 for disjoint partitions).
         fedpub_l1: L1 coefficient on the masks. FED-PUB states 1e-3 (summed over entries); with Adam that
             drives every mask to 0 within ~100 steps (measured Cora-10: 68.5% vs 83.3%), so the default is 0.
+            FED-PUB's own code adds it (and the proximal term) from detached ``state_dict()`` tensors, so
+            it never trains with them either (docs/fedaux.md).
         fedpub_prox: FED-PUB coefficient of ‖θ − θ_received‖₂ (1e-3).
         proxy_seed: seed of FED-PUB's proxy graph (5 × 100-node random partition graph, N(0,1) features).
         head_init: classifier initialisation of the masked models (fedpub, fedaux): ``fedpub`` (default; the

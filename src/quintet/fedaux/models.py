@@ -67,12 +67,8 @@ class MaskedLinear(nn.Module):
             nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
             if self.init == "fedpub":
-                # Glorot-uniform of a (1, out) matrix: bound √(6 / (1 + out))
-                nn.init.uniform_(
-                    self.bias,
-                    -math.sqrt(6.0 / (1 + self.bias.numel())),
-                    math.sqrt(6.0 / (1 + self.bias.numel())),
-                )
+                bound = math.sqrt(6.0 / (1 + self.bias.numel()))  # Glorot-uniform of a (1, out) matrix
+                nn.init.uniform_(self.bias, -bound, bound)
             else:
                 nn.init.zeros_(self.bias)
         if self.mask is not None:
