@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from quintet.cli import main
 from quintet.config import load_config
 from quintet.fedaux.algorithms import AlgoConfig
 from quintet.fedaux.data import synthetic_clients
-from quintet.fedaux.simulate import RunConfig, run, simulate
+from quintet.fedaux.simulate import RunConfig, load_client_models, load_data, run, simulate
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,53 @@ def test_run_writes_outputs_and_config_reproduces_it(tmp_path: Path) -> None:
     assert lines[0].startswith("round,") and len(lines) == 4
     again = run(load_config(RunConfig, tmp_path / "config.yaml", [f"out_dir={tmp_path / 'again'}"]))
     assert np.array_equal(res.test_acc, again.test_acc)
+
+
+@pytest.mark.parametrize(("method", "rounds"), [("fedaux", 4), ("fedpub", 3), ("local", 10)])
+def test_saved_client_models_reload_to_the_reported_accuracies(
+    tmp_path: Path, method: str, rounds: int
+) -> None:
+    """run() saves each client's model at the best-validation round; reloaded, every client's model gives
+    exactly the test accuracy the run recorded for it at that round (for ``local`` the best round is 9 of 10
+    and the last round's accuracies differ, so saving the last models instead would fail)."""
+    cfg = load_config(
+        RunConfig,
+        None,
+        [
+            "data.dataset=synthetic",
+            "data.num_clients=4",
+            f"rounds={rounds}",
+            f"out_dir={tmp_path}",
+            "algo.hidden=8",
+            f"algo.name={method}",
+            "progress=false",
+        ],
+    )
+    res = run(cfg)
+    clients, _ = load_data(cfg.data)
+    models = load_client_models(tmp_path)
+    assert sorted(models) == [c.client_id for c in clients]
+    at_best = res.test_acc[res.best_round - 1]
+    finals = res.test_acc[-1]
+    for i, c in enumerate(clients):
+        with torch.no_grad():
+            logits = models[c.client_id](c.features(), c.gcn_adjacency())
+        acc = float((logits[c.test_mask].argmax(1) == c.y[c.test_mask]).float().mean())
+        assert acc == at_best[i]
+    assert not models[clients[0].client_id].training
+    if method == "local":
+        assert res.best_round < rounds and not np.array_equal(at_best, finals)
+    blob = torch.load(tmp_path / "models" / f"client_{clients[0].client_id}.pt", weights_only=True)
+    assert blob["round"] == res.best_round and blob["algo"]["name"] == method
+
+
+def test_loading_client_models_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="client_"):
+        load_client_models(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "client_0.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"client_0\.pt"):
+        load_client_models(tmp_path)
 
 
 def test_cli_run_and_clean_errors(tmp_path: Path, capsys) -> None:

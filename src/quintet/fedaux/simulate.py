@@ -15,7 +15,7 @@ import io
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,11 +23,24 @@ import numpy as np
 import torch
 
 from quintet.config import save_config
-from quintet.fedaux.algorithms import AlgoConfig, client_round, initial_state, server_aggregate
+from quintet.fedaux.algorithms import AlgoConfig, build_model, client_round, initial_state, server_aggregate
 from quintet.fedaux.data import ClientData, build_clients, synthetic_clients
-from quintet.io import atomic_save_json, atomic_write_bytes, atomic_write_text
+from quintet.io import atomic_save_json, atomic_torch_save, atomic_write_bytes, atomic_write_text
 
-__all__ = ["DataConfig", "RunConfig", "SimResult", "load_data", "run", "simulate", "summarise_rounds"]
+__all__ = [
+    "DataConfig",
+    "RunConfig",
+    "SimResult",
+    "load_client_models",
+    "load_data",
+    "run",
+    "save_client_models",
+    "simulate",
+    "summarise_rounds",
+]
+
+#: folder (inside ``out_dir``) of the per-client personalised models written by :func:`run`
+MODELS_DIR = "models"
 
 
 @dataclass
@@ -97,6 +110,8 @@ class SimResult:
         weights: the last mixing matrix (if any).
         mix_max: (T,) largest entry of each round's mixing matrix (NaN for methods without one); 1/K
             everywhere means the server's weights are uniform.
+        best_states: ``{client_id: state_dict}`` of every client's model at ``best_round`` (after its local
+            training, as evaluated there), the personalised models the reported metric belongs to.
     """
 
     val_acc: np.ndarray
@@ -108,6 +123,7 @@ class SimResult:
     seconds: float
     weights: np.ndarray | None = None
     mix_max: np.ndarray | None = None
+    best_states: dict[int, dict[str, torch.Tensor]] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -193,6 +209,7 @@ def simulate(
     loss = np.zeros((rounds, k))
     mix_max = np.full(rounds, np.nan)
     weights = None
+    best_val, best_states = -math.inf, None
     bar = tqdm(range(1, rounds + 1), desc=desc or algo.name, disable=not progress, leave=False)
     for rnd in bar:
         uploads = {}
@@ -205,6 +222,14 @@ def simulate(
             val[rnd - 1, i] = res.metrics["val_acc"]
             test[rnd - 1, i] = res.metrics["test_acc"]
             loss[rnd - 1, i] = res.metrics["train_loss"]
+        mean_val = float(np.nanmean(val[rnd - 1])) if np.isfinite(val[rnd - 1]).any() else -math.inf
+        if best_states is None or mean_val > best_val:  # ties keep the earliest round, as summarise_rounds
+            best_val = mean_val
+            best_states = {
+                cid: {k[len("model/") :]: v for k, v in st.items() if k.startswith("model/")}
+                for cid, st in local.items()
+                if st is not None
+            }
         new, diag = server_aggregate(algo, uploads, sizes)
         downloads = new
         if "weights" in diag:
@@ -214,7 +239,9 @@ def simulate(
             val=f"{np.nanmean(val[rnd - 1]) * 100:.1f}", test=f"{np.nanmean(test[rnd - 1]) * 100:.1f}"
         )
     best, at_best, final = summarise_rounds(val, test)
-    return SimResult(val, test, loss, best, at_best, final, time.perf_counter() - t0, weights, mix_max)
+    return SimResult(
+        val, test, loss, best, at_best, final, time.perf_counter() - t0, weights, mix_max, best_states
+    )
 
 
 def write_outputs(result: SimResult, out_dir: Path, title: str) -> None:
@@ -244,6 +271,61 @@ def write_outputs(result: SimResult, out_dir: Path, title: str) -> None:
     atomic_write_text(out_dir / "clients.csv", buf.getvalue())
     atomic_save_json(out_dir / "summary.json", result.summary())
     plot_curves({title: result}, out_dir / "curves.png")
+
+
+def save_client_models(
+    result: SimResult, algo: AlgoConfig, in_dim: int, num_classes: int, out_dir: Path
+) -> list[Path]:
+    """Write each client's model at the best round to ``out_dir/models/client_<id>.pt`` (atomically).
+
+    Each file is a dict of plain tensors and numbers (loadable with ``weights_only=True``): ``state_dict``,
+    ``client_id``, ``round``, ``in_dim``, ``num_classes`` and the method's ``algo`` config.
+    """
+    if not result.best_states:
+        return []
+    folder = Path(out_dir) / MODELS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for cid, state in sorted(result.best_states.items()):
+        path = folder / f"client_{cid}.pt"
+        atomic_torch_save(
+            path,
+            {
+                "state_dict": state,
+                "client_id": int(cid),
+                "round": int(result.best_round),
+                "in_dim": int(in_dim),
+                "num_classes": int(num_classes),
+                "algo": asdict(algo),
+            },
+        )
+        paths.append(path)
+    return paths
+
+
+def load_client_models(out_dir: Path | str) -> dict[int, torch.nn.Module]:
+    """The personalised models that :func:`run` saved, rebuilt and in eval mode: ``{client_id: model}``.
+
+    Call ``model(client.features(), client.gcn_adjacency())`` for the logits of a client's nodes.
+
+    Raises:
+        FileNotFoundError: no ``models/client_*.pt`` in ``out_dir``.
+        ValueError: a file that is not a model written by :func:`save_client_models`.
+    """
+    files = sorted((Path(out_dir) / MODELS_DIR).glob("client_*.pt"))
+    if not files:
+        raise FileNotFoundError(f"no {MODELS_DIR}/client_*.pt in {out_dir} (written by `quintet fedaux run`)")
+    models: dict[int, torch.nn.Module] = {}
+    for path in files:
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            algo = AlgoConfig(**blob["algo"])
+            model = build_model(algo, int(blob["in_dim"]), int(blob["num_classes"]))
+            model.load_state_dict(blob["state_dict"])
+        except Exception as exc:  # unpickling, missing keys, shape mismatch: name the file
+            raise ValueError(f"{path}: not a client model written by quintet fedaux run ({exc})") from exc
+        models[int(blob["client_id"])] = model.eval()
+    return models
 
 
 def plot_curves(results: dict[str, SimResult], path: Path, title: str = "") -> None:
@@ -281,6 +363,7 @@ def run(cfg: RunConfig) -> SimResult:
     with torch_threads(cfg.threads):
         res = simulate(cfg.algo, clients, info["num_classes"], cfg.rounds, cfg.seed, cfg.progress)
     write_outputs(res, out, f"{cfg.algo.name} on {cfg.data.dataset} ({len(clients)} clients)")
+    save_client_models(res, cfg.algo, clients[0].x.shape[1], info["num_classes"], out)
     if not math.isfinite(res.test_at_best_val):
         raise RuntimeError("the run produced non-finite accuracies")
     return res
