@@ -107,6 +107,14 @@ def test_saved_client_models_reload_to_the_reported_accuracies(
     assert blob["round"] == res.best_round and blob["algo"]["name"] == method
 
 
+def test_a_rerun_into_the_same_folder_leaves_only_its_own_models(tmp_path: Path) -> None:
+    base = ["data.dataset=synthetic", "rounds=2", f"out_dir={tmp_path}", "algo.hidden=8", "progress=false"]
+    run(load_config(RunConfig, None, [*base, "data.num_clients=6"]))
+    assert len(list((tmp_path / "models").glob("client_*.pt"))) == 6
+    run(load_config(RunConfig, None, [*base, "data.num_clients=4"]))
+    assert sorted(load_client_models(tmp_path)) == [0, 1, 2, 3]
+
+
 def test_loading_client_models_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="client_"):
         load_client_models(tmp_path)

@@ -276,7 +276,8 @@ def write_outputs(result: SimResult, out_dir: Path, title: str) -> None:
 def save_client_models(
     result: SimResult, algo: AlgoConfig, in_dim: int, num_classes: int, out_dir: Path
 ) -> list[Path]:
-    """Write each client's model at the best round to ``out_dir/models/client_<id>.pt`` (atomically).
+    """Write each client's model at the best round to ``out_dir/models/client_<id>.pt`` (atomically), and
+    remove client files an earlier run left there, so that the folder holds exactly this run's models.
 
     Each file is a dict of plain tensors and numbers (loadable with ``weights_only=True``): ``state_dict``,
     ``client_id``, ``round``, ``in_dim``, ``num_classes`` and the method's ``algo`` config.
@@ -300,6 +301,8 @@ def save_client_models(
             },
         )
         paths.append(path)
+    for stale in set(folder.glob("client_*.pt")) - set(paths):  # an earlier run into this out_dir
+        stale.unlink()
     return paths
 
 
