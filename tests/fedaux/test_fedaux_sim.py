@@ -107,6 +107,26 @@ def test_saved_client_models_reload_to_the_reported_accuracies(
     assert blob["round"] == res.best_round and blob["algo"]["name"] == method
 
 
+def test_on_round_sees_every_clients_state_each_round(clients) -> None:
+    cl, info = clients
+    seen: dict[int, dict] = {}
+    res = simulate(
+        AlgoConfig(name="fedaux", hidden=8),
+        cl,
+        info["num_classes"],
+        3,
+        0,
+        progress=False,
+        on_round=lambda rnd, local: seen.__setitem__(rnd, local),
+    )
+    assert sorted(seen) == [1, 2, 3]
+    assert all(sorted(local) == [c.client_id for c in cl] for local in seen.values())
+    best = seen[res.best_round]
+    assert res.best_states is not None
+    for cid, state in res.best_states.items():
+        assert all(torch.equal(v, best[cid][f"model/{k}"]) for k, v in state.items())
+
+
 def test_a_rerun_into_the_same_folder_leaves_only_its_own_models(tmp_path: Path) -> None:
     base = ["data.dataset=synthetic", "rounds=2", f"out_dir={tmp_path}", "algo.hidden=8", "progress=false"]
     run(load_config(RunConfig, None, [*base, "data.num_clients=6"]))

@@ -14,7 +14,7 @@ import csv
 import io
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -194,8 +194,13 @@ def simulate(
     seed: int,
     progress: bool = True,
     desc: str | None = None,
+    on_round: Callable[[int, dict[int, dict[str, torch.Tensor]]], None] | None = None,
 ) -> SimResult:
-    """Run ``rounds`` rounds of ``algo`` over ``clients`` in this process (deterministic under ``seed``)."""
+    """Run ``rounds`` rounds of ``algo`` over ``clients`` in this process (deterministic under ``seed``).
+
+    ``on_round(rnd, local_states)``, if given, is called after every round's local training with each
+    client's local state (``model/...`` parameters and ``opt/...`` Adam moments); it must not modify them.
+    """
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -222,6 +227,8 @@ def simulate(
             val[rnd - 1, i] = res.metrics["val_acc"]
             test[rnd - 1, i] = res.metrics["test_acc"]
             loss[rnd - 1, i] = res.metrics["train_loss"]
+        if on_round is not None:
+            on_round(rnd, {cid: st for cid, st in local.items() if st is not None})
         mean_val = float(np.nanmean(val[rnd - 1])) if np.isfinite(val[rnd - 1]).any() else -math.inf
         if best_states is None or mean_val > best_val:  # ties keep the earliest round, as summarise_rounds
             best_val = mean_val
