@@ -507,6 +507,67 @@ def exact_cell_bound(ds) -> dict[str, float]:
     return {"exact_cell_coord_mae_A": e, "exact_cell_coord_mae_ratio_vs_dummy": e / d}
 
 
+SENSITIVITY_NOISE = (0.001, 0.01)  # Å, Gaussian per Cartesian component; the shared oxides' rattle is 0.03 Å
+
+
+def oracle_sensitivity(ds, spec: dict, calc, draws: int = 3, seed: int = 0) -> dict:
+    """How much of a test split's relaxation is fixed by its input: re-relax each unrelaxed input with
+    the oracle as it is and after adding Gaussian noise of :data:`SENSITIVITY_NOISE` Å to its positions
+    (``draws`` draws each), and measure every outcome against the label, like a prediction.
+
+    The unperturbed re-relaxation checks that the oracle reproduces its labels. A perturbed outcome is
+    what the oracle itself would predict from an input known to that precision: where it lands far from
+    the label, the relaxed structure depends on input details below the noise (a symmetry-breaking
+    instability choosing a variant), and no one-shot model that does not resolve them can do better than
+    the typical outcome. ``median_outcome`` is that best guess from the perturbed outcomes and the label
+    (per coordinate), scored against each of them.
+    """
+    from quintet.atomistic.datasets import pair_record
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for idx in range(len(ds)):
+        rec = ds[idx]
+        unrel = to_ase({kk: rec[kk] for kk in (K.POSITIONS, K.ATOMIC_NUMBERS, K.CELL, K.PBC)})
+        label = rec[K.RELAXED_POSITIONS].double().numpy()
+        dummy = float(np.abs(rec[K.POSITIONS].double().numpy() - label).mean())
+
+        def outcome(start, unrel=unrel) -> tuple[np.ndarray, int]:
+            """The oracle's relaxed positions from ``start``, unwrapped like the labels (to ``unrel``)."""
+            res = finish(start, calc, 0.05, 1000, spec["cell"], spec["filter"])
+            got = pair_record(unrel, res.atoms, dtype=torch.float64)[K.RELAXED_POSITIONS].numpy()
+            return got, res.steps
+
+        same, steps0 = outcome(unrel.copy())
+        row = {"n_atoms": len(unrel), "dummy_coord_mae_A": dummy, "steps": steps0,
+               "rerelax_coord_mae_A": float(np.abs(same - label).mean())}  # fmt: skip
+        for noise in SENSITIVITY_NOISE:
+            outs = []
+            for _ in range(draws):
+                start = unrel.copy()
+                start.positions = start.positions + rng.normal(0.0, noise, start.positions.shape)
+                outs.append(outcome(start)[0])
+            errs = [float(np.abs(o - label).mean()) for o in outs]
+            med = np.median(np.stack([label, *outs]), axis=0)
+            row[f"noise{noise:g}_coord_mae_A"] = errs
+            row[f"noise{noise:g}_median_outcome_mae_A"] = float(
+                np.mean([np.abs(med - y).mean() for y in [label, *outs]])
+            )
+        rows.append(row)
+        print(f"  sensitivity {idx}: {json.dumps(row)}")
+    d = float(np.mean([r["dummy_coord_mae_A"] for r in rows]))
+    out: dict = {"draws": draws, "noise_A": list(SENSITIVITY_NOISE), "rows": rows,
+                 "rerelax_ratio_vs_dummy": float(np.mean([r["rerelax_coord_mae_A"] for r in rows])) / d}  # fmt: skip
+    for noise in SENSITIVITY_NOISE:
+        out[f"noise{noise:g}_ratio_vs_dummy"] = float(
+            np.mean([np.mean(r[f"noise{noise:g}_coord_mae_A"]) for r in rows]) / d
+        )
+        out[f"noise{noise:g}_median_outcome_ratio_vs_dummy"] = float(
+            np.mean([r[f"noise{noise:g}_median_outcome_mae_A"] for r in rows]) / d
+        )
+    return out
+
+
 def quick_suffix(args: argparse.Namespace) -> str:
     """Suffix of every work/result file of a ``--quick`` run (kept apart from the full run's)."""
     return "_quick" if args.quick else ""
@@ -676,6 +737,15 @@ def main() -> None:
         help="override a ModelConfig field of the trained models (repeatable; use with --tag), "
         "e.g. detach_base_cell=true",
     )
+    parser.add_argument(
+        "--oracle-studies",
+        default="",
+        metavar="sensitivity,floor",
+        help="only run these model-free studies of the --only datasets' test splits (comma list) and add them "
+        "to deeprelax.json as <name>_oracle_studies: 'sensitivity' re-relaxes the inputs as they are and with "
+        "0.001 / 0.01 A of noise (oracle_sensitivity); 'floor' is the finish-step floor on the whole test split "
+        "(finish_floor)",
+    )
     parser.add_argument("--no-bfgs", action="store_true", help="FIRE finish only")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile timing")
     parser.add_argument("--oracle-scale", type=float, default=1.0, help="multiply every oracle subset size")
@@ -717,9 +787,38 @@ def main() -> None:
             )
             print(f"== {name}: {bound}")
             for key in results:
-                if key == name or key.startswith(name + "_"):
+                if (key == name or key.startswith(name + "_")) and not key.endswith("_oracle_studies"):
                     results[key].update(bound)
         atomic_save_json(out_json, {**json.loads(out_json.read_text()), **results})
+        return
+    if args.oracle_studies:  # properties of a test split and its oracle, not of any model
+        studies = args.oracle_studies.split(",")
+        if unknown := set(studies) - {"sensitivity", "floor"}:
+            parser.error(f"unknown --oracle-studies {sorted(unknown)}; use sensitivity and/or floor")
+        for name in names:
+            spec = specs[name]
+            test = load_dataset(spec["data"], "test", ModelConfig(relax_cell=spec["relax_cell"]))
+            calc = calcs.setdefault(spec["oracle"], get_calculator(spec["oracle"]))
+            key = f"{name}_oracle_studies"
+            on_disk = json.loads(out_json.read_text()) if out_json.is_file() else {}
+            got = dict(on_disk.get(key, {}))
+            if "sensitivity" in studies:
+                sens = oracle_sensitivity(test, spec, calc)
+                atomic_save_json(ROWS / f"{name}_sensitivity{quick_suffix(args)}.json", sens)
+                got["sensitivity"] = {k: v for k, v in sens.items() if k != "rows"}
+            if "floor" in studies:
+                floor = finish_floor(test, spec, len(test), calc)
+                floor["error_ratio_needed_for_steps_ratio_0.3"] = _floor_t_for(floor, 0.3)
+                if name in on_disk:  # where the main row's coordinate error sits on the curve
+                    floor["steps_ratio_at_main_row_error"] = float(np.interp(
+                        on_disk[name]["coord_mae_ratio_vs_dummy"], [0.0, *floor["t"]], [0.0, *floor["steps_ratio"]]
+                    ))  # fmt: skip
+                got["finish_floor"] = floor
+            print(f"== {key}: {json.dumps(got)}")
+            on_disk = (
+                json.loads(out_json.read_text()) if out_json.is_file() else {}
+            )  # re-read: concurrent runs
+            atomic_save_json(out_json, {**on_disk, key: got})
         return
     given = dict(m.split("=", 1) for m in args.model)
     if args.train_only:  # train (or find) the chosen members, no evaluation: one process per core
