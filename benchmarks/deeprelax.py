@@ -800,8 +800,7 @@ def main() -> None:
             test = load_dataset(spec["data"], "test", ModelConfig(relax_cell=spec["relax_cell"]))
             calc = calcs.setdefault(spec["oracle"], get_calculator(spec["oracle"]))
             key = f"{name}_oracle_studies"
-            on_disk = json.loads(out_json.read_text()) if out_json.is_file() else {}
-            got = dict(on_disk.get(key, {}))
+            got: dict = {}
             if "sensitivity" in studies:
                 sens = oracle_sensitivity(test, spec, calc)
                 atomic_save_json(ROWS / f"{name}_sensitivity{quick_suffix(args)}.json", sens)
@@ -809,16 +808,17 @@ def main() -> None:
             if "floor" in studies:
                 floor = finish_floor(test, spec, len(test), calc)
                 floor["error_ratio_needed_for_steps_ratio_0.3"] = _floor_t_for(floor, 0.3)
-                if name in on_disk:  # where the main row's coordinate error sits on the curve
+                if name in results:  # where the main row's coordinate error sits on the curve
                     floor["steps_ratio_at_main_row_error"] = float(np.interp(
-                        on_disk[name]["coord_mae_ratio_vs_dummy"], [0.0, *floor["t"]], [0.0, *floor["steps_ratio"]]
+                        results[name]["coord_mae_ratio_vs_dummy"], [0.0, *floor["t"]], [0.0, *floor["steps_ratio"]]
                     ))  # fmt: skip
                 got["finish_floor"] = floor
             print(f"== {key}: {json.dumps(got)}")
-            on_disk = (
-                json.loads(out_json.read_text()) if out_json.is_file() else {}
-            )  # re-read: concurrent runs
+            on_disk = json.loads(out_json.read_text()) if out_json.is_file() else {}  # re-read: concurrent runs
+            got = {**on_disk.get(key, {}), **got}  # a study run on its own keeps the other's results
             atomic_save_json(out_json, {**on_disk, key: got})
+            results[key] = got
+        redraw(results, {}, list(specs), quick_suffix(args))
         return
     given = dict(m.split("=", 1) for m in args.model)
     if args.train_only:  # train (or find) the chosen members, no evaluation: one process per core
@@ -854,22 +854,73 @@ def main() -> None:
                 {**results, "_meta": {"torch_threads": 1, "cpu": "shared 2-core CPU", "quick": args.quick}},
             )
             print(f"== {key}: {json.dumps({k: v for k, v in res.items() if k != 'training'}, default=str)}")
-    sfx = quick_suffix(args)
-    for key in results:  # plots cover every row measured so far (earlier --only runs included)
+    redraw(results, full, list(specs), quick_suffix(args))
+
+
+def redraw(results: dict, full: dict, names: list[str], sfx: str) -> None:
+    """Redraw every plot from the rows measured so far (``full``, plus the per-structure files of
+    earlier ``--only`` runs) and the model-free oracle studies kept in ``results``."""
+    for key in results:
         f = ROWS / f"{key}{sfx}.json"
         if key not in full and f.is_file():
             full[key] = json.loads(f.read_text())
-    missing = [k for k in specs if k not in full]
+    missing = [k for k in names if k not in full]
     if missing:  # a dataset has no per-structure rows (not run yet, or a fresh checkout): keep the plots whole
         print(f"plots kept: no per-structure rows for {missing} in {ROWS} (a run over all datasets redraws them)")
     else:
-        plots({k: full[k] for k in specs if k in full}, RESULTS, sfx)
+        plots({k: full[k] for k in names if k in full}, RESULTS, sfx)
     # the plots show the main rows (a dataset's name, optionally with _ensembleN); --tag variants stay in the JSON
-    main_rows = {k: v for k, v in full.items() if re.fullmatch(rf"({'|'.join(specs)})(_ensemble\d+)?", k)}
+    main_rows = {k: v for k, v in full.items() if re.fullmatch(rf"({'|'.join(names)})(_ensemble\d+)?", k)}
+    for name in names:  # a floor measured by --oracle-studies (whole test split) joins its dataset's panel
+        floor = results.get(f"{name}_oracle_studies", {}).get("finish_floor")
+        if name in main_rows and floor and "finish_floor" not in main_rows[name]:
+            main_rows[name] = {**main_rows[name], "finish_floor": floor}
     plot_finish_floor(main_rows, RESULTS, sfx)
     ensembles = {k: v for k, v in main_rows.items() if "_ensemble" in k}
     if ensembles:
         plot_ensembles(ensembles, main_rows, RESULTS, sfx)
+    for name in names:
+        sens = ROWS / f"{name}_sensitivity{sfx}.json"
+        if name in full and sens.is_file():
+            plot_sensitivity(name, full[name], json.loads(sens.read_text()), RESULTS, sfx)
+
+
+def plot_sensitivity(name: str, row: dict, sens: dict, out: Path, suffix: str = "") -> None:
+    """Per test structure, coordinate error × its dummy: DeepRelax next to the oracle re-relaxing the
+    same input as it is and with 0.001 / 0.01 Å of noise (mean of the draws, bars from min to max)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    srows = sens["rows"]
+    x = np.arange(len(srows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(srows) + 2), 3.8))
+    series = [("DeepRelax", [r["coord_mae_A"] for r in row["_rows"]], None),
+              ("oracle, same input", [r["rerelax_coord_mae_A"] for r in srows], None)]  # fmt: skip
+    for noise in sens["noise_A"]:
+        draws = [np.asarray(r[f"noise{noise:g}_coord_mae_A"]) for r in srows]
+        series.append((f"oracle, input ± {noise:g} Å", [d.mean() for d in draws], draws))
+    w = 0.8 / len(series)
+    for k, (label, vals, draws) in enumerate(series):
+        dummy = np.asarray([r["dummy_coord_mae_A"] for r in srows])
+        y = np.asarray(vals) / dummy
+        err = None
+        if draws is not None:
+            lo = np.asarray([d.min() for d in draws]) / dummy
+            hi = np.asarray([d.max() for d in draws]) / dummy
+            err = np.stack([y - lo, hi - y])
+        ax.bar(x + (k - (len(series) - 1) / 2) * w, y, w, yerr=err, capsize=2, label=label)
+    ax.axhline(0.35, color="grey", ls="--", label="target 0.35")
+    ax.set_xticks(x, [f"{k}\n{r['steps']} st" for k, r in enumerate(srows)], fontsize=7)
+    ax.set_xlabel("test structure (oracle FIRE steps)")
+    ax.set_ylabel("coordinate MAE (× dummy)")
+    ax.set_title(f"{name}: how far the oracle's own relaxation moves when its input moves")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"deeprelax_{name}_sensitivity{suffix}.png", dpi=120)
+    plt.close(fig)
+
 
 if __name__ == "__main__":
     main()
