@@ -9,7 +9,10 @@ For each dataset (EMT fcc alloys generated here, CHGNet bulk oxides, CHGNet 2D d
 3. on a subset of the test split: iterative relaxation with the oracle (FIRE, fmax 0.05) from the
    unrelaxed input (steps and time) and from the DeepRelax prediction (steps: "predict, then finish");
 4. EMT only: the finish-step floor, FIRE from starts placed on the relaxation path at t × the dummy's
-   error (:func:`finish_floor`), i.e. how accurate a prediction must be for the finish-step target.
+   error (:func:`finish_floor`), i.e. how accurate a prediction must be for the finish-step target;
+5. model-free references (``--bounds-only``, ``--oracle-studies``): the exact-cell bound, a composition
+   ridge baseline for the cell, the oracle re-relaxing its own test inputs as they are and with small
+   noise (:func:`oracle_sensitivity`: how much of the label the input fixes), the floor on any test split.
 
 Writes ``benchmarks/results/deeprelax.json`` (updated after every dataset) and PNG plots.
 Run: ``nice -n 10 .venv/bin/python benchmarks/deeprelax.py [--quick] [--only emt_alloys,bulk_oxides,defects2d]
@@ -936,8 +939,8 @@ def plot_sensitivity(name: str, row: dict, sens: dict, out: Path, suffix: str = 
         draws = [np.asarray(r[f"noise{noise:g}_coord_mae_A"]) for r in srows]
         series.append((f"oracle, input ± {noise:g} Å", [d.mean() for d in draws], draws))
     w = 0.8 / len(series)
+    dummy = np.asarray([r["dummy_coord_mae_A"] for r in srows])
     for k, (label, vals, draws) in enumerate(series):
-        dummy = np.asarray([r["dummy_coord_mae_A"] for r in srows])
         y = np.asarray(vals) / dummy
         err = None
         if draws is not None:
