@@ -364,8 +364,7 @@ def report() -> dict:
                 vals = [c["test_at_best_val"] for c in cells]
                 runtime += sum(c["seconds"] for c in cells)
                 table.setdefault(ds, {}).setdefault(str(k), {})[m] = {
-                    "mean": round(float(np.mean(vals)), 2),
-                    "std": round(float(np.std(vals)), 2),
+                    **_mean_std(vals),
                     "seeds": len(cells),
                     "paper": PAPER[ds][k][m],
                     "delta_vs_paper": round(float(np.mean(vals)) - PAPER[ds][k][m], 2),
@@ -479,8 +478,7 @@ def _select_on_val(
             tests = [c["test_at_best_val"] for c in runs[best]]
             row = {
                 f"{name}_by_val": cast(best),
-                "mean": round(float(np.mean(tests)), 2),
-                "std": round(float(np.std(tests)), 2),
+                **_mean_std(tests),
                 "paper": PAPER[ds][k]["fedaux"],
                 f"val_by_{name}": {
                     v: round(float(np.mean([c["val_at_best"] for c in r])), 2) for v, r in runs.items()
@@ -510,11 +508,7 @@ def _ablation(norm: str, metis: str = "pymetis", head_init: str = "kaiming") -> 
         cells = [load_json(p) for p in paths if p.is_file()]
         if cells:
             vals = [c["test_at_best_val"] for c in cells]
-            abl[m] = {
-                "mean": round(float(np.mean(vals)), 2),
-                "std": round(float(np.std(vals)), 2),
-                "seeds": len(cells),
-            }
+            abl[m] = {**_mean_std(vals), "seeds": len(cells)}
     return abl if len(abl) > 1 else {}
 
 
@@ -528,6 +522,11 @@ def _max_weight(cell: dict) -> float:
     """Largest server mixing weight of a run over all rounds (older cells stored only the last round's)."""
     v = cell.get("mix_weight_max_any_round", cell.get("mix_weight_max"))
     return float("nan") if v is None else float(v)
+
+
+def _mean_std(vals: list[float]) -> dict[str, float]:
+    """Mean and standard deviation over the seeds of a test accuracy, rounded as every table reports them."""
+    return {"mean": round(float(np.mean(vals)), 2), "std": round(float(np.std(vals)), 2)}
 
 
 def _all_seeds(paths: list[Path]) -> list[dict] | None:
@@ -637,10 +636,7 @@ def partition_study() -> dict:
                     paths = [cell_path(ds, k, m, s, metis=scheme, head_init="kaiming") for s in SEEDS]
                     if all(p.is_file() for p in paths):
                         vals = [load_json(p)["test_at_best_val"] for p in paths]
-                        entry[scheme] = {
-                            "mean": round(float(np.mean(vals)), 2),
-                            "std": round(float(np.std(vals)), 2),
-                        }
+                        entry[scheme] = _mean_std(vals)
                 if "fedpub" in entry:
                     row[m] = entry
             if row:
