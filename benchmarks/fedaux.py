@@ -258,7 +258,7 @@ def flower_check(rounds: int = 3) -> dict:
         algo=AlgoConfig(name="fedaux", hidden=64),
         rounds=rounds,
         seed=0,
-        out_dir=RESULTS / "fedaux_flower_check",
+        out=RESULTS / "fedaux_flower_check",
     )
     t0 = time.perf_counter()
     fl = flower_simulate(cfg)

@@ -207,9 +207,16 @@ def _merge(base: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (), base: T | None = None
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    base: T | None = None,
+    fixed: Mapping[str, Any] | None = None,
 ) -> T:
-    """Defaults of ``cls`` (or ``base``) ← YAML file ``path`` ← ``key=value`` overrides.
+    """Defaults of ``cls`` (or ``base``) ← YAML file ``path`` ← ``key=value`` overrides ← ``fixed``.
+
+    ``fixed`` maps dotted keys to values taken as they are (not parsed as YAML): the named
+    command-line options and positional inputs.
 
     Raises:
         ConfigError: unknown keys (the message lists the valid ones), wrong types, unreadable YAML.
@@ -232,6 +239,11 @@ def load_config(
         data = _merge(data, loaded)
     if overrides:
         data = _merge(data, parse_overrides(overrides))
+    if fixed:
+        named: dict[str, Any] = {}
+        for key, value in fixed.items():
+            _set_dotted(named, key, value)
+        data = _merge(data, named)
     return from_dict(cls, data)
 
 

@@ -8,7 +8,6 @@ fails, is reported as skipped/failed with the reason; the other sections still r
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import time
 import traceback
@@ -17,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quintet.cli import Verb
 from quintet.io import atomic_save_json, atomic_write_text
 
-__all__ = ["SECTIONS", "DemoSection", "configure", "run_demo"]
+__all__ = ["SECTIONS", "VERB", "DemoJob", "DemoSection", "run_demo"]
 
 
 @dataclass
@@ -91,13 +91,23 @@ def run_demo(out: str | Path = "demo_out", only: Sequence[str] | None = None, qu
     report = out / "report.md"
     atomic_write_text(report, "\n".join(parts))
     atomic_save_json(out / "report.json", summary)
-    print(f"report written to {report}")
     return report
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the ``quintet demo`` options."""
-    parser.add_argument("--out", default="demo_out", help="output folder for report.md and plots")
-    parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(SECTIONS)}")
-    parser.add_argument("--quick", action="store_true", help="smallest settings (used by the tests)")
-    parser.set_defaults(func=lambda a: run_demo(a.out, a.only.split(",") if a.only else None, a.quick) and 0)
+@dataclass
+class DemoJob:
+    """``quintet demo``: every section, or ``only`` a subset, into ``out``; ``quick``: smallest settings."""
+
+    out: str = "demo_out"
+    only: list[str] = field(default_factory=list)
+    quick: bool = False
+
+
+def _demo(job: DemoJob) -> str:
+    return f"report written to {run_demo(job.out, job.only or None, job.quick)}"
+
+
+VERB = Verb(
+    "demo", "run every available system on small embedded data, write a report", DemoJob, _demo,
+    out="out", flags={"--only": "only", "--quick": "quick"}, example="quintet demo -o demo_out --only fedaux",
+)  # fmt: skip

@@ -84,7 +84,7 @@ def test_compiled_model_relaxes_like_the_eager_one(tmp_path: Path) -> None:
     unc = {}
     for flag in ([], ["--compile"]):
         out = tmp_path / f"out{len(flag)}"
-        assert main(["deeprelax", "predict", "-m", str(path), "-i", str(tmp_path / "in"), "-o", str(out), *flag]) == 0
+        assert main(["deeprelax", "predict", "-m", str(path), str(tmp_path / "in"), "-o", str(out), *flag]) == 0
         rows = list(csv.DictReader((out / "predictions.csv").read_text().splitlines()))
         unc[len(flag)] = {r["id"]: float(r["uncertainty_A"]) for r in rows}
     assert "compile: true" in (tmp_path / "out1" / "config.yaml").read_text()

@@ -141,7 +141,6 @@ def test_predict_cli_writes_cifs_and_csv_resumes_and_never_overwrites(trained, p
                 "predict",
                 "-m",
                 str(path),
-                "-i",
                 str(inp),
                 "-o",
                 str(out),
@@ -183,14 +182,14 @@ def test_predict_cli_writes_cifs_and_csv_resumes_and_never_overwrites(trained, p
         predict(PredictJob(model=str(path), inputs=[str(tmp_path / "nothing*.cif")], out=str(out)))
     # the finishing relaxation can be quasi-Newton (BFGS) instead of FIRE
     bf = tmp_path / "bfgs"
-    argv = ["deeprelax", "predict", "-m", str(path), "-i", str(inp / "s0.cif"), "-o", str(bf)]
+    argv = ["deeprelax", "predict", "-m", str(path), str(inp / "s0.cif"), "-o", str(bf)]
     assert main([*argv, "--finish-with", "emt", "--finish-optimizer", "bfgs", "finish_filter=unitcell"]) == 0
     (row,) = _rows(bf / "predictions.csv")
     assert int(row["finish_steps"]) >= 0 and float(row["finish_fmax"]) <= 0.05
     assert "finish_optimizer: bfgs" in (bf / "config.yaml").read_text()
     # -m twice: an ensemble (here of one model with itself: no spread, the same uncertainty)
     ens = tmp_path / "ens"
-    assert main(["deeprelax", "predict", "-m", str(path), "-m", str(path), "-i", str(inp / "s0.cif"), "-o", str(ens)]) == 0
+    assert main(["deeprelax", "predict", "-m", str(path), "-m", str(path), str(inp / "s0.cif"), "-o", str(ens)]) == 0
     (row,) = _rows(ens / "predictions.csv")
     single = next(r for r in rows if r["id"] == "s0")
     assert float(row["spread_A"]) == 0.0

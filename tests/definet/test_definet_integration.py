@@ -67,7 +67,7 @@ def test_short_training_on_real_mos2_beats_the_dummy(shared_data, tmp_path):
             monitor="val/coord_mae",
             progress=False,
         ),
-        out_dir=str(tmp_path / "run"),
+        out=str(tmp_path / "run"),
     )
     torch.manual_seed(0)
     res = train(job)

@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
             monitor="val/coord_mae",
             progress=False,
         ),
-        out_dir=str(root / "run"),
+        out=str(root / "run"),
     )
     torch.manual_seed(0)
     res = train(job)
@@ -67,7 +67,7 @@ def test_reload_reproduces_outputs_and_eval_agrees(trained, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-6)
         np.testing.assert_allclose(a, c, atol=1e-6)
     summary = evaluate_model(
-        EvalJob(model=str(res.best_path), data=job.data, out_dir=str(tmp_path / "ev")), progress=False
+        EvalJob(model=str(res.best_path), data=job.data, out=str(tmp_path / "ev")), progress=False
     )
     assert summary["structures"] == len(recs)
     assert summary["coord_mae_ratio_vs_dummy"] < 1.0
@@ -117,7 +117,7 @@ def test_cli_predict_writes_cifs_and_resumes(trained, tmp_path, capsys):
     from quintet.definet.predict import PredictJob, predict
 
     with pytest.raises(ValueError, match=r"other tol.*resume=false"):
-        predict(PredictJob(model=str(res.best_path), inputs=[str(folder)], pristine=str(host), out_dir=str(out), tol=0.2))
+        predict(PredictJob(model=str(res.best_path), inputs=[str(folder)], pristine=str(host), out=str(out), tol=0.2))
     assert (out / "predictions.csv").read_bytes() == csv_before
     assert '"tol": 0.3' in (out / "predict_run.json").read_text()
 
@@ -227,7 +227,7 @@ def test_predict_finish_with_emt_records_steps_and_converges(trained, tmp_path):
             model=str(res.best_path),
             inputs=[str(tmp_path / "in")],
             pristine=str(tmp_path / "host.cif"),
-            out_dir=str(tmp_path / "out"),
+            out=str(tmp_path / "out"),
             finish_with="emt",
             progress=False,
         )

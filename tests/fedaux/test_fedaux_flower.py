@@ -33,7 +33,7 @@ def _cfg(tmp_path: Path, rounds: int = 3, name: str = "fedaux", apv_norm: str | 
         data=DataConfig(dataset="synthetic", num_clients=4, cache_dir=""),
         algo=AlgoConfig(name=name, hidden=16, **extra),  # type: ignore[arg-type]
         rounds=rounds,
-        out_dir=tmp_path / "flower",
+        out=tmp_path / "flower",
         wait_s=1.0,
     )
 
@@ -131,7 +131,7 @@ def test_server_loop_reproduces_the_in_process_run_exactly(tmp_path: Path, apv_n
     r2 = grid.sent[1]
     assert len(r2) == 4 and len({id(p["arrays"]) for p in r2.values()}) == 4
     assert not torch.equal(r2[101]["arrays"]["apv"], r2[103]["arrays"]["apv"])
-    assert (cfg.out_dir / "metrics.csv").is_file() and (cfg.out_dir / "rounds.json").is_file()
+    assert (cfg.out / "metrics.csv").is_file() and (cfg.out / "rounds.json").is_file()
 
 
 def test_bad_replies_are_rejected_and_a_vanished_client_does_not_stop_the_server(

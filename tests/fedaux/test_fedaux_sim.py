@@ -58,14 +58,14 @@ def test_run_writes_outputs_and_config_reproduces_it(tmp_path: Path) -> None:
     cfg = load_config(
         RunConfig,
         None,
-        ["data.dataset=synthetic", "data.num_clients=4", "rounds=3", f"out_dir={tmp_path}", "algo.hidden=8"],
+        ["data.dataset=synthetic", "data.num_clients=4", "rounds=3", f"out={tmp_path}", "algo.hidden=8"],
     )
     res = run(cfg)
     for name in ("metrics.csv", "clients.csv", "curves.png", "summary.json", "config.yaml"):
         assert (tmp_path / name).is_file(), name
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("round,") and len(lines) == 4
-    again = run(load_config(RunConfig, tmp_path / "config.yaml", [f"out_dir={tmp_path / 'again'}"]))
+    again = run(load_config(RunConfig, tmp_path / "config.yaml", [f"out={tmp_path / 'again'}"]))
     assert np.array_equal(res.test_acc, again.test_acc)
 
 
@@ -83,7 +83,7 @@ def test_saved_client_models_reload_to_the_reported_accuracies(
             "data.dataset=synthetic",
             "data.num_clients=4",
             f"rounds={rounds}",
-            f"out_dir={tmp_path}",
+            f"out={tmp_path}",
             "algo.hidden=8",
             f"algo.name={method}",
             "progress=false",
@@ -128,7 +128,7 @@ def test_on_round_sees_every_clients_state_each_round(clients) -> None:
 
 
 def test_a_rerun_into_the_same_folder_leaves_only_its_own_models(tmp_path: Path) -> None:
-    base = ["data.dataset=synthetic", "rounds=2", f"out_dir={tmp_path}", "algo.hidden=8", "progress=false"]
+    base = ["data.dataset=synthetic", "rounds=2", f"out={tmp_path}", "algo.hidden=8", "progress=false"]
     run(load_config(RunConfig, None, [*base, "data.num_clients=6"]))
     assert len(list((tmp_path / "models").glob("client_*.pt"))) == 6
     run(load_config(RunConfig, None, [*base, "data.num_clients=4"]))
@@ -152,7 +152,7 @@ def test_cli_run_and_clean_errors(tmp_path: Path, capsys) -> None:
             "data.dataset=synthetic",
             "rounds=2",
             "algo.hidden=8",
-            f"out_dir={tmp_path}",
+            f"out={tmp_path}",
             "progress=false",
         ]
     )
@@ -181,7 +181,7 @@ def test_cora_fedaux_short_run(shared_data: Path, tmp_path: Path) -> None:
             f"data.root={shared_data / 'planetoid'}",
             "data.num_clients=5",
             "rounds=100",
-            f"out_dir={tmp_path}",
+            f"out={tmp_path}",
             f"data.cache_dir={tmp_path / 'cache'}",
             "algo.hidden=64",
         ],

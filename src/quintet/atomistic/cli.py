@@ -12,16 +12,14 @@ Verbs (each a thin wrapper over one typed function; ``-c cfg.yaml`` and ``key=va
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from quintet.config import load_config, save_config
+from quintet.cli import Verb
 
-__all__ = ["InfoConfig", "SplitConfig", "configure", "data_info", "data_split"]
+__all__ = ["VERBS", "InfoConfig", "SplitConfig", "data_info", "data_split"]
 
 
 @dataclass
@@ -128,86 +126,48 @@ def data_split(cfg: SplitConfig) -> dict[str, int]:
     return counts
 
 
-def _path_first(args: argparse.Namespace) -> list[str]:
-    """Allow ``quintet data info some/folder`` as well as ``path=some/folder``."""
-    out = []
-    for item in args.overrides:
-        out.append(item if "=" in item else f"path={item}")
-    return out
+@dataclass
+class OraclesJob:
+    """``quintet data oracles`` takes no keys."""
 
 
-def _runner(cls: type, fn: Callable[..., Any], saved: Callable[[Any], Path | None] | None = None) -> Callable:
-    def run(args: argparse.Namespace) -> int:
-        cfg = load_config(cls, args.config, _path_first(args))
-        result = fn(cfg)
-        if saved is not None and (where := saved(cfg)) is not None:
-            save_config(cfg, where)
-        if isinstance(result, dict):
-            print(json.dumps(result, indent=2, default=str))
-        elif result is not None:
-            print(f"written: {result}")
-        return 0
+def _oracles(job: OraclesJob) -> str:
+    from quintet.atomistic.oracle import describe_oracles
 
-    return run
+    return describe_oracles()
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the ``quintet data`` verbs."""
+def _written(fn: Callable[..., Any]) -> Callable[[Any], str]:
+    return lambda cfg: f"written: {fn(cfg)}"
+
+
+def _verbs() -> list[Verb]:
     from quintet.atomistic.oracle import (
         DefectPairsConfig,
         MDConfig,
         RelaxPairsConfig,
-        describe_oracles,
         make_defect_pairs,
         make_relax_pairs,
         run_md,
     )
-    from quintet.cli import add_config_arguments
 
-    sub = parser.add_subparsers(title="verbs", metavar="VERB")
-    verbs: list[tuple[str, str, type, Callable[..., Any], list[str]]] = [
-        ("md", "MD trajectory with an oracle (Langevin/NVT, frame stride) -> extxyz", MDConfig, run_md, []),
-        (
-            "relax-pairs",
-            "substituted/strained/rattled prototypes relaxed by an oracle -> CIF pairs + meta.csv",
-            RelaxPairsConfig,
-            make_relax_pairs,
-            [],
-        ),
-        (
-            "defect-pairs",
-            "vacancies/substitutions on a pristine supercell relaxed by an oracle -> 2DMD layout",
-            DefectPairsConfig,
-            make_defect_pairs,
-            [],
-        ),
-        ("info", "summarise a structure file, trajectory or pair folder", InfoConfig, data_info, ["inspect"]),
-        (
-            "split",
-            "write seeded train/val/test split files with the data fingerprint",
-            SplitConfig,
-            data_split,
-            [],
-        ),
-    ]
-    for name, help_, cls, fn, aliases in verbs:
-        p = sub.add_parser(
-            name,
-            aliases=aliases,
-            help=help_,
-            description=f"{help_}\n\nkeys (key=value): {_keys_help(cls)}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        add_config_arguments(p)
-        p.set_defaults(func=_runner(cls, fn))
-    p = sub.add_parser("oracles", help="list the built-in oracles and whether they are installed")
-    p.set_defaults(func=lambda a: print(describe_oracles()) or 0)
+    gen = {"out": "out", "seed": "seed", "flags": {"--oracle": "oracle"}}
+    return [
+        Verb("md", "MD trajectory with an oracle (Langevin/NVT, frame stride) -> extxyz", MDConfig,
+             _written(run_md), **gen,
+             example="quintet data md -o cu.extxyz structure=Cu:fcc:3.61 supercell=[3,3,3] steps=2000"),
+        Verb("relax-pairs", "substituted/strained/rattled prototypes relaxed by an oracle -> CIF pairs + meta.csv",
+             RelaxPairsConfig, _written(make_relax_pairs), **gen,
+             example="quintet data relax-pairs -o pairs n=100 --oracle emt"),
+        Verb("defect-pairs", "vacancies/substitutions on a pristine supercell relaxed by an oracle -> 2DMD layout",
+             DefectPairsConfig, _written(make_defect_pairs), **gen,
+             example="quintet data defect-pairs -o defects host=MoS2:mx2:3.18 supercell=[5,5,1] --oracle chgnet"),
+        Verb("info", "summarise a structure file, trajectory or pair folder", InfoConfig, data_info,
+             inputs="path", aliases=("inspect",)),
+        Verb("split", "write seeded train/val/test split files with the data fingerprint", SplitConfig,
+             data_split, inputs="path", seed="seed"),
+        Verb("oracles", "list the built-in oracles and whether they are installed", OraclesJob, _oracles),
+    ]  # fmt: skip
 
 
-def _keys_help(cls: type) -> str:
-    import dataclasses
-
-    from quintet.config import config_to_dict
-
-    d = config_to_dict(cls())
-    return ", ".join(f"{f.name}={d[f.name]!r}" for f in dataclasses.fields(cls))
+VERBS = _verbs()

@@ -1,127 +1,59 @@
-"""``quintet deeprelax {train,eval,predict}``: thin wrappers over :mod:`quintet.deeprelax.jobs`."""
+"""``quintet deeprelax {train,eval,predict}``: the verbs of :mod:`quintet.deeprelax.jobs`."""
 
 from __future__ import annotations
 
-import argparse
-import json
+from typing import Any
 
-from quintet.cli import COMPILE_HELP, add_config_arguments
+from quintet.cli import Verb
 
-__all__ = ["configure"]
-
-
-def _train(args: argparse.Namespace) -> int:
-    from quintet.config import load_config
-    from quintet.deeprelax.jobs import TrainJob, train
-
-    job = load_config(TrainJob, args.config, args.overrides)
-    path = train(job)
-    print(f"best model: {path}")
-    return 0
+__all__ = ["VERBS"]
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from quintet.config import load_config
-    from quintet.deeprelax.jobs import EvalJob, evaluate
+def _train(job: Any) -> str:
+    from quintet.deeprelax.jobs import train
 
-    over = list(args.overrides)
-    if args.model:
-        over.append(f"model={args.model[0]}")
-    if args.compile:
-        over.append("compile=true")
-    job = load_config(EvalJob, args.config, over)
-    job.ensemble = list(job.ensemble) + args.model[1:]
-    summary = evaluate(job)
-    print(json.dumps(summary, indent=2))
-    return 0
+    return f"best model: {train(job)}"
 
 
-def _predict(args: argparse.Namespace) -> int:
-    from quintet.config import load_config
-    from quintet.deeprelax.jobs import PredictJob, predict
+def _evaluate(job: Any) -> dict[str, float]:
+    from quintet.deeprelax.jobs import evaluate
 
-    over = list(args.overrides)
-    if args.model:
-        over.append(f"model={args.model[0]}")
-    for flag, key in (
-        ("out", "out"),
-        ("finish_with", "finish_with"),
-        ("fmax", "fmax"),
-        ("finish_optimizer", "finish_optimizer"),
-        ("output_format", "output_format"),
-    ):
-        val = getattr(args, flag)
-        if val is not None:
-            over.append(f"{key}={val}")
-    if args.batch_size is not None:
-        over.append(f"batch_size={args.batch_size}")
-    if args.max_atoms is not None:
-        over.append(f"max_atoms={args.max_atoms}")
-    if args.compile:
-        over.append("compile=true")
-    job = load_config(PredictJob, args.config, over)
-    job.ensemble = list(job.ensemble) + args.model[1:]
-    if args.input:
-        job.inputs = list(job.inputs) + list(args.input)
+    return evaluate(job)
+
+
+def _predict(job: Any) -> str:
+    from quintet.deeprelax.jobs import predict
+
     if not job.inputs:
-        raise ValueError("no inputs: pass -i FILE|FOLDER|GLOB (repeatable) or inputs=[...]")
-    path = predict(job)
-    print(f"predictions: {path}")
-    return 0
+        raise ValueError("no inputs: pass FILE|FOLDER|GLOB arguments (or inputs=[...])")
+    return f"predictions: {predict(job)}"
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the ``train``, ``eval`` and ``predict`` verbs."""
-    sub = parser.add_subparsers(dest="verb", metavar="{train,eval,predict}")
+def _verbs() -> list[Verb]:
+    from quintet.deeprelax.jobs import EvalJob, PredictJob, TrainJob
 
-    p = sub.add_parser(
-        "train", help="train on relaxation pairs (custom/2DMD layout, ASE db, or generated EMT pairs)"
-    )
-    add_config_arguments(p)
-    p.set_defaults(func=_train)
+    finish = {"--finish-with": "finish_with", "--fmax": "fmax", "--finish-optimizer": "finish_optimizer"}
+    batch = {"--batch-size": "batch_size", "--max-atoms": "max_atoms", "--compile": "compile"}
+    return [
+        Verb(
+            "train", "train on relaxation pairs (custom/2DMD layout, ASE db, or generated EMT pairs)",
+            TrainJob, _train, out="out", seed="train.seed", device="train.accelerator",
+            flags={"--data": "data.root", "--init-from": "init_from"},
+            example="quintet deeprelax train --data pairs -o runs/dr train.max_time_s=1800",
+        ),
+        Verb(
+            "eval", "coordinate/cell/volume/distance errors next to the dummy baseline",
+            EvalJob, _evaluate, model="model", ensemble="ensemble", out="out",
+            flags={"--data": "data.root", "--split": "split", **batch},
+            example="quintet deeprelax eval -m runs/dr/best.pt --data pairs --split test -o runs/dr/eval",
+        ),
+        Verb(
+            "predict", "relax CIF/POSCAR/extxyz files in one shot (optionally finish with a calculator)",
+            PredictJob, _predict, inputs="inputs", model="model", ensemble="ensemble", out="out",
+            flags={**finish, "--format": "output_format", **batch},
+            example="quintet deeprelax predict 'unrelaxed/*.cif' -m runs/dr/best.pt -o relaxed --finish-with chgnet",
+        ),
+    ]  # fmt: skip
 
-    p = sub.add_parser("eval", help="coordinate/cell/volume/distance errors next to the dummy baseline")
-    p.add_argument(
-        "-m", "--model", action="append", default=[],
-        help="model file (best.pt); repeat for a deep ensemble (members trained with other train.seed)",
-    )  # fmt: skip
-    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
-    add_config_arguments(p)
-    p.set_defaults(func=_eval)
 
-    p = sub.add_parser(
-        "predict", help="relax CIF/POSCAR/extxyz files in one shot (optionally finish with a calculator)"
-    )
-    p.add_argument(
-        "-m", "--model", action="append", default=[],
-        help="model file (best.pt); repeat for a deep ensemble (members trained with other train.seed)",
-    )  # fmt: skip
-    p.add_argument("-i", "--input", action="append", default=[], help="file, folder or glob (repeatable)")
-    p.add_argument("-o", "--out", default=None, help="output folder (relaxed CIFs + predictions.csv)")
-    p.add_argument(
-        "--finish-with", dest="finish_with", choices=["none", "emt", "chgnet", "sevenn"], default=None
-    )
-    p.add_argument(
-        "--fmax", type=float, default=None, help="force threshold of the finishing relaxation, eV/Å"
-    )
-    p.add_argument(
-        "--finish-optimizer", dest="finish_optimizer", choices=["fire", "bfgs"], default=None,
-        help="optimizer of the finishing relaxation (default fire)",
-    )  # fmt: skip
-    p.add_argument(
-        "--format", dest="output_format", choices=["cif", "extxyz"], default=None,
-        help="output files (default cif); extxyz also carries each atom's uncertainty (array uncertainty_A)",
-    )  # fmt: skip
-    p.add_argument(
-        "--batch-size",
-        dest="batch_size",
-        type=int,
-        default=None,
-        help="most structures per batch (default 64)",
-    )
-    p.add_argument(
-        "--max-atoms", dest="max_atoms", type=int, default=None, help="most atoms per batch (default 2048)"
-    )
-    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
-    add_config_arguments(p)
-    p.set_defaults(func=_predict)
+VERBS = _verbs()

@@ -24,7 +24,7 @@ class LabelJob:
         unit_cell: a unit-cell file repeated ``supercell`` times.
         supercell: repetitions, e.g. ``[5, 5, 1]``.
         tol: site-matching tolerance, Å.
-        out_dir: where ``labels.csv`` and the labelled extxyz files go (``None``: print only).
+        out: where ``labels.csv`` and the labelled extxyz files go (``None``: print only).
     """
 
     inputs: list[str] = field(default_factory=list)
@@ -32,7 +32,7 @@ class LabelJob:
     unit_cell: str | None = None
     supercell: list[int] | None = None
     tol: float = 0.3
-    out_dir: str | None = None
+    out: str | None = None
 
 
 def _describe(symbols: list[str], indices: Any, new: list[str] | None = None) -> str:
@@ -42,7 +42,7 @@ def _describe(symbols: list[str], indices: Any, new: list[str] | None = None) ->
 
 
 def label_files(job: LabelJob) -> list[dict[str, Any]]:
-    """Label every input; returns one summary row per structure (and writes them when ``out_dir``).
+    """Label every input; returns one summary row per structure (and writes them when ``out``).
 
     Raises:
         FileNotFoundError: missing inputs or host. ValueError: a structure that cannot be labelled
@@ -60,7 +60,7 @@ def label_files(job: LabelJob) -> list[dict[str, Any]]:
     host = load_host(job.pristine, job.unit_cell, job.supercell)
     host_symbols = host.get_chemical_symbols()
     rows = []
-    out = Path(job.out_dir) if job.out_dir else None
+    out = Path(job.out) if job.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         save_config(job, out / "config.yaml")

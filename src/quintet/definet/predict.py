@@ -166,7 +166,7 @@ class PredictJob:
         pristine: the pristine supercell file, or
         unit_cell: a pristine unit-cell file repeated ``supercell`` times.
         supercell: repetitions of ``unit_cell`` (e.g. ``[5, 5, 1]``).
-        out_dir: output folder (``structures/``, ``predictions.csv``, ``config.yaml``).
+        out: output folder (``structures/``, ``predictions.csv``, ``config.yaml``).
         batch_size: structures per forward pass.
         max_atoms: most nodes per forward pass (a larger structure runs alone).
         tol: site-matching tolerance of the defect labelling, Å.
@@ -186,7 +186,7 @@ class PredictJob:
     pristine: str | None = None
     unit_cell: str | None = None
     supercell: list[int] | None = None
-    out_dir: str = "definet_predictions"
+    out: str = "definet_predictions"
     batch_size: int = 8
     max_atoms: int | None = 4096
     tol: float = 0.3
@@ -304,7 +304,7 @@ def predict(job: PredictJob) -> Path:
         model = CompiledModel(model)
     host = load_host(job.pristine, job.unit_cell, job.supercell)
     files = list_inputs(job.inputs)
-    out = Path(job.out_dir)  # created only once the inputs are known to be usable
+    out = Path(job.out)  # created only once the inputs are known to be usable
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "predictions.csv"
     rows = _read_rows(csv_path) if job.resume else []
@@ -396,7 +396,7 @@ class EvalJob:
         max_steps: oracle step limit.
         batch_size: structures per forward pass.
         max_atoms: most nodes per forward pass (a larger structure runs alone).
-        out_dir: where ``eval.json`` and ``per_structure.csv`` go.
+        out: where ``eval.json`` and ``per_structure.csv`` go.
     """
 
     model: str = "runs/definet/best.pt"
@@ -410,7 +410,7 @@ class EvalJob:
     max_steps: int = 400
     batch_size: int = 8
     max_atoms: int | None = 4096
-    out_dir: str = "definet_eval"
+    out: str = "definet_eval"
     compile: bool = False
 
 
@@ -494,7 +494,7 @@ def evaluate_model(job: EvalJob, model: DefiNet | None = None, progress: bool = 
         model, _ = load_definet(job.model)
     if job.compile:
         model = CompiledModel(model)  # type: ignore[assignment]
-    out = Path(job.out_dir)
+    out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(job, out / "config.yaml")
     ds = load_pairs(job.data, None if job.split == "all" else job.split, model.cfg)

@@ -79,15 +79,15 @@ class TrainJob:
         data: the pairs (see :class:`DataConfig`).
         model: the architecture (see :class:`~quintet.definet.model.DefiNetConfig`).
         train: the shared trainer's settings (``quintet.train.TrainConfig``).
-        out_dir: run folder (``best.pt``, ``last.ckpt``, ``history.csv``, ``config.yaml``).
+        out: run folder (``best.pt``, ``last.ckpt``, ``history.csv``, ``config.yaml``).
         supervise_all_layers: average the loss over every layer's positions.
-        resume: continue from ``out_dir/last.ckpt`` when present.
+        resume: continue from ``out/last.ckpt`` when present.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: DefiNetConfig = field(default_factory=DefiNetConfig)
     train: TrainConfig = field(default_factory=_default_train)
-    out_dir: str = "runs/definet"
+    out: str = "runs/definet"
     supervise_all_layers: bool = False
     resume: bool = True
 
@@ -180,7 +180,7 @@ def train(job: TrainJob) -> FitResult:
     """Train DefiNet on the job's hosts; returns the trainer's result (``best.pt`` is the model file)."""
     from quintet.atomistic.batch import collate
 
-    out = Path(job.out_dir)
+    out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(job, out / "config.yaml")
     torch.manual_seed(job.train.seed)

@@ -1,112 +1,85 @@
-"""``quintet fedaux <verb>``: partition, run (in-process), flower-sim, flower-app (deployment folder).
-
-Every verb is a thin wrapper over one typed function taking a dataclass config loaded with
-``-c cfg.yaml key=value ...``; the resolved config is saved next to the outputs.
-"""
+"""``quintet fedaux <verb>``: partition, run (in-process), flower-sim, flower-app, deploy-local."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+from typing import Any
 
-from quintet.cli import add_config_arguments
-from quintet.config import load_config, save_config
+from quintet.cli import Verb
 
-__all__ = ["configure"]
-
-
-def _overrides(args: argparse.Namespace) -> list[str]:
-    extra = list(args.overrides)
-    if getattr(args, "data_root", None):
-        extra.append(f"data.root={args.data_root}")
-    return extra
+__all__ = ["VERBS"]
 
 
-def _partition(args: argparse.Namespace) -> int:
-    from quintet.fedaux.simulate import RunConfig, load_data
+def _partition(cfg: Any) -> str:
+    from quintet.config import save_config
+    from quintet.fedaux.simulate import load_data
 
-    cfg = load_config(RunConfig, args.config, _overrides(args))
     clients, info = load_data(cfg.data)
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg.data, out / "partition_config.yaml")
-    print(
+    lines = [
         f"{cfg.data.dataset}: {info['num_nodes']} nodes (LCC), {info['num_classes']} classes, {len(clients)} clients"
-    )
+    ]
     for c in clients:
-        print(
+        lines.append(
             f"  client {c.client_id:>3}: {c.num_nodes:>6} nodes {c.edge_index.shape[1] // 2:>7} edges  "
             f"train/val/test {int(c.train_mask.sum())}/{int(c.val_mask.sum())}/{int(c.test_mask.sum())}"
         )
-    return 0
+    return "\n".join(lines)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from quintet.fedaux.simulate import RunConfig, run
-
-    cfg = load_config(RunConfig, args.config, _overrides(args))
-    res = run(cfg)
-    print(
-        f"{cfg.algo.name}: test acc at best val round {res.best_round}: {res.test_at_best_val:.2f}%  "
-        f"(final {res.final_test:.2f}%, {res.seconds:.1f} s) -> {cfg.out_dir}"
+def _result_line(cfg: Any, res: Any, where: str) -> str:
+    return (
+        f"{cfg.algo.name} {where}: test acc at best val round {res.best_round}: {res.test_at_best_val:.2f}% "
+        f"(final {res.final_test:.2f}%)"
     )
-    return 0
 
 
-def _flower_sim(args: argparse.Namespace) -> int:
-    from quintet.fedaux.flower import FlowerConfig, flower_simulate
+def _run(cfg: Any) -> str:
+    from quintet.fedaux.simulate import run
 
-    cfg = load_config(FlowerConfig, args.config, _overrides(args))
-    res = flower_simulate(cfg)
-    print(
-        f"{cfg.algo.name} on Flower: test acc at best val round {res.best_round}: {res.test_at_best_val:.2f}% "
-        f"-> {cfg.out_dir}"
-    )
-    return 0
+    return _result_line(cfg, run(cfg), "in-process")
 
 
-def _flower_app(args: argparse.Namespace) -> int:
-    from quintet.fedaux.flower import FlowerConfig, write_flower_app
+def _flower_sim(cfg: Any) -> str:
+    from quintet.fedaux.flower import flower_simulate
 
-    cfg = load_config(FlowerConfig, args.config, _overrides(args))
-    app = write_flower_app(args.app_dir, cfg)
-    print(
-        f"Flower app written to {app}; start a SuperLink and {cfg.data.num_clients} SuperNodes, then: flwr run {app}"
-    )
-    return 0
+    return _result_line(cfg, flower_simulate(cfg), "on Flower's simulation engine")
 
 
-def _deploy_local(args: argparse.Namespace) -> int:
+def _flower_app(cfg: Any) -> str:
+    from quintet.fedaux.flower import write_flower_app
+
+    app = write_flower_app(Path(cfg.out) / "app", cfg)
+    return f"Flower app in {app}; start a SuperLink and {cfg.data.num_clients} SuperNodes, then: flwr run {app}"
+
+
+def _deploy_local(cfg: Any) -> str:
     from quintet.fedaux.deploy import run_loopback_deployment
+
+    res = run_loopback_deployment(cfg, Path(cfg.out) / "logs")
+    where = f"on a loopback SuperLink + {cfg.data.num_clients} SuperNodes (logs in {Path(cfg.out) / 'logs'})"
+    return _result_line(cfg, res, where)
+
+
+def _verbs() -> list[Verb]:
     from quintet.fedaux.flower import FlowerConfig
+    from quintet.fedaux.simulate import RunConfig
 
-    cfg = load_config(FlowerConfig, args.config, _overrides(args))
-    res = run_loopback_deployment(cfg, args.workdir)
-    print(
-        f"{cfg.algo.name} on a loopback SuperLink + {cfg.data.num_clients} SuperNodes: test acc at best val round "
-        f"{res.best_round}: {res.test_at_best_val:.2f}% -> {cfg.out_dir} (logs in {args.workdir})"
-    )
-    return 0
+    common = {"out": "out", "seed": "seed", "flags": {"--data": "data.root", "--rounds": "rounds"}}
+    example = "quintet fedaux run --data ../shared/data/planetoid data.num_clients=10 algo.name=fedaux -o runs/cora10"
+    return [
+        Verb("partition", "build (and cache) the client partitions and print their sizes", RunConfig,
+             _partition, **common),
+        Verb("run", "deterministic in-process federated run: metrics.csv, clients.csv, curves.png, models/",
+             RunConfig, _run, example=example, **common),
+        Verb("flower-sim", "the same run on Flower's simulation engine (Ray)", FlowerConfig, _flower_sim, **common),
+        Verb("flower-app", "write a Flower app folder (<out>/app) for a SuperLink/SuperNode deployment",
+             FlowerConfig, _flower_app, **common),
+        Verb("deploy-local", "real deployment on loopback: SuperLink + K SuperNodes + flwr run (logs in <out>/logs)",
+             FlowerConfig, _deploy_local, **common),
+    ]  # fmt: skip
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the fedaux verbs to ``parser``."""
-    sub = parser.add_subparsers(dest="verb")
-    specs = [
-        ("partition", _partition, "build (and cache) the client partitions and print their sizes"),
-        ("run", _run, "deterministic in-process federated run: metrics.csv, clients.csv, curves.png"),
-        ("flower-sim", _flower_sim, "the same run on Flower's simulation engine (Ray)"),
-        ("flower-app", _flower_app, "write a Flower app folder for a SuperLink/SuperNode deployment"),
-        ("deploy-local", _deploy_local, "real deployment on loopback: SuperLink + K SuperNodes + flwr run"),
-    ]
-    for name, func, help_ in specs:
-        p = sub.add_parser(name, help=help_, description=help_)
-        add_config_arguments(p)
-        p.add_argument(
-            "--data-root", default=None, help="folder with the Planetoid raw files (ind.cora.* ...)"
-        )
-        if name == "flower-app":
-            p.add_argument(
-                "--app-dir", required=True, help="folder to write pyproject.toml + fedaux.yaml into"
-            )
-        p.set_defaults(func=func)
+VERBS = _verbs()

@@ -58,18 +58,18 @@ def run_loopback_deployment(cfg: FlowerConfig, workdir: str | Path, timeout_s: f
     """Run ``cfg`` as a SuperLink + ``cfg.data.num_clients`` SuperNodes deployment on 127.0.0.1.
 
     Args:
-        cfg: the run (its ``out_dir`` receives the server's outputs).
+        cfg: the run (its ``out`` receives the server's outputs).
         workdir: folder for the app, ``FLWR_HOME`` and the process logs.
         timeout_s: limit for the whole run.
 
     Returns:
-        The server's result, read back from ``cfg.out_dir``.
+        The server's result, read back from ``cfg.out``.
     """
     from quintet.fedaux.flower import _read_result
 
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    cfg.out_dir = Path(cfg.out_dir).resolve()
+    cfg.out = Path(cfg.out).resolve()
     app = write_flower_app(work / "app", cfg)
     home = work / "flwr_home"
     home.mkdir(exist_ok=True)
@@ -138,7 +138,7 @@ def run_loopback_deployment(cfg: FlowerConfig, workdir: str | Path, timeout_s: f
         (work / "flwr_run.log").write_text(out.stdout + out.stderr, encoding="utf-8")
         if out.returncode != 0:
             raise RuntimeError(f"flwr run failed ({out.returncode}); see {work / 'flwr_run.log'}")
-        return _read_result(Path(cfg.out_dir))
+        return _read_result(Path(cfg.out))
     finally:
         for p in reversed(procs):
             p.terminate()

@@ -65,7 +65,7 @@ class FlowerConfig:
     """A Flower run (simulation or deployment).
 
     Attributes:
-        data / algo / rounds / seed / out_dir: as :class:`~quintet.fedaux.simulate.RunConfig`.
+        data / algo / rounds / seed / out: as :class:`~quintet.fedaux.simulate.RunConfig`.
         num_features / num_classes: model dimensions for the server's θ⁽⁰⁾ (0: read them from the data).
         min_nodes: nodes to wait for before round 1 (0: ``data.num_clients``).
         wait_s: how long to wait for them.
@@ -77,7 +77,7 @@ class FlowerConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     rounds: int = 100
     seed: int = 0
-    out_dir: Path = Path("runs/fedaux_flower")
+    out: Path = Path("runs/fedaux_flower")
     num_features: int = 0
     num_classes: int = 0
     min_nodes: int = 0
@@ -140,7 +140,7 @@ def validate_reply(
 
 
 def run_server(cfg: FlowerConfig, transport: Transport, num_features: int, num_classes: int) -> SimResult:
-    """The FedAux/baseline server loop over any transport; writes outputs to ``cfg.out_dir``.
+    """The FedAux/baseline server loop over any transport; writes outputs to ``cfg.out``.
 
     Args:
         cfg: the run.
@@ -202,7 +202,7 @@ def run_server(cfg: FlowerConfig, transport: Transport, num_features: int, num_c
         raise RuntimeError("no valid client reply in any round")
     best, at_best, final = summarise_rounds(val, test)
     res = SimResult(val, test, loss, best, at_best, final, time.perf_counter() - t0, weights)
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out)
     write_outputs(res, out, f"{cfg.algo.name} (Flower)")
     atomic_save_json(
         out / "rounds.json",
@@ -395,7 +395,7 @@ def flower_simulate(cfg: FlowerConfig) -> SimResult:
         )
     if not (cfg.num_features and cfg.num_classes):
         cfg.num_features, cfg.num_classes = info["num_features"], info["num_classes"]
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     run_simulation(

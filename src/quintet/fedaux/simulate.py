@@ -39,7 +39,7 @@ __all__ = [
     "summarise_rounds",
 ]
 
-#: folder (inside ``out_dir``) of the per-client personalised models written by :func:`run`
+#: folder (inside ``out``) of the per-client personalised models written by :func:`run`
 MODELS_DIR = "models"
 
 
@@ -78,7 +78,7 @@ class RunConfig:
         algo: the method and its hyperparameters.
         rounds: communication rounds T (100).
         seed: model/run seed (init, dropout); vary it for repeated trials.
-        out_dir: where metrics.csv, clients.csv, curves.png, summary.json and config.yaml go.
+        out: where metrics.csv, clients.csv, curves.png, summary.json and config.yaml go.
         progress: show a progress bar.
         threads: torch CPU threads (1 is fastest for subgraphs of a few thousand nodes).
     """
@@ -87,7 +87,7 @@ class RunConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     rounds: int = 100
     seed: int = 0
-    out_dir: Path = Path("runs/fedaux")
+    out: Path = Path("runs/fedaux")
     progress: bool = True
     threads: int = 1
 
@@ -365,9 +365,9 @@ def plot_curves(results: dict[str, SimResult], path: Path, title: str = "") -> N
 
 
 def run(cfg: RunConfig) -> SimResult:
-    """Load the clients, simulate, write the outputs and the resolved config into ``cfg.out_dir``."""
+    """Load the clients, simulate, write the outputs and the resolved config into ``cfg.out``."""
     clients, info = load_data(cfg.data)
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     with torch_threads(cfg.threads):

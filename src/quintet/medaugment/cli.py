@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from quintet.cli import add_config_arguments
-from quintet.config import load_config, save_config
+from quintet.cli import Verb
+from quintet.config import save_config
 
-__all__ = ["PreviewConfig", "configure", "preview"]
+__all__ = ["VERBS", "PreviewConfig", "preview"]
 
 
 @dataclass
@@ -36,7 +36,7 @@ class PreviewConfig:
     rows: int = 2
 
 
-def preview(cfg: PreviewConfig) -> Path:
+def preview(cfg: PreviewConfig) -> str:
     """Expand one image ``rows`` times, write every output, the replay records and a grid PNG."""
     import numpy as np
 
@@ -66,44 +66,30 @@ def preview(cfg: PreviewConfig) -> Path:
     path = augmentation_grid(
         grid, out / "preview.png", title=f"MedAugment level {cfg.level}, N={cfg.num_branches}"
     )
-    print(f"preview written to {path}")
-    return path
+    return f"preview written to {path}"
 
 
-def _expand(args: argparse.Namespace) -> int:
-    from quintet.medaugment.expand import ExpandConfig, expand_dataset
+def _expand(cfg: Any) -> str:
+    from quintet.medaugment.expand import expand_dataset
 
-    cfg = load_config(ExpandConfig, args.config, args.overrides)
     res = expand_dataset(cfg)
-    print(
+    return (
         f"expanded {res.num_sources} images ({res.num_skipped} already done) into {res.output}: "
         f"{res.num_written} training files, {res.num_copied} other files copied; manifest {res.manifest}"
     )
-    return 0
 
 
-def _preview(args: argparse.Namespace) -> int:
-    preview(load_config(PreviewConfig, args.config, args.overrides))
-    return 0
+def _verbs() -> list[Verb]:
+    from quintet.medaugment.expand import ExpandConfig
+
+    return [
+        Verb("expand", "offline dataset expansion: N augmented copies + the original per training image",
+             ExpandConfig, _expand, inputs="input", out="output", seed="seed",
+             example="quintet medaugment expand data/btmri -o data/btmri_aug train_split=Training workers=2"),
+        Verb("preview", "augment one image (and mask) and write a grid of the branches", PreviewConfig, preview,
+             inputs="image", out="output", seed="seed", flags={"--mask": "mask"},
+             example="quintet medaugment preview scan.png --mask scan_mask.png -o preview"),
+    ]  # fmt: skip
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the ``expand`` and ``preview`` verbs."""
-    sub = parser.add_subparsers(dest="verb")
-    p = sub.add_parser(
-        "expand",
-        help="offline dataset expansion: N augmented copies + the original per training image",
-        description="keys: input, output, task (classification|segmentation), layout (official|folder), "
-        "train_split, level, num_branches, keep_original, symmetric, seed, workers, image_format (same|png), "
-        "mask_suffix, images_dir, masks_dir. Example: quintet medaugment expand input=data/btmri "
-        "output=data/btmri_aug train_split=Training workers=2",
-    )
-    add_config_arguments(p)
-    p.set_defaults(func=_expand)
-    p = sub.add_parser(
-        "preview",
-        help="augment one image (and mask) and write a grid of the branches",
-        description="keys: image, mask, output, level, num_branches, seed, rows",
-    )
-    add_config_arguments(p)
-    p.set_defaults(func=_preview)
+VERBS = _verbs()
