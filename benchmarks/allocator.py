@@ -93,7 +93,7 @@ def _workload(name: str) -> tuple[Callable[[], object], int]:
     if name == "definet_predict":
         from ase.build import mx2
 
-        from quintet.definet.data import defect_record
+        from quintet.atomistic.datasets import pair_record
         from quintet.definet.model import DefiNet, DefiNetConfig
         from quintet.definet.predict import predict_batches
 
@@ -104,7 +104,7 @@ def _workload(name: str) -> tuple[Callable[[], object], int]:
             defect = pristine.copy()
             del defect[k]
             defect.rattle(0.02, seed=k)
-            records.append(defect_record(defect, pristine)[0])
+            records.append(pair_record(defect, None, pristine, 0.3, source=f"defect {k}"))
         model = DefiNet(DefiNetConfig()).eval()
         return lambda: predict_batches(model, records, batch_size=8), 5
     from ase.build import bulk

@@ -33,6 +33,7 @@ import torch
 from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate
 from quintet.atomistic.oracle import RelaxPairsConfig, get_calculator, make_relax_pairs
+from quintet.atomistic.pipeline import Finisher
 from quintet.atomistic.structures import to_ase
 from quintet.config import from_dict, parse_overrides
 from quintet.deeprelax.jobs import (
@@ -40,7 +41,6 @@ from quintet.deeprelax.jobs import (
     DataConfig,
     compiled,
     evaluate_model,
-    finish,
     load_dataset,
     load_deeprelax,
 )
@@ -209,6 +209,11 @@ def trained_elsewhere(model_file: Path) -> dict:
     }
 
 
+def _finisher(spec: dict, calc, optimizer: str = "fire") -> Finisher:
+    """The predict verb's finish (fmax 0.05, 1,000 steps) with the dataset's oracle settings."""
+    return Finisher(spec["oracle"], 0.05, 1000, spec["cell"], spec["filter"], optimizer, calc=calc)
+
+
 def from_unrelaxed(
     unrel, pid: str | None, spec: dict, calc, bfgs: bool, stored: dict, cache: Path | None
 ) -> dict:
@@ -217,10 +222,10 @@ def from_unrelaxed(
     key = f"{pid}|{spec['oracle']}|{spec['filter']}|cell{int(spec['cell'])}|fmax0.05"
     got = stored.get(key, {}) if pid else {}
     if "fire_steps" not in got or (bfgs and "bfgs_steps" not in got):
-        ru = finish(unrel, calc, 0.05, 1000, spec["cell"], spec["filter"])
+        ru = _finisher(spec, calc)(unrel)
         got = {"fire_steps": ru.steps, "fire_s": ru.seconds}
         if bfgs:
-            got["bfgs_steps"] = finish(unrel, calc, 0.05, 1000, spec["cell"], spec["filter"], "bfgs").steps
+            got["bfgs_steps"] = _finisher(spec, calc, "bfgs")(unrel).steps
         if cache is not None and pid:
             stored[key] = got
             atomic_save_json(cache, stored)
@@ -261,10 +266,10 @@ def oracle_compare(
                 K.PBC: rec[K.PBC],
             }
         )
-        sf = finish(pred, calc, 0.05, 1000, spec["cell"], spec["filter"]).steps
+        sf = _finisher(spec, calc)(pred).steps
         if bfgs:
             bfgs_u.append(got["bfgs_steps"])
-            bfgs_f.append(finish(pred, calc, 0.05, 1000, spec["cell"], spec["filter"], "bfgs").steps)
+            bfgs_f.append(_finisher(spec, calc, "bfgs")(pred).steps)
         steps_u.append(su)
         steps_f.append(sf)
         t_u.append(tu)
@@ -307,7 +312,7 @@ def finish_floor(ds, spec: dict, k: int, calc) -> dict:
                     K.PBC: rec[K.PBC],
                 }
             )
-            steps[t].append(finish(start, calc, 0.05, 1000, spec["cell"], spec["filter"]).steps)
+            steps[t].append(_finisher(spec, calc)(start).steps)
     med = {t: float(np.median(v)) for t, v in steps.items()}
     return {
         "t": list(FLOOR_T),
@@ -551,7 +556,7 @@ def _oracle_outcome(start, unrel, spec: dict, calc) -> tuple[np.ndarray, int]:
     like the labels to the images nearest ``unrel``'s atoms, and its step count."""
     from quintet.atomistic.datasets import pair_record
 
-    res = finish(start, calc, 0.05, 1000, spec["cell"], spec["filter"])
+    res = _finisher(spec, calc)(start)
     return pair_record(unrel, res.atoms, dtype=torch.float64)[K.RELAXED_POSITIONS].numpy(), res.steps
 
 

@@ -13,7 +13,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,11 +22,13 @@ __all__ = [
     "atomic_save_json",
     "atomic_torch_save",
     "atomic_write_bytes",
+    "atomic_write_csv",
     "atomic_write_text",
     "check_resume_record",
     "file_sha256",
     "fingerprint",
     "load_json",
+    "read_csv",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -95,6 +97,30 @@ def _json_default(obj: Any) -> Any:
 def atomic_save_json(path: PathLike, obj: Any, indent: int = 2) -> None:
     """Serialise ``obj`` as JSON (numpy/torch scalars and arrays allowed) and write it atomically."""
     atomic_write_text(path, json.dumps(obj, indent=indent, default=_json_default) + "\n")
+
+
+def atomic_write_csv(path: PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
+    """Write ``rows`` as CSV (atomically); columns default to every key, in first-seen order."""
+    import csv
+
+    keys = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k, "") for k in keys})
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path: PathLike) -> list[dict[str, str]]:
+    """The rows of a CSV file as dicts (``[]`` when the file does not exist)."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
 
 
 def load_json(path: PathLike) -> Any:

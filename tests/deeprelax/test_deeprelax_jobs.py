@@ -157,25 +157,25 @@ def test_predict_cli_writes_cifs_and_csv_resumes_and_never_overwrites(trained, p
     assert all(int(r["finish_steps"]) >= 0 and float(r["finish_fmax"]) <= 0.05 for r in rows)
     assert all(float(r["uncertainty_A"]) > 0 and float(r["cell_uncertainty_A"]) > 0 for r in rows)
     # resume: a half-done folder only gets the missing structure
-    (out / "s1_relaxed.cif").unlink()
-    before = (out / "s0_relaxed.cif").stat().st_mtime_ns
+    (out / "s1.cif").unlink()
+    before = (out / "s0.cif").stat().st_mtime_ns
     same = dict(model=str(path), inputs=[str(inp / "*.cif")], out=str(out), finish_with="emt", finish_filter="unitcell")
     predict(PredictJob(**same))
-    assert (out / "s1_relaxed.cif").is_file() and (out / "s0_relaxed.cif").stat().st_mtime_ns == before
+    assert (out / "s1.cif").is_file() and (out / "s0.cif").stat().st_mtime_ns == before
     assert len(_rows(out / "predictions.csv")) == 3
     # resuming with another model or other output settings would mix predictions: refused, nothing touched
     other = tmp_path / "other.pt"
     other.write_bytes(path.read_bytes() + b"\0")  # another file (bytes differ); the check runs before loading
-    (out / "s1_relaxed.cif").unlink()
+    (out / "s1.cif").unlink()
     csv_before = (out / "predictions.csv").read_bytes()
     for change, what in (({"model": str(other)}, "models"), ({"finish_with": "none"}, "finish_with")):
         with pytest.raises(ValueError, match=f"other {what}.*resume=false"):
             predict(PredictJob(**{**same, **change}))
-    assert (out / "predictions.csv").read_bytes() == csv_before and not (out / "s1_relaxed.cif").exists()
+    assert (out / "predictions.csv").read_bytes() == csv_before and not (out / "s1.cif").exists()
     predict(PredictJob(**{**same, "finish_with": "none", "resume": False}))  # starts over: every structure again
     rows = _rows(out / "predictions.csv")
     assert len(rows) == 3 and all("finish_steps" not in r for r in rows)
-    assert (out / "s0_relaxed.cif").stat().st_mtime_ns != before
+    assert (out / "s0.cif").stat().st_mtime_ns != before
     with pytest.raises(ValueError, match="never overwritten"):
         predict(PredictJob(model=str(path), inputs=[str(inp)], out=str(inp)))
     with pytest.raises(FileNotFoundError):
@@ -199,7 +199,7 @@ def test_predict_cli_writes_cifs_and_csv_resumes_and_never_overwrites(trained, p
     assert main([*argv[:-1], str(tmp_path / "xyz"), "-m", str(path), "--format", "extxyz"]) == 0
     (row,) = _rows(tmp_path / "xyz" / "predictions.csv")
     got = ase.io.read(tmp_path / "xyz" / row["output"])
-    assert row["output"] == "s0_relaxed.extxyz" and len(got) == len(pairs[0][0])
+    assert row["output"] == "s0.extxyz" and len(got) == len(pairs[0][0])
     assert got.arrays["uncertainty_A"].max() == pytest.approx(float(row["max_atom_uncertainty_A"]), abs=2e-6)
     assert np.all(got.arrays["spread_A"] == 0.0)
 

@@ -6,21 +6,21 @@ import numpy as np
 import pytest
 from ase.build import mx2
 
+from quintet.atomistic.datasets import pair_record, unwrap_to_nearest
 from quintet.atomistic.defects import (
     PRISTINE,
     SUBSTITUTION,
     VACANCY,
     label_defects,
     minimum_image_distances,
-    pristine_supercell,
+    repeat_unit_cell,
 )
-from quintet.definet.data import defect_record, unwrap_to_reference
 
 
 def _host(n: int = 3):
     unit = mx2("MoS2", size=(1, 1, 1), vacuum=8.0)
     unit.pbc = True
-    return unit, pristine_supercell(unit, (n, n, 1))
+    return unit, repeat_unit_cell(unit, (n, n, 1))
 
 
 def _label(atoms, host, **kw):
@@ -112,7 +112,7 @@ def test_two_atoms_on_one_site_are_rejected():
 
 def test_mismatched_host_cell_and_supercell_size_are_rejected():
     unit, host = _host(3)
-    bigger = pristine_supercell(unit, (4, 4, 1))
+    bigger = repeat_unit_cell(unit, (4, 4, 1))
     with pytest.raises(ValueError, match="cell does not match the pristine host"):
         _label(host, bigger)
     other = mx2("WSe2", size=(3, 3, 1), vacuum=8.0)
@@ -122,7 +122,7 @@ def test_mismatched_host_cell_and_supercell_size_are_rejected():
     with pytest.raises(ValueError, match="host does not match"):
         _label(other, host)
     with pytest.raises(ValueError, match="three positive integers"):
-        pristine_supercell(unit, (0, 1, 1))
+        repeat_unit_cell(unit, (0, 1, 1))
     with pytest.raises(ValueError, match="no atoms"):
         _label(host[:0], host)
 
@@ -144,16 +144,16 @@ def test_record_targets_are_unwrapped_and_placeholders_keep_their_site():
     relaxed = atoms.copy()
     relaxed.positions[0] += [0.05, -0.02, 0.01]
     relaxed.positions[1] -= relaxed.cell[1]  # wrapped differently
-    rec, _ = defect_record(atoms, host, relaxed=relaxed)
+    rec = pair_record(atoms, relaxed, host, 0.3)
     disp = (rec["relaxed_pos"] - rec["pos"]).numpy()
     np.testing.assert_allclose(disp[0], [0.05, -0.02, 0.01], atol=1e-5)
     np.testing.assert_allclose(disp[1:], 0.0, atol=1e-5)
     assert rec["defect"][-1].item() == VACANCY and rec["pos"].shape[0] == len(host)
     with pytest.raises(ValueError, match="same atoms in the same order"):
-        defect_record(atoms, host, relaxed=relaxed[:-1])
+        pair_record(atoms, relaxed[:-1], host, 0.3)
     np.testing.assert_allclose(
-        unwrap_to_reference(
-            np.array([[9.9, 0, 0]]), np.array([[0.1, 0, 0]]), np.eye(3) * 10, np.ones(3, bool)
+        unwrap_to_nearest(
+            np.array([[0.1, 0, 0]]), np.array([[9.9, 0, 0]]), np.eye(3) * 10, np.ones(3, bool)
         ),
         [[-0.1, 0, 0]],
         atol=1e-12,

@@ -9,7 +9,8 @@ from ase.build import mx2
 
 from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate
-from quintet.atomistic.defects import pristine_supercell
+from quintet.atomistic.datasets import pair_record
+from quintet.atomistic.defects import repeat_unit_cell
 from quintet.atomistic.testing import (
     assert_batch_matches_single,
     assert_permutation_equivariant,
@@ -17,7 +18,6 @@ from quintet.atomistic.testing import (
     assert_supercell_consistent,
     assert_translation_invariant,
 )
-from quintet.definet.data import defect_record
 from quintet.definet.layers import DefectEdgeGate
 from quintet.definet.model import PRED_POSITIONS, DefiNet, DefiNetConfig
 
@@ -25,7 +25,7 @@ from quintet.definet.model import PRED_POSITIONS, DefiNet, DefiNetConfig
 def _records(dtype=torch.float64):
     unit = mx2("MoS2", size=(1, 1, 1), vacuum=7.0)
     unit.pbc = True
-    host = pristine_supercell(unit, (3, 3, 1))
+    host = repeat_unit_cell(unit, (3, 3, 1))
     rng = np.random.default_rng(0)
     a = host.copy()
     a.numbers[0] = 74
@@ -34,7 +34,7 @@ def _records(dtype=torch.float64):
     b = host.copy()
     b.numbers[5] = 34
     b.positions += rng.normal(scale=0.03, size=b.positions.shape)
-    return [defect_record(x, host, dtype=dtype)[0] for x in (a, b)]
+    return [pair_record(x, None, host, 0.3, dtype=dtype) for x in (a, b)]
 
 
 def _model(**kw) -> DefiNet:

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from quintet.atomistic.datasets import pair_record, unwrap_to_nearest
+from quintet.atomistic.pipeline import Finisher
 from quintet.atomistic.structures import read_structure, write_structure
 from quintet.cli import main
-from quintet.definet.data import defect_record, unwrap_to_reference
 from quintet.definet.model import DefiNetConfig
-from quintet.definet.predict import EvalJob, evaluate_model, finish_relax, predict_batches
+from quintet.definet.predict import EvalJob, evaluate_model, predict_batches
 from quintet.definet.run import DataConfig, TrainJob, host_folders, load_definet, load_pairs, train
 from quintet.definet.synthetic import write_2dmd
 from quintet.train import TrainConfig, save_model
@@ -99,18 +100,18 @@ def test_cli_predict_writes_cifs_and_resumes(trained, tmp_path, capsys):
     assert [r["id"] for r in rows] == [f.name[: -len("_unrelaxed.cif")] for f in inputs]
     model, _ = load_definet(res.best_path)
     atoms = read_structure(inputs[0])
-    rec, lab = defect_record(atoms, read_structure(host))
+    rec = pair_record(atoms, None, read_structure(host), 0.3)
     pred, _ = predict_batches(model, [rec])
     written = read_structure(out / rows[0]["output"])
-    assert len(written) == len(atoms) == lab.num_atoms
-    expected = pred[0][: lab.num_atoms]
+    assert len(written) == len(atoms) == rec["defect"].ne(2).sum().item()
+    expected = pred[0][: len(atoms)]
     # CIF stores fractional coordinates wrapped into the cell: compare the nearest images
-    unwrapped = unwrap_to_reference(written.positions, expected, np.asarray(atoms.cell), atoms.pbc)
+    unwrapped = unwrap_to_nearest(expected, written.positions, np.asarray(atoms.cell), atoms.pbc)
     np.testing.assert_allclose(unwrapped, expected, atol=1e-4)
     assert (out / "config.yaml").is_file()
     # a second run finds everything done
     assert main([*argv, "--out", str(out)]) == 0
-    assert "resuming: 5 of 5" in capsys.readouterr().out
+    assert "resuming: 5 structures already in" in capsys.readouterr().out
     assert len(list(csv.DictReader((out / "predictions.csv").read_text().splitlines()))) == 5
     # resuming with other output settings (or another model) would mix two runs: refused, nothing written
     csv_before = (out / "predictions.csv").read_bytes()
@@ -192,18 +193,18 @@ def test_bad_inputs_raise_clear_errors(trained, tmp_path):
     assert main(["definet", "train", "model.hidden=abc", "--out", str(tmp_path / "r")]) == 1
     mos2 = read_structure(root / "MoS2" / "MoS2_pristine_supercell.cif")
     with pytest.raises(RuntimeError, match=r"oracle 'emt' failed on .*No EMT-potential"):
-        finish_relax(mos2, "emt")
-    with pytest.raises(ValueError, match="finish_with must be one of"):
-        finish_relax(mos2, "none")
+        Finisher("emt")(mos2)
+    with pytest.raises(ValueError, match="needs an oracle"):
+        Finisher("none")
+    with pytest.raises(ValueError, match="unknown oracle 'vasp'"):
+        Finisher("vasp")
 
 
 def test_record_dtype_follows_the_model(trained):
     root, _, res = trained
     model, _ = load_definet(res.best_path)
     atoms = read_structure(next((root / "MoS2" / "CIF").glob("*_unrelaxed.cif")))
-    rec, _ = defect_record(
-        atoms, read_structure(root / "MoS2" / "MoS2_pristine_supercell.cif"), dtype=torch.float64
-    )
+    rec = pair_record(atoms, None, read_structure(root / "MoS2" / "MoS2_pristine_supercell.cif"), 0.3, dtype=torch.float64)
     pred, _ = predict_batches(model, [rec])
     assert pred[0].shape == (rec["pos"].shape[0], 3) and np.isfinite(pred[0]).all()
     assert Path(res.best_path).name == "best.pt"
@@ -248,12 +249,12 @@ def test_finish_optimizer_bfgs_converges_in_fewer_steps_than_fire_and_bad_names_
     vac = bulk("Cu", "fcc", a=3.6).repeat((3, 3, 3))
     del vac[13]
     vac.positions += np.random.default_rng(0).normal(scale=0.01, size=vac.positions.shape)
-    fire = finish_relax(vac, "emt", fmax=0.05, calc=EMT())
-    bfgs = finish_relax(vac, "emt", fmax=0.05, calc=EMT(), optimizer="bfgs")
-    assert fire["converged"] and bfgs["converged"] and bfgs["fmax_final"] <= 0.05
-    assert 1 <= bfgs["steps"] < fire["steps"]
+    fire = Finisher("emt", fmax=0.05, calc=EMT())(vac)
+    bfgs = Finisher("emt", fmax=0.05, calc=EMT(), optimizer="bfgs")(vac)
+    assert fire.converged and bfgs.converged and bfgs.fmax_final <= 0.05
+    assert 1 <= bfgs.steps < fire.steps
     with pytest.raises(ValueError, match="finish_optimizer must be"):
-        finish_relax(vac, "emt", optimizer="newton")
+        Finisher("emt", optimizer="newton")
 
 
 @pytest.mark.integration

@@ -423,6 +423,16 @@ def read_pair(unrelaxed_path: PathLike, relaxed_path: PathLike | None) -> tuple[
     return u, r
 
 
+def _check_same_atoms(unrelaxed: Any, relaxed: Any, source: str) -> None:
+    """A pair must list the same atoms in the same order (else every target is another atom's)."""
+    if len(relaxed) != len(unrelaxed) or not np.array_equal(relaxed.numbers, unrelaxed.numbers):
+        raise ValueError(
+            f"{source}: the relaxed structure has {len(relaxed)} atoms ({relaxed.get_chemical_formula()}), the "
+            f"unrelaxed one {len(unrelaxed)} ({unrelaxed.get_chemical_formula()}); they must list the same atoms "
+            "in the same order"
+        )
+
+
 def pair_record(
     unrelaxed: Any,
     relaxed: Any | None,
@@ -445,6 +455,7 @@ def pair_record(
     pbc = np.asarray(unrelaxed.pbc, dtype=bool)
     rel_pos = rel_cell = None
     if relaxed is not None:
+        _check_same_atoms(unrelaxed, relaxed, source)
         rel_cell = np.asarray(relaxed.cell[:], dtype=float)
         rel_pos = unwrap_to_nearest(
             pos, np.asarray(relaxed.positions, dtype=float), rel_cell, pbc, ref_cell=cell

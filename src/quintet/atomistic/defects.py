@@ -25,8 +25,9 @@ __all__ = [
     "DefectLabels",
     "label_atoms",
     "label_defects",
+    "load_host",
     "minimum_image_distances",
-    "pristine_supercell",
+    "repeat_unit_cell",
 ]
 
 PRISTINE = 0
@@ -134,7 +135,7 @@ def minimum_image_distances(
     return out
 
 
-def pristine_supercell(unit_cell, size: Sequence[int]):
+def repeat_unit_cell(unit_cell, size: Sequence[int]):
     """Repeat a pristine unit cell (``ase.Atoms``) ``size = (n1, n2, n3)`` times.
 
     Raises:
@@ -264,3 +265,31 @@ def label_atoms(unrelaxed: Any, pristine: Any, tol: float = 0.3, name: str = "st
         tol=tol,
         name=name,
     )
+
+
+def load_host(pristine: Any = None, unit_cell: Any = None, supercell: Sequence[int] | None = None) -> Any:
+    """The pristine supercell, either read from a file or built from a unit-cell file and a size.
+
+    Args:
+        pristine: a pristine supercell file (CIF/POSCAR/extxyz).
+        unit_cell: a pristine unit-cell file (used with ``supercell``).
+        supercell: ``(n1, n2, n3)`` repetitions of the unit cell.
+
+    Raises:
+        ValueError: neither or both ways given, an unreadable file; FileNotFoundError: a missing file.
+    """
+    from pathlib import Path
+
+    from quintet.atomistic.structures import read_structure
+
+    if (pristine is None) == (unit_cell is None):
+        raise ValueError("give either the pristine supercell file (--pristine) or --unit-cell plus --supercell")
+    path = Path(pristine if pristine is not None else unit_cell)
+    if not path.is_file():
+        raise FileNotFoundError(f"pristine host file {path} does not exist")
+    host = read_structure(path)
+    if unit_cell is not None:
+        if supercell is None:
+            raise ValueError(f"{path}: a unit cell needs a supercell size, e.g. --supercell 5,5,1")
+        host = repeat_unit_cell(host, supercell)
+    return host

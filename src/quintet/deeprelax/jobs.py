@@ -10,9 +10,6 @@
 
 from __future__ import annotations
 
-import csv
-import glob
-import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +23,7 @@ from torch import Tensor
 from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate, plan_batches
 from quintet.atomistic.nn.compile import CompiledModel
+from quintet.atomistic.pipeline import Item
 from quintet.config import from_dict, save_config
 from quintet.deeprelax.data import DeepRelaxTransform, check_record, pairs_to_records
 from quintet.deeprelax.graph import DISPLACE
@@ -33,7 +31,7 @@ from quintet.deeprelax.maths import coverage, edge_lengths, per_graph_mean, spea
 from quintet.deeprelax.model import DeepRelax, ModelConfig, ensure_graph
 from quintet.deeprelax.relax import SolveConfig, check_ensemble, relax_ensemble
 from quintet.deeprelax.task import DeepRelaxTask, LossConfig, targets
-from quintet.io import atomic_save_json, atomic_write_text, check_resume_record, file_sha256
+from quintet.io import atomic_save_json, atomic_write_csv, file_sha256
 from quintet.train import TrainConfig, fit, load_model_file
 
 __all__ = [
@@ -41,16 +39,15 @@ __all__ = [
     "EvalJob",
     "PredictJob",
     "TrainJob",
-    "cell_mask",
     "compiled",
     "evaluate",
     "evaluate_model",
-    "finish",
     "load_dataset",
     "load_deeprelax",
     "load_ensemble",
     "predict",
     "read_db_pairs",
+    "relax_items",
     "train",
 ]
 
@@ -161,14 +158,14 @@ class PredictJob:
     batch_size: int = 64
     max_atoms: int | None = 2048
     solve: SolveConfig = field(default_factory=SolveConfig)
-    finish_with: Literal["none", "emt", "chgnet", "sevenn"] = "none"
+    finish_with: str = "none"
     fmax: float = 0.05
     finish_steps: int = 500
     finish_cell: bool = True
     finish_filter: Literal["frechet", "unitcell"] = "frechet"
     finish_optimizer: Literal["fire", "bfgs"] = "fire"
     resume: bool = True
-    output_format: Literal["cif", "extxyz"] = "cif"
+    output_format: Literal["cif", "poscar", "extxyz"] = "cif"
     compile: bool = False
 
 
@@ -480,15 +477,6 @@ def evaluate_model(
     return summary, rows
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
 def evaluate(job: EvalJob) -> dict[str, float]:
     """Evaluate a model file on a split; writes ``metrics.json``, ``per_structure.csv`` and the config."""
     out = Path(job.out)
@@ -500,59 +488,11 @@ def evaluate(job: EvalJob) -> dict[str, float]:
         compiled(models) if job.compile else models, ds, job.batch_size, job.solve, max_atoms=job.max_atoms
     )
     atomic_save_json(out / "metrics.json", summary)
-    _write_csv(out / "per_structure.csv", rows)
+    atomic_write_csv(out / "per_structure.csv", rows)
     return summary
 
 
 # ------------------------------------------------------------------------------------------ predict
-
-_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".extxyz")
-
-
-def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files.extend(
-                sorted(f for f in p.iterdir() if f.suffix.lower() in _SUFFIXES or f.name.upper() == "POSCAR")
-            )
-        elif p.is_file():
-            files.append(p)
-        else:
-            hits = sorted(Path(h) for h in glob.glob(item))
-            if not hits:
-                raise FileNotFoundError(f"{item}: no such file, folder or matching glob")
-            files.extend(h for h in hits if h.is_file())
-    if not files:
-        raise FileNotFoundError(f"no structure files (CIF/POSCAR/extxyz) found in {list(inputs)}")
-    return list(dict.fromkeys(files))
-
-
-def cell_mask(pbc: Sequence[bool]) -> list[bool]:
-    """Voigt strain mask (xx, yy, zz, yz, xz, xy) that only lets periodic directions relax."""
-    p = [bool(x) for x in pbc]
-    return [p[0], p[1], p[2], p[1] and p[2], p[0] and p[2], p[0] and p[1]]
-
-
-def finish(
-    atoms: Any,
-    calc: Any,
-    fmax: float,
-    steps: int,
-    cell: bool,
-    cell_filter: str = "frechet",
-    optimizer: str = "fire",
-) -> Any:
-    """Relax a prediction further with an ASE calculator (FIRE or BFGS); returns the oracle's ``RelaxResult``."""
-    from quintet.atomistic.oracle import relax
-
-    relax_cell = bool(cell and any(atoms.pbc))
-    return relax(
-        atoms, calc, fmax=fmax, max_steps=steps, relax_cell=relax_cell, optimizer=optimizer,  # type: ignore[arg-type]
-        cell_mask=cell_mask(atoms.pbc) if relax_cell else None, cell_filter=cell_filter,  # type: ignore[arg-type]
-    )  # fmt: skip
-
 
 def _record_from_atoms(atoms: Any, source: str) -> dict[str, Tensor]:
     from quintet.atomistic.structures import from_ase
@@ -575,118 +515,71 @@ def _predict_record(job: PredictJob) -> dict[str, Any]:
     return {"models": [file_sha256(p) for p in [job.model, *job.ensemble]], **settings}
 
 
+def relax_items(models: Sequence[Any], items: Sequence[Item], solve: SolveConfig, fmt: str = "cif") -> list[tuple[Any, dict[str, Any]]]:
+    """One batch of the predict pipeline: each input's relaxed ``Atoms`` and its table columns
+    (structure uncertainty, largest per-atom uncertainty, cell uncertainty, ensemble spread, residuals)."""
+    from quintet.atomistic.structures import to_ase
+
+    recs = [_record_from_atoms(it.atoms, it.source) for it in items]
+    res = relax_ensemble(models, collate(recs), solve)
+    starts = np.concatenate([[0], np.cumsum([len(r[K.POSITIONS]) for r in recs])])
+    out = []
+    for g, rec in enumerate(recs):
+        atoms_slice = slice(int(starts[g]), int(starts[g + 1]))
+        new = to_ase({**rec, K.POSITIONS: res["positions"][atoms_slice], K.CELL: res["cell"][g]})
+        cols: dict[str, Any] = {
+            "uncertainty_A": round(float(res["uncertainty"][g]), 6),
+            "max_atom_uncertainty_A": round(float(res["atom_uncertainty"][atoms_slice].max()), 6),
+        }
+        if len(models) > 1:
+            cols["spread_A"] = round(float(res["spread"][g]), 6)
+        if all(getattr(m, "cell_scale", None) is not None for m in models):
+            cols["cell_uncertainty_A"] = round(float(res["cell_uncertainty"][g]), 6)
+        cols["displace_residual_A"] = round(float(res["displace_residual"][g]), 6)
+        cols["relaxed_residual_A"] = round(float(res["relaxed_residual"][g]), 6)
+        if fmt == "extxyz":  # per-atom uncertainty travels with the structure
+            new.arrays["uncertainty_A"] = res["atom_uncertainty"][atoms_slice].double().numpy()
+            if len(models) > 1:
+                new.arrays["spread_A"] = res["atom_spread"][atoms_slice].double().numpy()
+        out.append((new, cols))
+    return out
+
+
 def predict(job: PredictJob) -> Path:
-    """Relax every input structure; writes ``<out>/<name>_relaxed.{cif,extxyz}`` and ``<out>/predictions.csv``.
+    """Relax every input structure; writes ``<out>/<id>.{cif,vasp,extxyz}`` and ``<out>/predictions.csv``
+    through the shared pipeline (:mod:`quintet.atomistic.pipeline`).
 
     Returns:
         The CSV path.
 
     Raises:
-        ValueError: the output folder holds an input file, an input is invalid (named in the message), or
+        ValueError: the output folder holds an input, an input is invalid (named in the message), or
             resuming would mix outputs: the folder's predictions came from other model files or output settings
             (recorded in ``predict_run.json``).
     """
-    from tqdm.auto import tqdm
-
-    from quintet.atomistic.structures import read_structures, to_ase, write_structure
+    from quintet.atomistic.pipeline import (
+        Finisher,
+        PredictionTable,
+        check_inputs,
+        oracle_name,
+        run_predictions,
+    )
 
     out = Path(job.out)
-    files = _expand_inputs(job.inputs)
-    for f in files:
-        if f.resolve().parent == out.resolve():
-            raise ValueError(
-                f"output folder {out} contains the input {f}; choose another --out (inputs are never overwritten)"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "predictions.csv"
-    done: dict[str, dict[str, Any]] = {}
-    if job.resume and csv_path.is_file():
-        with open(csv_path, newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                if (out / row["output"]).is_file():
-                    done[row["id"]] = row
-    check_resume_record(out, _predict_record(job), "predict_run.json", resuming=bool(done))
-    save_config(job, out / "config.yaml")
-    items: list[tuple[str, Any]] = []
-    for f in files:
-        frames = read_structures(f)
-        for k, atoms in enumerate(frames):
-            sid = f.stem if len(frames) == 1 else f"{f.stem}_{k}"
-            items.append((sid, atoms))
-    ids = [i for i, _ in items]
-    dup = {i for i in ids if ids.count(i) > 1}
-    if dup:
-        raise ValueError(f"several inputs share the name(s) {sorted(dup)[:5]}; outputs would collide")
-    todo = [(i, a) for i, a in items if i not in done]
+    check_inputs(job.inputs, out)
+    finisher = None
+    if oracle_name(job.finish_with) is not None:
+        finisher = Finisher(
+            job.finish_with, job.fmax, job.finish_steps, job.finish_cell, job.finish_filter, job.finish_optimizer
+        )
     models: Sequence[Any] = load_ensemble([job.model, *job.ensemble])
-    cell_scale = all(getattr(m, "cell_scale", None) is not None for m in models)
     if job.compile:
         models = compiled(models)
-    calc = None
-    if job.finish_with != "none":
-        from quintet.atomistic.oracle import get_calculator
-
-        calc = get_calculator(job.finish_with)
-    rows = list(done.values())
-    bar = tqdm(total=len(todo), desc="deeprelax predict", unit="structure")
-    for span in plan_batches([len(a) for _, a in todo], job.batch_size, job.max_atoms):
-        chunk = todo[span.start : span.stop]
-        recs = [_record_from_atoms(a, sid) for sid, a in chunk]
-        batch = collate(recs)
-        t0 = time.perf_counter()
-        res = relax_ensemble(models, batch, job.solve)
-        dt = (time.perf_counter() - t0) / len(chunk)
-        starts = np.concatenate([[0], np.cumsum([len(r[K.POSITIONS]) for r in recs])])
-        for g, ((sid, _atoms), rec) in enumerate(zip(chunk, recs, strict=True)):
-            pred = dict(rec)
-            pred[K.POSITIONS] = res["positions"][starts[g] : starts[g + 1]]
-            pred[K.CELL] = res["cell"][g]
-            new = to_ase(pred)
-            row: dict[str, Any] = {
-                "id": sid,
-                "n_atoms": len(new),
-                "uncertainty_A": round(float(res["uncertainty"][g]), 6),
-                "max_atom_uncertainty_A": round(
-                    float(res["atom_uncertainty"][starts[g] : starts[g + 1]].max()), 6
-                ),
-                **({"spread_A": round(float(res["spread"][g]), 6)} if job.ensemble else {}),
-                **({"cell_uncertainty_A": round(float(res["cell_uncertainty"][g]), 6)} if cell_scale else {}),
-                "displace_residual_A": round(float(res["displace_residual"][g]), 6),
-                "relaxed_residual_A": round(float(res["relaxed_residual"][g]), 6),
-                "time_s": round(dt, 6),
-            }
-            if calc is not None:
-                fin = finish(
-                    new,
-                    calc,
-                    job.fmax,
-                    job.finish_steps,
-                    job.finish_cell,
-                    job.finish_filter,
-                    job.finish_optimizer,
-                )
-                new = fin.atoms
-                new.calc = None
-                row.update(
-                    {
-                        "finish_steps": fin.steps,
-                        "finish_fmax": round(fin.fmax_final, 5),
-                        "finish_converged": fin.converged,
-                        "finish_time_s": round(fin.seconds, 3),
-                    }
-                )
-            if job.output_format == "extxyz":  # per-atom uncertainty travels with the structure
-                new.arrays["uncertainty_A"] = res["atom_uncertainty"][starts[g] : starts[g + 1]].double().numpy()
-                if job.ensemble:
-                    new.arrays["spread_A"] = res["atom_spread"][starts[g] : starts[g + 1]].double().numpy()
-            name = f"{sid}_relaxed.{job.output_format}"
-            write_structure(out / name, new)
-            row["output"] = name
-            rows.append(row)
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        _write_csv(csv_path, [{k: r.get(k, "") for k in keys} for r in rows])
-        bar.update(len(chunk))
-    bar.close()
-    if not rows:
-        _write_csv(csv_path, [])
-    return csv_path
+    out.mkdir(parents=True, exist_ok=True)
+    table = PredictionTable(out, _predict_record(job), resume=job.resume)
+    save_config(job, out / "config.yaml")
+    return run_predictions(
+        job.inputs, out, lambda chunk: relax_items(models, chunk, job.solve, job.output_format), table,
+        fmt=job.output_format, finisher=finisher, batch_size=job.batch_size, max_atoms=job.max_atoms,
+        desc="deeprelax predict",
+    )  # fmt: skip

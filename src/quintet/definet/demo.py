@@ -26,8 +26,8 @@ def demo(out_dir: Path, quick: bool = False) -> DemoSection:
     import matplotlib.pyplot as plt
 
     from quintet.atomistic.batch import collate
+    from quintet.atomistic.datasets import pair_record
     from quintet.atomistic.neighbors import with_neighbors
-    from quintet.definet.data import defect_record
     from quintet.definet.model import DefiNet, DefiNetConfig
     from quintet.definet.predict import predict_batches, record_metrics
     from quintet.definet.synthetic import synthetic_pairs
@@ -43,7 +43,7 @@ def demo(out_dir: Path, quick: bool = False) -> DemoSection:
     cfg = DefiNetConfig(hidden=16 if quick else 32, num_layers=2, num_rbf=12, cutoff=4.5, max_neighbors=None)
     records = []
     for k, (u, r) in enumerate(pairs):
-        rec, _ = defect_record(u, host, relaxed=r, name=f"pair {k}")
+        rec = pair_record(u, r, host, 0.3, dtype=torch.float32, source=f"pair {k}")
         records.append(with_neighbors(rec, cfg.cutoff, cfg.max_neighbors))
     train_recs, test_recs = records[:n_train], records[n_train:]
     tcfg = TrainConfig(

@@ -51,11 +51,11 @@ def label_files(job: LabelJob) -> list[dict[str, Any]]:
     import numpy as np
     from ase import Atoms
 
-    from quintet.atomistic.defects import SUBSTITUTION, label_defects
-    from quintet.atomistic.structures import read_structure, write_structure
+    from quintet.atomistic.defects import SUBSTITUTION, label_atoms, load_host
+    from quintet.atomistic.pipeline import discover, iter_structures
+    from quintet.atomistic.structures import write_structure
     from quintet.config import save_config
-    from quintet.definet.data import load_host
-    from quintet.definet.predict import _structure_id, _write_rows, list_inputs
+    from quintet.io import atomic_write_csv
 
     host = load_host(job.pristine, job.unit_cell, job.supercell)
     host_symbols = host.get_chemical_symbols()
@@ -64,25 +64,15 @@ def label_files(job: LabelJob) -> list[dict[str, Any]]:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         save_config(job, out / "config.yaml")
-    for f in list_inputs(job.inputs):
-        atoms = read_structure(f)
-        lab = label_defects(
-            atoms.numbers,
-            atoms.positions,
-            np.asarray(atoms.cell),
-            atoms.pbc,
-            host.numbers,
-            host.positions,
-            np.asarray(host.cell),
-            tol=job.tol,
-            name=str(f),
-        )
+    for item in iter_structures(discover(job.inputs)):
+        atoms = item.atoms
+        lab = label_atoms(atoms, host, tol=job.tol, name=item.source)
         sub_atoms = np.flatnonzero(lab.labels[: lab.num_atoms] == SUBSTITUTION)
         sites = lab.site_of_atom[sub_atoms]
         syms = atoms.get_chemical_symbols()
         row = {
-            "id": _structure_id(f),
-            "source": str(f),
+            "id": item.id,
+            "source": item.source,
             "n_atoms": len(atoms),
             "n_substitutions": len(sub_atoms),
             "n_vacancies": lab.num_vacancies,
@@ -96,5 +86,5 @@ def label_files(job: LabelJob) -> list[dict[str, Any]]:
             labelled.new_array("defect", lab.labels.astype(np.int64))
             write_structure(out / f"{row['id']}_labelled.extxyz", labelled)
     if out is not None:
-        _write_rows(out / "labels.csv", rows, list(rows[0]))
+        atomic_write_csv(out / "labels.csv", rows)
     return rows

@@ -1,0 +1,362 @@
+"""The one inference pipeline of the atomistic systems (DeepRelax, DefiNet, LEIGNN ``predict``).
+
+A predict verb is: find the inputs (:func:`discover`, streaming: files, folders, globs, ASE dbs),
+read them one structure at a time with a stable id (:func:`iter_structures`), group them into
+batches bounded by structures and atoms (:func:`batches`), run the model on each batch (the only
+system-specific part), write each result as ``<out>/<id>.<format>`` (:func:`write_output`),
+optionally finish it with an oracle (:class:`Finisher`, written to ``<out>/finished/<id>.<format>``)
+and keep one row per structure in a resumable table (:class:`PredictionTable`). :func:`run_predictions`
+drives all of it; a system passes a function ``predict(chunk) -> [(atoms, row), ...]``.
+
+Threads: the model runs with the process's torch threads (``--threads``, default the cores
+available); an oracle finish runs with one thread, because a many-threaded oracle on a loaded
+machine was measured 10-20x slower per structure than a single-threaded one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quintet.io import atomic_write_csv, check_resume_record, read_csv
+
+__all__ = [
+    "FINISH_ORACLES",
+    "OUTPUT_FORMATS",
+    "Finisher",
+    "Item",
+    "PredictionTable",
+    "batches",
+    "check_inputs",
+    "discover",
+    "is_structure_file",
+    "iter_structures",
+    "one_thread",
+    "oracle_name",
+    "output_name",
+    "run_predictions",
+    "structure_id",
+    "write_output",
+]
+
+#: file suffixes read as structures inside a folder (``POSCAR*``/``CONTCAR*`` are recognised by name)
+STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".extxyz", ".traj", ".db")
+#: ``--format`` of a predict verb -> file suffix
+OUTPUT_FORMATS = {"cif": "cif", "poscar": "vasp", "extxyz": "extxyz"}
+#: the one map of oracle names a finish accepts (any ``package.module:Class`` works too)
+FINISH_ORACLES: dict[str, str | None] = {
+    "none": None,
+    "emt": "emt",
+    "chgnet": "chgnet",
+    "sevenn": "sevennet",
+    "sevennet": "sevennet",
+    "xtb": "xtb",
+}
+
+
+def is_structure_file(path: Path) -> bool:
+    """A structure file by suffix or VASP name (``POSCAR``, ``POSCAR_001``, ``CONTCAR``...)."""
+    return path.suffix.lower() in STRUCTURE_SUFFIXES or path.name.upper().startswith(("POSCAR", "CONTCAR"))
+
+
+def discover(inputs: Iterable[str | Path]) -> Iterator[Path]:
+    """Yield the structure files of ``inputs`` (files, folders, glob patterns), each once, in order.
+
+    In a folder, files whose name ends in ``_relaxed`` (the relaxed half of a pair) are skipped and
+    the rest are sorted by name. Nothing is listed twice in memory: a folder is walked once.
+
+    Raises:
+        FileNotFoundError: an input that is no file, folder or matching glob; or no structure at all.
+    """
+    seen: set[Path] = set()
+    found = 0
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths: Iterable[Path] = sorted(
+                f for f in p.iterdir() if f.is_file() and is_structure_file(f) and not f.stem.endswith("_relaxed")
+            )
+        elif p.is_file():
+            paths = [p]
+        else:
+            paths = sorted(Path(h) for h in glob.glob(str(item)) if Path(h).is_file())
+            if not paths:
+                raise FileNotFoundError(f"{item}: no such file, folder or matching glob")
+        for f in paths:
+            if f not in seen:
+                seen.add(f)
+                found += 1
+                yield f
+    if not found:
+        raise FileNotFoundError(f"no structure files (CIF/POSCAR/extxyz/traj/db) in {[str(i) for i in inputs]}")
+
+
+def structure_id(path: Path) -> str:
+    """The id of a structure file: its stem, without a trailing ``_unrelaxed`` (pair layouts)."""
+    stem = path.stem if path.suffix.lower() in STRUCTURE_SUFFIXES else path.name
+    return stem[: -len("_unrelaxed")] if stem.endswith("_unrelaxed") else stem
+
+
+@dataclass
+class Item:
+    """One input structure: its id, the file it came from, and the ASE ``Atoms``."""
+
+    id: str
+    source: str
+    atoms: Any
+
+
+def iter_structures(files: Iterable[Path], skip: set[str] | frozenset[str] = frozenset()) -> Iterator[Item]:
+    """Read each file (validated) and yield its structures; a multi-frame file gives ``<stem>_<k>``.
+
+    Ids in ``skip`` (already done) are not yielded. Two inputs with the same id are an error that
+    names both files (their outputs would collide).
+    """
+    from quintet.atomistic.structures import read_structures
+
+    owner: dict[str, str] = {}
+    for f in files:
+        sid = structure_id(f)
+        if sid in skip and not _multi_frame(f):
+            owner[sid] = str(f)
+            continue
+        frames = read_structures(f)
+        for k, atoms in enumerate(frames):
+            fid = sid if len(frames) == 1 else f"{sid}_{k}"
+            if fid in owner:
+                raise ValueError(f"{f} and {owner[fid]} both give the structure id {fid!r}; outputs would collide")
+            owner[fid] = str(f)
+            if fid not in skip:
+                yield Item(fid, str(f) + (f"@{k}" if len(frames) > 1 else ""), atoms)
+
+
+def _multi_frame(path: Path) -> bool:
+    return path.suffix.lower() in (".xyz", ".extxyz", ".traj", ".db")
+
+
+def batches(items: Iterable[Item], max_structures: int, max_atoms: int | None) -> Iterator[list[Item]]:
+    """Group a stream of items into batches of at most ``max_structures`` and ``max_atoms`` atoms
+    (a structure larger than ``max_atoms`` runs alone)."""
+    if max_structures < 1:
+        raise ValueError(f"batch_size must be at least 1, got {max_structures}")
+    chunk: list[Item] = []
+    atoms = 0
+    for item in items:
+        n = len(item.atoms)
+        if chunk and (len(chunk) >= max_structures or (max_atoms is not None and atoms + n > max_atoms)):
+            yield chunk
+            chunk, atoms = [], 0
+        chunk.append(item)
+        atoms += n
+    if chunk:
+        yield chunk
+
+
+def output_name(sid: str, fmt: str) -> str:
+    """The one naming rule for predicted structures: ``<id>.<format suffix>``."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"output format must be one of {list(OUTPUT_FORMATS)}, got {fmt!r}")
+    return f"{sid}.{OUTPUT_FORMATS[fmt]}"
+
+
+def write_output(out: Path, sid: str, atoms: Any, fmt: str, folder: str = "") -> str:
+    """Write ``atoms`` as ``<out>/[folder/]<id>.<format>`` (atomically); returns the path relative to ``out``."""
+    from quintet.atomistic.structures import write_structure
+
+    rel = Path(folder) / output_name(sid, fmt) if folder else Path(output_name(sid, fmt))
+    write_structure(out / rel, atoms, format="vasp" if fmt == "poscar" else fmt)
+    return rel.as_posix()
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the body with one torch (and BLAS) thread; restore the previous setting afterwards."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limits: Any = threadpool_limits(1)
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scipy's stack
+        limits = contextlib.nullcontext()
+    try:
+        with limits:
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def oracle_name(name: str) -> str | None:
+    """Map a ``finish_with`` value to an oracle of :func:`quintet.atomistic.oracle.get_calculator`
+    (``None`` for ``none``); ``package.module:Class`` passes through."""
+    key = name.strip().lower()
+    if key in FINISH_ORACLES:
+        return FINISH_ORACLES[key]
+    if ":" in name:
+        return name.strip()
+    raise ValueError(
+        f"finish_with: unknown oracle {name!r}; choose from {sorted(FINISH_ORACLES)} or give 'package.module:Class'"
+    )
+
+
+@dataclass
+class Finisher:
+    """Relax predictions further with an oracle (FIRE or BFGS), one thread, in this process.
+
+    Args:
+        oracle: a key of :data:`FINISH_ORACLES` or ``package.module:Class``.
+        fmax: force threshold, eV/Å.
+        steps: most optimizer steps.
+        cell: also relax the cell (periodic directions only).
+        cell_filter: ``frechet`` or ``unitcell``.
+        optimizer: ``fire`` or ``bfgs``.
+    """
+
+    oracle: str
+    fmax: float = 0.05
+    steps: int = 500
+    cell: bool = False
+    cell_filter: str = "frechet"
+    optimizer: str = "fire"
+    calc: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("fire", "bfgs"):
+            raise ValueError(f"finish_optimizer must be 'fire' or 'bfgs', got {self.optimizer!r}")
+        name = oracle_name(self.oracle)
+        if name is None:
+            raise ValueError("Finisher needs an oracle, not 'none'")
+        if self.calc is None:
+            from quintet.atomistic.oracle import get_calculator
+
+            self.calc = get_calculator(name)
+            if not hasattr(self.calc, "get_forces"):
+                raise ValueError(f"finish_with: {self.oracle!r} is not an ASE calculator (it has no get_forces)")
+
+    def __call__(self, atoms: Any) -> Any:
+        """The oracle's :class:`~quintet.atomistic.oracle.RelaxResult` from ``atoms`` (not modified)."""
+        from quintet.atomistic.oracle import relax
+
+        relax_cell = bool(self.cell and any(atoms.pbc))
+        p = [bool(x) for x in atoms.pbc]
+        mask = [p[0], p[1], p[2], p[1] and p[2], p[0] and p[2], p[0] and p[1]]
+        try:
+            with one_thread():
+                return relax(
+                    atoms, self.calc, fmax=self.fmax, max_steps=self.steps, relax_cell=relax_cell,
+                    optimizer=self.optimizer, cell_mask=mask if relax_cell else None,  # type: ignore[arg-type]
+                    cell_filter=self.cell_filter,  # type: ignore[arg-type]
+                )  # fmt: skip
+        except Exception as exc:  # calculators raise many types (unsupported elements, NaN, ...)
+            raise RuntimeError(
+                f"oracle {self.oracle!r} failed on {atoms.get_chemical_formula()}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def row(self, atoms: Any, out: Path, sid: str, fmt: str) -> dict[str, Any]:
+        """Finish ``atoms``, write ``finished/<id>.<format>``, return the table columns."""
+        res = self(atoms)
+        res.atoms.calc = None
+        return {
+            "finish_with": self.oracle,
+            "finish_steps": res.steps,
+            "finish_fmax": round(res.fmax_final, 5),
+            "finish_converged": res.converged,
+            "finish_time_s": round(res.seconds, 3),
+            "finished_output": write_output(out, sid, res.atoms, fmt, folder="finished"),
+        }
+
+
+class PredictionTable:
+    """``<out>/predictions.csv``: one row per structure, rewritten atomically after every batch.
+
+    On ``resume``, rows whose output file still exists are kept (their ids are :attr:`done`); the
+    folder's ``predict_run.json`` must show the same ``record`` (model files, output settings), or
+    resuming is refused: it would mix two runs.
+    """
+
+    def __init__(self, out: Path, record: dict[str, Any], resume: bool = True, name: str = "predictions.csv"):
+        self.path = Path(out) / name
+        self.rows: list[dict[str, Any]] = []
+        if resume:
+            self.rows = [r for r in read_csv(self.path) if r.get("output") and (Path(out) / r["output"]).is_file()]
+        check_resume_record(out, record, "predict_run.json", resuming=bool(self.rows))
+        self.done = frozenset(r["id"] for r in self.rows)
+
+    def add(self, rows: Sequence[dict[str, Any]]) -> None:
+        self.rows.extend(rows)
+        self.flush()
+
+    def flush(self) -> None:
+        atomic_write_csv(self.path, self.rows, None if self.rows else ["id", "output"])
+
+
+def check_inputs(inputs: Sequence[str], out: Path) -> None:
+    """Before anything is written: every input exists (a glob matches at least one file), and the output
+    folder holds no input (``<id>.<format>`` could overwrite it)."""
+    target = Path(out).resolve()
+    if not inputs:
+        raise ValueError("no inputs: pass FILE|FOLDER|GLOB arguments (or inputs=[...])")
+    for item in inputs:
+        p = Path(item)
+        if not p.exists() and next(glob.iglob(str(item)), None) is None:
+            raise FileNotFoundError(f"{item}: no such file, folder or matching glob")
+        if p.exists():
+            folder = p if p.is_dir() else p.parent
+        else:  # a glob: the folder before its first wildcard
+            head = re.split(r"[*?\[]", str(item), maxsplit=1)[0]
+            folder = Path(head) if head.endswith("/") or not head else Path(head).parent
+        if folder.resolve() == target:
+            raise ValueError(
+                f"output folder {out} holds the input {item}; choose another -o/--out (inputs are never overwritten)"
+            )
+
+
+#: ``predict(chunk)`` of a system: for each item, the predicted ``Atoms`` and its table columns
+PredictChunk = Callable[[list[Item]], list[tuple[Any, dict[str, Any]]]]
+
+
+def run_predictions(
+    inputs: Sequence[str],
+    out: Path,
+    predict: PredictChunk,
+    table: PredictionTable,
+    fmt: str = "cif",
+    finisher: Finisher | None = None,
+    batch_size: int = 8,
+    max_atoms: int | None = None,
+    desc: str = "predict",
+    progress: bool = True,
+) -> Path:
+    """Drive a predict verb end to end (see the module docstring); returns the table's path."""
+    from tqdm.auto import tqdm
+
+    check_inputs(inputs, out)
+    items = iter_structures(discover(inputs), skip=table.done)
+    if table.done:
+        print(f"resuming: {len(table.done)} structures already in {table.path}")
+    bar = tqdm(desc=desc, unit="structure", disable=not progress)
+    for chunk in batches(items, batch_size, max_atoms):
+        t0 = time.perf_counter()
+        results = predict(chunk)
+        dt = (time.perf_counter() - t0) / len(chunk)
+        rows = []
+        for item, (atoms, cols) in zip(chunk, results, strict=True):
+            row = {"id": item.id, "source": item.source, "n_atoms": len(item.atoms), **cols}
+            row["predict_s"] = round(dt, 6)
+            row["output"] = write_output(out, item.id, atoms, fmt)
+            if finisher is not None:
+                row.update(finisher.row(atoms, out, item.id, fmt))
+            rows.append(row)
+        table.add(rows)
+        bar.update(len(chunk))
+    bar.close()
+    table.flush()
+    return table.path
