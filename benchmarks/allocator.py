@@ -67,7 +67,7 @@ def _workload(name: str) -> tuple[Callable[[], object], int]:
     torch.manual_seed(0)
     if name.startswith("deeprelax"):
         from quintet.atomistic import keys as K
-        from quintet.deeprelax.relax import SolveConfig, relax_batch
+        from quintet.deeprelax.inference import SolveConfig, relax_batch
 
         batch = _deeprelax_batch()
         model = DeepRelax(ModelConfig(hidden=64, num_layers=3, num_rbf=32))

@@ -36,8 +36,8 @@ from quintet.atomistic.oracle import RelaxPairsConfig, get_calculator, make_rela
 from quintet.atomistic.pipeline import Finisher
 from quintet.atomistic.structures import to_ase
 from quintet.config import from_dict, parse_overrides
+from quintet.deeprelax.inference import SolveConfig, relax_ensemble
 from quintet.deeprelax.jobs import (
-    MODEL_KEY,
     DataConfig,
     compiled,
     evaluate_model,
@@ -45,7 +45,6 @@ from quintet.deeprelax.jobs import (
     load_deeprelax,
 )
 from quintet.deeprelax.model import DeepRelax, ModelConfig
-from quintet.deeprelax.relax import SolveConfig, relax_ensemble
 from quintet.deeprelax.task import DeepRelaxTask, LossConfig
 from quintet.io import atomic_save_json
 from quintet.runtime import tune_cpu_allocator
@@ -148,7 +147,7 @@ def train_one(
         workdir or WORK / name,
         collate_fn=collate,
         resume=False,
-        extra={MODEL_KEY: model.config_dict()},
+        extra={"system": "deeprelax", "model": model.config_dict()},
     )
     model, _ = load_deeprelax(res.best_path)
     info = {

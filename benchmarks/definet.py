@@ -114,7 +114,7 @@ def train_deeprelax(
     data: DataConfig, budget: Budget, out: Path, seed: int, hidden: int, layers: int, num_rbf: int
 ):
     from quintet.deeprelax.data import DeepRelaxTransform
-    from quintet.deeprelax.jobs import MODEL_KEY, load_deeprelax
+    from quintet.deeprelax.jobs import load_deeprelax
     from quintet.deeprelax.model import DeepRelax, ModelConfig
     from quintet.deeprelax.task import DeepRelaxTask, LossConfig
 
@@ -132,7 +132,7 @@ def train_deeprelax(
         _train_cfg(budget, seed),
         out,
         collate_fn=collate,
-        extra={MODEL_KEY: model.config_dict()},
+        extra={"system": "deeprelax", "model": model.config_dict()},
     )
     model, _ = load_deeprelax(res.best_path)
     return (
@@ -151,7 +151,7 @@ def train_deeprelax(
 @torch.no_grad()
 def deeprelax_predict(model: Any, tf: Any, records: list[dict[str, torch.Tensor]], batch_size: int = 8):
     """DeepRelax positions for DefiNet records (placeholders dropped by its transform, re-appended here)."""
-    from quintet.deeprelax.relax import relax_batch
+    from quintet.deeprelax.inference import relax_batch
 
     preds, seconds = [], 0.0
     for s in range(0, len(records), batch_size):

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from quintet.cli import SYSTEMS as REGISTRY
 from quintet.cli import build_job, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```")
 INLINE = re.compile(r"`(quintet [^`]+)`")
-SYSTEMS = ("leignn", "deeprelax", "definet", "fedaux", "medaugment", "data", "demo")
+SYSTEMS = tuple(REGISTRY)
 
 
 def _block_commands(text: str) -> list[str]:
@@ -64,7 +65,6 @@ def test_the_docs_show_commands() -> None:
 
 @pytest.mark.parametrize(("doc", "command"), CASES, ids=[f"{d}:{c[:60]}" for d, c in CASES])
 def test_documented_command_parses(doc: str, command: str) -> None:
-    from quintet.cli import SYSTEMS as REGISTRY
 
     argv = _argv(command)
     try:

@@ -57,6 +57,7 @@ SYSTEMS: dict[str, _System] = {
         "quintet.atomistic.cli", "generate and inspect atomistic data with any ASE calculator", "materials"
     ),
     "demo": _System("quintet.demo", "run every available system on small embedded data, write a report", ""),
+    "models": _System("quintet.models", "list the pretrained models (and their cards)", ""),
 }
 
 
@@ -345,10 +346,6 @@ def parse(argv: Sequence[str]) -> tuple[str, argparse.Namespace | None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``quintet`` console script; returns the process exit code."""
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         name, args = parse(argv)

@@ -54,8 +54,7 @@ def test_compiled_model_relaxes_like_the_eager_one(tmp_path: Path) -> None:
     from quintet.atomistic.structures import to_ase, write_structure
     from quintet.atomistic.testing import example_records
     from quintet.cli import main
-    from quintet.deeprelax.jobs import MODEL_KEY
-    from quintet.deeprelax.relax import SolveConfig, relax_ensemble
+    from quintet.deeprelax.inference import SolveConfig, relax_ensemble
     from quintet.train.checkpoint import save_model
 
     recs = example_records(torch.float32)
@@ -78,7 +77,7 @@ def test_compiled_model_relaxes_like_the_eager_one(tmp_path: Path) -> None:
                 torch.testing.assert_close(got[key], eager[key], atol=2e-4, rtol=1e-4)
     assert fast.compiled
 
-    path = save_model(tmp_path / "m.pt", model, {}, extra={MODEL_KEY: model.config_dict()})
+    path = save_model(tmp_path / "m.pt", model, {}, extra={"system": "deeprelax", "model": model.config_dict()})
     for k, r in enumerate(recs[:2]):
         write_structure(tmp_path / "in" / f"s{k}.cif", to_ase(r))
     unc = {}

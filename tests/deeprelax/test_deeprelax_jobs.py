@@ -16,6 +16,7 @@ from quintet.atomistic.batch import collate
 from quintet.atomistic.structures import write_structure
 from quintet.cli import main
 from quintet.deeprelax.data import pairs_to_records
+from quintet.deeprelax.inference import relax_batch
 from quintet.deeprelax.jobs import (
     DataConfig,
     EvalJob,
@@ -29,7 +30,6 @@ from quintet.deeprelax.jobs import (
     train,
 )
 from quintet.deeprelax.model import ModelConfig
-from quintet.deeprelax.relax import relax_batch
 from quintet.train import TrainConfig
 
 

@@ -17,9 +17,9 @@ from quintet.atomistic.testing import (
 )
 from quintet.deeprelax import model as M
 from quintet.deeprelax.graph import DISPLACE
+from quintet.deeprelax.inference import SolveConfig, relax_batch, relax_ensemble, sigma_from_log_b
 from quintet.deeprelax.maths import displace_distances, edge_lengths, per_graph_mean
 from quintet.deeprelax.model import DeepRelax, ModelConfig
-from quintet.deeprelax.relax import SolveConfig, relax_batch, relax_ensemble, sigma_from_log_b
 from quintet.deeprelax.solve import band_penalty, solve_positions
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "one_thread",
     "oracle_name",
     "output_name",
+    "relax_structures",
     "run_predictions",
     "structure_id",
     "write_output",
@@ -360,3 +361,39 @@ def run_predictions(
     bar.close()
     table.flush()
     return table.path
+
+
+def relax_structures(
+    structures: Any, predict: PredictChunk, batch_size: int, max_atoms: int | None, source: str = "structure"
+) -> Any:
+    """The one-call APIs' shared body: ASE ``Atoms`` or pymatgen structures (one or a sequence) in, the
+    same type out, each carrying its table columns (``atoms.info`` / ``Structure.properties``) and its
+    per-atom arrays (``atoms.arrays`` / site properties)."""
+    from quintet.atomistic.structures import as_atoms, check_atoms, like
+
+    single = not isinstance(structures, list | tuple)
+    items, kinds = [], []
+    for k, obj in enumerate([structures] if single else structures):
+        atoms, kind = as_atoms(obj, f"{source} {k}")
+        check_atoms(atoms, f"{source} {k}")
+        items.append(Item(str(k), f"{source} {k}", atoms))
+        kinds.append(kind)
+    results: list[Any] = []
+    for chunk in batches(items, batch_size, max_atoms):
+        for atoms, cols in predict(chunk):
+            atoms.info.update(cols)
+            results.append(atoms)
+    out = [_with_properties(like(a, kind), a) for a, kind in zip(results, kinds, strict=True)]
+    return out[0] if single else out
+
+
+def _with_properties(obj: Any, atoms: Any) -> Any:
+    """Copy the per-structure columns and per-atom arrays of ``atoms`` onto a pymatgen object."""
+    if obj is atoms:
+        return obj
+    for name, values in atoms.arrays.items():
+        if name not in ("numbers", "positions"):
+            obj.add_site_property(name, values.tolist())
+    if hasattr(obj, "properties"):
+        obj.properties.update(atoms.info)
+    return obj

@@ -33,9 +33,11 @@ from quintet.io import atomic_open
 
 __all__ = [
     "MIN_DISTANCE",
+    "as_atoms",
     "check_atoms",
     "from_ase",
     "from_pymatgen",
+    "like",
     "read_structure",
     "read_structures",
     "to_ase",
@@ -473,3 +475,38 @@ def to_pymatgen(record: Mapping[str, Any]) -> Any:
     cell = _np(record[K.CELL]).astype(float).reshape(3, 3)
     lattice = Lattice(cell, pbc=tuple(bool(p) for p in pbc))
     return Structure(lattice, z, pos, coords_are_cartesian=True)
+
+
+def as_atoms(obj: Any, source: str = "structure") -> tuple[Any, str]:
+    """An ASE ``Atoms`` copy of ``obj`` (ASE ``Atoms`` or pymatgen ``Structure``/``Molecule``) and its kind
+    (``"ase"`` or ``"pymatgen"``), for the one-call APIs that return the type they were given.
+
+    pymatgen objects go through pymatgen's own ``AseAtomsAdaptor``.
+
+    Raises:
+        ValueError: a disordered or partially occupied structure (one species per site is needed), or
+            an object of another type.
+    """
+    if hasattr(obj, "get_positions") and hasattr(obj, "numbers"):
+        return obj.copy(), "ase"
+    if hasattr(obj, "sites") and hasattr(obj, "is_ordered"):
+        if not obj.is_ordered:
+            raise ValueError(
+                f"{source}: {obj.composition.reduced_formula} is disordered or partially occupied; give an "
+                "ordered structure (one species per site, e.g. from pymatgen's OrderDisorderedStructureTransformation)"
+            )
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        return AseAtomsAdaptor.get_atoms(obj), "pymatgen"
+    raise ValueError(f"{source}: expected an ase.Atoms or a pymatgen Structure, got {type(obj).__name__}")
+
+
+def like(atoms: Any, kind: str) -> Any:
+    """``atoms`` as the kind :func:`as_atoms` reported (``"pymatgen"``: a ``Structure``/``Molecule``)."""
+    if kind != "pymatgen":
+        return atoms
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    if any(atoms.pbc):
+        return AseAtomsAdaptor.get_structure(atoms)
+    return AseAtomsAdaptor.get_molecule(atoms)

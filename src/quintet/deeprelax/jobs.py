@@ -27,12 +27,12 @@ from quintet.atomistic.pipeline import Item
 from quintet.config import from_dict, save_config
 from quintet.deeprelax.data import DeepRelaxTransform, check_record, pairs_to_records
 from quintet.deeprelax.graph import DISPLACE
+from quintet.deeprelax.inference import SolveConfig, check_ensemble, relax_ensemble
 from quintet.deeprelax.maths import coverage, edge_lengths, per_graph_mean, spearman, volume
 from quintet.deeprelax.model import DeepRelax, ModelConfig, ensure_graph
-from quintet.deeprelax.relax import SolveConfig, check_ensemble, relax_ensemble
 from quintet.deeprelax.task import DeepRelaxTask, LossConfig, targets
 from quintet.io import atomic_save_json, atomic_write_csv, file_sha256
-from quintet.train import TrainConfig, fit, load_model_file
+from quintet.train import TrainConfig, fit
 
 __all__ = [
     "DataConfig",
@@ -42,16 +42,17 @@ __all__ = [
     "compiled",
     "evaluate",
     "evaluate_model",
+    "from_model_file",
     "load_dataset",
     "load_deeprelax",
     "load_ensemble",
     "predict",
     "read_db_pairs",
+    "relax",
     "relax_items",
     "train",
 ]
 
-MODEL_KEY = "deeprelax_model"
 
 
 @dataclass
@@ -128,7 +129,7 @@ class PredictJob:
     Attributes:
         model: model file (``best.pt``).
         ensemble: more model files (same graph settings, e.g. trained with other ``train.seed``): the
-            prediction becomes the ensemble's (:func:`~quintet.deeprelax.relax.relax_ensemble`) and the
+            prediction becomes the ensemble's (:func:`~quintet.deeprelax.inference.relax_ensemble`) and the
             CSV gains ``spread_A``, the members' disagreement.
         inputs: files, folders (every CIF/POSCAR/extxyz inside) or glob patterns.
         out: output folder (relaxed CIFs + ``predictions.csv``); never an input's folder.
@@ -299,23 +300,26 @@ def _composition(ds: Any, pid: str) -> tuple[tuple[str, int], ...]:
 # -------------------------------------------------------------------------------------------- model
 
 
+def from_model_file(d: dict[str, Any], path: str | Path) -> DeepRelax:
+    """Rebuild a :class:`DeepRelax` (eval mode) from a loaded model file (:func:`quintet.load_model`)."""
+    try:
+        cfg = from_dict(ModelConfig, d["extra"]["model"])
+    except ValueError as exc:
+        raise ValueError(f"{path}: its DeepRelax architecture is not valid here: {exc}") from exc
+    from quintet.models import load_weights
+
+    return load_weights(DeepRelax(cfg), d, path)
+
+
 def load_deeprelax(path: str | Path) -> tuple[DeepRelax, dict[str, Any]]:
-    """Rebuild a :class:`DeepRelax` from a model file; returns ``(model in eval mode, file dict)``.
+    """Rebuild a :class:`DeepRelax` from a model file or pretrained name; returns ``(model, file dict)``.
 
     Raises:
-        FileNotFoundError: no such file. ValueError: not a DeepRelax model file.
+        FileNotFoundError: no such file. ValueError: not a DeepRelax model file, or a corrupted one.
     """
-    d = load_model_file(path)
-    if MODEL_KEY not in d.get("extra", {}):
-        raise ValueError(f"{path}: not a DeepRelax model file (no {MODEL_KEY!r} in its metadata)")
-    stored = dict(d["extra"][MODEL_KEY])
-    stored.setdefault("cell_uncertainty", False)  # files written before the cell scale existed
-    stored.setdefault("detach_base_cell", False)  # files trained before it (matters only to fine-tuning)
-    cfg = from_dict(ModelConfig, stored)
-    model = DeepRelax(cfg)
-    model.load_state_dict(d["state_dict"])
-    model.eval()
-    return model, d
+    from quintet.models import load_model
+
+    return load_model(path, system="deeprelax")
 
 
 def load_ensemble(paths: Sequence[str | Path]) -> list[DeepRelax]:
@@ -351,9 +355,7 @@ def train(job: TrainJob) -> Path:
             )
         model.load_state_dict(init.state_dict())
     task = DeepRelaxTask(model, job.loss)
-    res = fit(
-        task, train_ds, val_ds, job.train, out, collate_fn=collate, extra={MODEL_KEY: model.config_dict()}
-    )
+    res = fit(task, train_ds, val_ds, job.train, out, collate_fn=collate)
     return res.best_path
 
 
@@ -372,7 +374,7 @@ def evaluate_model(
 
     Structures are batched in order, at most ``batch_size`` and ``max_atoms`` atoms per batch
     (:func:`quintet.atomistic.batch.plan_batches`). ``model`` may be a list: a deep ensemble
-    (:func:`~quintet.deeprelax.relax.relax_ensemble`); members may be :func:`compiled`.
+    (:func:`~quintet.deeprelax.inference.relax_ensemble`); members may be :func:`compiled`.
 
     Returns:
         ``(summary, rows)``: the summary has ``coord_mae_A``, ``dummy_coord_mae_A``, ``cell_mae_A``,
@@ -583,3 +585,37 @@ def predict(job: PredictJob) -> Path:
         fmt=job.output_format, finisher=finisher, batch_size=job.batch_size, max_atoms=job.max_atoms,
         desc="deeprelax predict",
     )  # fmt: skip
+
+
+def relax(
+    structures: Any,
+    model: str | Path | None = None,
+    ensemble: Sequence[str | Path] = (),
+    solve: SolveConfig | None = None,
+    batch_size: int = 64,
+    max_atoms: int | None = 2048,
+) -> Any:
+    """Relax ASE ``Atoms`` or pymatgen ``Structure``s in one call; returns the same type (one or a list).
+
+    Each result carries its uncertainty: ``uncertainty_A`` (the structure's mean per-atom σ, Å) and the
+    other columns of ``predictions.csv`` in ``atoms.info`` (pymatgen: ``Structure.properties``), and the
+    per-atom ``uncertainty_A`` as an array (pymatgen: a site property).
+
+    Args:
+        structures: one structure or a list; disordered pymatgen structures are refused.
+        model: a model file or pretrained name (default: the shipped DeepRelax model).
+        ensemble: more model files (a deep ensemble: ``spread_A`` is added).
+        solve: coordinate-solve settings.
+        batch_size, max_atoms: batch bounds.
+    """
+    from quintet.atomistic.pipeline import relax_structures
+    from quintet.models import default_model
+
+    name = model if model is not None else default_model("deeprelax")
+    if name is None:
+        raise ValueError("no model given and no pretrained DeepRelax model is installed: pass model=<best.pt>")
+    models = load_ensemble([name, *ensemble])
+    solve = solve or SolveConfig()
+    return relax_structures(
+        structures, lambda chunk: relax_items(models, chunk, solve, "extxyz"), batch_size, max_atoms
+    )

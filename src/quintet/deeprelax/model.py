@@ -67,7 +67,7 @@ class ModelConfig:
             structure, from the pooled atom features (not in the paper, whose cell head has no uncertainty).
             It is trained on detached features and a detached cell, so it leaves the rest of the model and its
             training as they were; it adds the cell's share to each atom's uncertainty (see
-            :func:`~quintet.deeprelax.relax.relax_ensemble`). Model files from before it load without it.
+            :func:`~quintet.deeprelax.inference.relax_ensemble`). Model files from before it load without it.
         detach_base_cell: with ``residual_base="displaced"``, build the distance heads' base distances
             on the predicted cell *detached*, so that the distance NLLs (whose gradients scale with
             1/b, ~100x the cell's L1) do not train the cell head through the base; the cell head then

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -11,8 +12,8 @@ from torch import Tensor
 from quintet.atomistic import keys as K
 from quintet.deeprelax import model as M
 from quintet.deeprelax.graph import DISPLACE
+from quintet.deeprelax.inference import SolveConfig, relax_batch
 from quintet.deeprelax.maths import displace_distances, edge_lengths, laplace_nll, per_graph_mean
-from quintet.deeprelax.relax import SolveConfig, relax_batch
 from quintet.train.task import StepOutput, Task
 
 __all__ = ["DeepRelaxTask", "LossConfig", "targets"]
@@ -74,6 +75,10 @@ class DeepRelaxTask(Task):
     def __init__(self, model: M.DeepRelax, loss: LossConfig | None = None) -> None:
         super().__init__(model)
         self.loss_cfg = loss or LossConfig()
+
+    def export_extra(self) -> dict[str, Any]:
+        """The architecture, so :func:`quintet.load_model` can rebuild the model."""
+        return {"system": "deeprelax", "model": self.model.config_dict()}
 
     def step(self, batch: dict[str, Tensor], split: str) -> StepOutput:
         c = self.loss_cfg

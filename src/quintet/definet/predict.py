@@ -43,6 +43,7 @@ __all__ = [
     "predict",
     "predict_batches",
     "record_metrics",
+    "relax",
     "summarize",
 ]
 
@@ -230,6 +231,37 @@ def predict(job: PredictJob) -> Path:
         fmt=job.output_format, finisher=finisher, batch_size=job.batch_size, max_atoms=job.max_atoms,
         desc="definet predict", progress=job.progress,
     )  # fmt: skip
+
+
+def relax(
+    structures: Any,
+    pristine: Any,
+    model: str | Path | None = None,
+    tol: float = 0.3,
+    batch_size: int = 8,
+    max_atoms: int | None = 4096,
+) -> Any:
+    """One-shot relaxed defect structures in one call: ASE ``Atoms`` or pymatgen ``Structure``s in (one or a
+    list), the same type out, each with its columns (``n_vacancies``, ``max_displacement_A``...) in
+    ``atoms.info`` (pymatgen: ``Structure.properties``).
+
+    Args:
+        structures: defect supercells on the pristine lattice (vacancies, substitutions).
+        pristine: the pristine supercell (``Atoms``/``Structure``) or its file.
+        model: a model file or pretrained name (default: the shipped DefiNet model).
+        tol: site-matching tolerance of the defect labelling, Å.
+    """
+    from quintet.atomistic.pipeline import relax_structures
+    from quintet.atomistic.structures import as_atoms, read_structure
+    from quintet.definet.run import load_definet
+    from quintet.models import default_model
+
+    name = model if model is not None else default_model("definet")
+    if name is None:
+        raise ValueError("no model given and no pretrained DefiNet model is installed: pass model=<best.pt>")
+    net = load_definet(name)[0]
+    host = read_structure(pristine) if isinstance(pristine, str | Path) else as_atoms(pristine, "pristine")[0]
+    return relax_structures(structures, lambda chunk: defect_items(net, host, chunk, tol, max_atoms), batch_size, max_atoms)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ wrapper). The resolved config is saved next to the run's outputs.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,10 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from quintet.config import save_config
+from quintet.config import from_dict, save_config
 from quintet.definet.model import DefiNet, DefiNetConfig
 from quintet.definet.task import DefiNetTask
-from quintet.train import FitResult, TrainConfig, fit, load_model_file
+from quintet.train import FitResult, TrainConfig, fit
 
 __all__ = [
     "DataConfig",
@@ -199,18 +198,24 @@ def train(job: TrainJob) -> FitResult:
     )
 
 
+def from_model_file(d: dict[str, Any], path: str | Path) -> DefiNet:
+    """Rebuild a DefiNet (eval mode) from a loaded model file (:func:`quintet.load_model`)."""
+    try:
+        cfg = from_dict(DefiNetConfig, d["extra"]["model"])
+    except ValueError as exc:
+        raise ValueError(f"{path}: its DefiNet architecture is not valid here: {exc}") from exc
+    from quintet.models import load_weights
+
+    return load_weights(DefiNet(cfg), d, path)
+
+
 def load_definet(path: str | Path) -> tuple[DefiNet, dict[str, Any]]:
-    """Rebuild a trained DefiNet from a model file (``best.pt``); returns the model (eval mode) and the file.
+    """Rebuild a trained DefiNet from a model file (``best.pt``) or pretrained name; returns the model
+    (eval mode) and the file.
 
     Raises:
-        FileNotFoundError: missing file. ValueError: not a DefiNet model file.
+        FileNotFoundError: missing file. ValueError: not a DefiNet model file, or a corrupted one.
     """
-    d = load_model_file(path)
-    extra = d.get("extra") or {}
-    if extra.get("system") != "definet" or "model" not in extra:
-        raise ValueError(f"{path}: not a DefiNet model file (extra.system={extra.get('system')!r})")
-    fields = {f.name for f in dataclasses.fields(DefiNetConfig)}
-    cfg = DefiNetConfig(**{k: v for k, v in extra["model"].items() if k in fields})
-    model = DefiNet(cfg)
-    model.load_state_dict(d["state_dict"])
-    return model.eval(), d
+    from quintet.models import load_model
+
+    return load_model(path, system="definet")

@@ -1,5 +1,13 @@
-"""LEIGNN: lightweight equivariant interatomic potential (energy, forces, stress) usable from ASE."""
+"""LEIGNN: lightweight equivariant interatomic potential (energy, forces, stress) usable from ASE.
 
-from quintet.leignn.model import LEIGNN, LEIGNNModelConfig
+``atoms.calc = quintet.leignn.calculator("best.pt")`` in one call. Modules: ``model``, ``task``, ``run``
+(train / eval / load), ``md``, ``calculator``, ``cli``. See ``docs/leignn.md``.
+"""
 
-__all__ = ["LEIGNN", "LEIGNNModelConfig"]
+from quintet._lazy import lazy_api
+
+__getattr__, __dir__, __all__ = lazy_api(
+    __name__,
+    {"LEIGNN": "model", "LEIGNNModelConfig": "model", "calculator": "calculator", "LEIGNNCalculator": "calculator",
+     "load_model": "run", "train": "run", "evaluate": "run"},
+)  # fmt: skip

@@ -10,7 +10,7 @@ import torch
 from quintet.atomistic.calculator import ModelCalculator
 from quintet.leignn.model import LEIGNN
 
-__all__ = ["LEIGNNCalculator"]
+__all__ = ["LEIGNNCalculator", "calculator"]
 
 
 class LEIGNNCalculator(ModelCalculator):
@@ -36,3 +36,8 @@ class LEIGNNCalculator(ModelCalculator):
         from quintet.leignn.run import load_model
 
         return cls(load_model(path, device), device=device, **kwargs)
+
+
+def calculator(model: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> LEIGNNCalculator:
+    """The one-call API: an ASE calculator from a model file or pretrained name (``atoms.calc = calculator(...)``)."""
+    return LEIGNNCalculator.from_checkpoint(model, device, **kwargs)

@@ -141,18 +141,23 @@ def train(job: LEIGNNJob) -> Path:
     return Path(result.best_path)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LEIGNN:
-    """Rebuild an LEIGNN model from a model file (``weights_only=True``), in eval mode."""
-    from quintet.train import load_model_file
+def from_model_file(d: dict[str, Any], path: str | Path) -> LEIGNN:
+    """Rebuild an LEIGNN model (eval mode, CPU) from a loaded model file (:func:`quintet.load_model`)."""
+    extra = d["extra"]
+    try:
+        cfg = from_dict(LEIGNNModelConfig, extra["model"])
+    except ValueError as exc:
+        raise ValueError(f"{path}: its LEIGNN architecture is not valid here: {exc}") from exc
+    from quintet.models import load_weights
 
-    obj = load_model_file(path)
-    extra = obj.get("extra", {})
-    if extra.get("system") != "leignn" or "model" not in extra:
-        raise ValueError(f"{path}: not an LEIGNN model file (system={extra.get('system')!r})")
-    model = LEIGNN(from_dict(LEIGNNModelConfig, extra["model"]))
-    model = model.to(DTYPES.get(extra.get("dtype", "float32"), torch.float32))
-    model.load_state_dict(obj["state_dict"])
-    return model.to(device).eval()
+    return load_weights(LEIGNN(cfg).to(DTYPES.get(extra.get("dtype", "float32"), torch.float32)), d, path)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LEIGNN:
+    """Rebuild an LEIGNN model from a model file or pretrained name (``weights_only=True``), in eval mode."""
+    from quintet.models import load_model as load_any
+
+    return load_any(path, system="leignn")[0].to(device)
 
 
 def predict_errors(

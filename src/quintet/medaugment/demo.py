@@ -72,7 +72,6 @@ def _real_samples(size: int) -> list[tuple[np.ndarray, np.ndarray | None, str]] 
 
 def demo(out_dir: Path, quick: bool = False) -> DemoSection:
     """Run the MedAugment demo into ``out_dir`` and return its report section."""
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from quintet.medaugment.data import write_image
     from quintet.medaugment.expand import ExpandConfig, expand_dataset
     from quintet.medaugment.peers import AlbumentationsChains

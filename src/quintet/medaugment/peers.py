@@ -10,7 +10,6 @@ torchvision does not install here), so it is reported as unavailable.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +17,6 @@ import numpy as np
 
 from quintet.medaugment import ops
 from quintet.medaugment.policy import Branch, MedAugment, OpCall
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __all__ = [
     "KORNIA_POLICIES",

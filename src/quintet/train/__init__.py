@@ -19,29 +19,13 @@ checkpoint every epoch with bit-exact resume, progress bar, CSV (and optional Te
 DDP through Lightning's ``devices``/``num_nodes``/``strategy``. See ``docs/training.md``.
 """
 
-from quintet.train.checkpoint import load_checkpoint, load_model_file, save_checkpoint, save_model, to_plain
-from quintet.train.config import TrainConfig
-from quintet.train.ema import EMACallback, ExponentialMovingAverage, ema_update_
-from quintet.train.loop import FitResult, cosine_lr, evaluate, fit, trainer_kwargs
-from quintet.train.sampler import EpochBatchSampler
-from quintet.train.task import StepOutput, Task
+from quintet._lazy import lazy_api
 
-__all__ = [
-    "EMACallback",
-    "EpochBatchSampler",
-    "ExponentialMovingAverage",
-    "FitResult",
-    "StepOutput",
-    "Task",
-    "TrainConfig",
-    "cosine_lr",
-    "ema_update_",
-    "evaluate",
-    "fit",
-    "load_checkpoint",
-    "load_model_file",
-    "save_checkpoint",
-    "save_model",
-    "to_plain",
-    "trainer_kwargs",
-]
+__getattr__, __dir__, __all__ = lazy_api(
+    __name__,
+    {"load_checkpoint": "checkpoint", "load_model_file": "checkpoint", "save_checkpoint": "checkpoint",
+     "save_model": "checkpoint", "to_plain": "checkpoint", "TrainConfig": "config", "EMACallback": "ema",
+     "ExponentialMovingAverage": "ema", "ema_update_": "ema", "FitResult": "loop", "cosine_lr": "loop",
+     "evaluate": "loop", "fit": "loop", "trainer_kwargs": "loop", "EpochBatchSampler": "sampler",
+     "StepOutput": "task", "Task": "task"},
+)  # fmt: skip

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,10 @@ __all__ = [
     "MODEL_FORMAT",
     "load_checkpoint",
     "load_model_file",
+    "migrate",
     "save_checkpoint",
     "save_model",
+    "state_sha256",
     "to_plain",
 ]
 
@@ -106,9 +107,38 @@ def save_model(
         "metrics": to_plain(dict(metrics or {}), "metrics"),
         "state_dict": {str(k): v.detach().cpu().clone() for k, v in state.items()},
     }
+    payload["state_sha256"] = state_sha256(payload["state_dict"])
     path = Path(path)
     atomic_torch_save(path, payload)
     return path
+
+
+def state_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """A content hash of a state dict: every key, dtype, shape and byte, in key order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+#: metadata of files written by earlier versions -> today's (the one place old files migrate)
+def migrate(extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Today's ``extra`` of a model file: ``{"system": ..., "model": {...}, ...}``.
+
+    DeepRelax files before the shared loader kept the architecture under ``deeprelax_model`` and
+    predate the cell scale and the detached base cell (both off in them).
+    """
+    out = dict(extra)
+    if "deeprelax_model" in out:
+        model = dict(out.pop("deeprelax_model"))
+        model.setdefault("cell_uncertainty", False)
+        model.setdefault("detach_base_cell", False)
+        out.update(system="deeprelax", model=model)
+    return out
 
 
 def _load(path: str | Path, what: str) -> dict[str, Any]:
@@ -131,13 +161,26 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
         ``{"format", "quintet_version", "torch_version", "config", "extra", "metrics", "state_dict"}``;
         rebuild the network from ``config``/``extra`` and call ``model.load_state_dict(d["state_dict"])``.
 
+    The weights are checked against the content hash stored at save time (files written before the
+    hash existed load without the check), and the metadata of older files is migrated (:func:`migrate`).
+
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is truncated, not a torch file, or not a quintet model file.
+        ValueError: the file is truncated, not a torch file, not a quintet model file, or its weights do not
+            match its content hash (a flipped byte).
     """
     obj = _load(path, "model file")
     if obj["format"] != MODEL_FORMAT:
         raise ValueError(f"{path}: format {obj['format']!r} is not a model file ({MODEL_FORMAT!r})")
+    state = obj.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: the model file has no state_dict of tensors")
+    if "state_sha256" in obj and state_sha256(state) != obj["state_sha256"]:
+        raise ValueError(
+            f"{path}: the weights do not match the file's content hash: the file is corrupted or was edited; "
+            "use an intact copy or retrain"
+        )
+    obj["extra"] = migrate(obj.get("extra") or {})
     return obj
 
 
@@ -156,8 +199,3 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if obj["format"] != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: format {obj['format']!r} is not a training checkpoint")
     return obj
-
-
-def finite_or_none(x: float | None) -> float | None:
-    """``x`` if it is a finite number, else ``None`` (for metrics that were never measured)."""
-    return x if x is not None and math.isfinite(x) else None
