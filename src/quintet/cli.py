@@ -70,7 +70,7 @@ RENAMED: dict[str, str] = {
     "--workdir": "-o/--out (the deployment's logs go to <out>/logs)",
     "-i": "positional INPUT arguments (quintet <system> predict FILE|FOLDER|GLOB ...)",
     "--input": "positional INPUT arguments (quintet <system> predict FILE|FOLDER|GLOB ...)",
-    "--model-file": "-m/--model",
+    "max_steps": "finish_steps (the oracle finish's step limit)",
 }
 
 

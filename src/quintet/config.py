@@ -11,6 +11,7 @@ coerced to the annotated types (``int``, ``float``, ``bool``, ``str``, ``Path``,
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,91 +30,96 @@ class ConfigError(ValueError):
     """A config file or override is invalid (unknown key, wrong type, bad value)."""
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    args = get_args(tp)
+    is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~"))
+    if is_none and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(f"{key}: cannot interpret {value!r} as {tp}: {'; '.join(errors)}")
+
+
+def _coerce_literal(value: Any, tp: Any, key: str) -> Any:
+    choices = get_args(tp)
+    for c in choices:
+        if value == c or (isinstance(value, str) and str(c) == value):
+            return c
+    raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+
+
+def _coerce_sequence(value: Any, tp: Any, key: str) -> Any:
     origin = get_origin(tp)
-    if tp is Any:
+    if isinstance(value, str):
+        value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+    if not isinstance(value, list | tuple):
+        value = [value]
+    args = get_args(tp)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    inner = args[0] if args else Any
+    items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple or tp is tuple else items
+
+
+def _coerce_mapping(value: Any, tp: Any, key: str) -> Any:
+    if isinstance(value, str):
+        value = yaml.safe_load(value)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    return dict(value)
+
+
+def _coerce_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
         return value
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~"))
-        if is_none and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{key}: cannot interpret {value!r} as {tp}: {'; '.join(errors)}")
-    if origin is Literal:
-        choices = get_args(tp)
-        for c in choices:
-            if value == c or (isinstance(value, str) and str(c) == value):
-                return c
-        raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, prefix=f"{key}.")
-    if origin in (list, tuple, Sequence) or tp in (list, tuple):
-        if isinstance(value, str):
-            value = (
-                yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
-            )
-        if not isinstance(value, list | tuple):
-            value = [value]
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-            return tuple(
-                _coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
-            )
-        inner = args[0] if args else Any
-        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple or tp is tuple else items
-    if origin in (dict, Mapping) or tp is dict:
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+        return False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ConfigError(f"{key}: expected a boolean, got {value!r}")
+
+
+def _coerce_int(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if f.is_integer():
+            return int(f)
+    raise ConfigError(f"{key}: expected an integer, got {value!r}")
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-            return False
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{key}: expected a boolean, got {value!r}")
+        return _coerce_bool(value, key)
     if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                f = float(value)
-            except ValueError:
-                raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-            if f.is_integer():
-                return int(f)
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return _coerce_int(value, key)
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
+        return number
     if tp is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
@@ -123,6 +129,28 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return Path(value)
         raise ConfigError(f"{key}: expected a path, got {value!r}")
     return value
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as the annotated type ``tp`` of config key ``key`` (a wrong type names the key)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        return _coerce_union(value, tp, key)
+    if origin is Literal:
+        return _coerce_literal(value, tp, key)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin in (list, tuple, Sequence) or tp in (list, tuple):
+        return _coerce_sequence(value, tp, key)
+    if origin in (dict, Mapping) or tp is dict:
+        return _coerce_mapping(value, tp, key)
+    return _coerce_scalar(value, tp, key)
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:

@@ -394,62 +394,64 @@ def evaluate_model(
     for m in models:
         m.eval()
     rows: list[dict[str, Any]] = []
-    sig_all, err_all = [], []
-    cov_n = cov_in = 0.0
+    edges: list[tuple[np.ndarray, np.ndarray, float, int]] = []
     t_total = 0.0
     records = [dataset[k] for k in range(len(dataset))]  # each record (and its graph) built once
     sizes = [int(r[K.POSITIONS].shape[0]) for r in records]
     for span in tqdm(plan_batches(sizes, batch_size, max_atoms), desc="evaluate", disable=not progress):
-        s = span.start
-        recs = records[span.start : span.stop]
-        batch = collate(recs)
-        bare = {k: v for k, v in batch.items() if k not in (K.EDGE_INDEX, K.EDGE_SHIFT, DISPLACE)}
-        t0 = time.perf_counter()
-        res = relax_ensemble(models, ensure_graph(bare, models[0].cfg), solve)  # the same edges, rebuilt
-        t_total += time.perf_counter() - t0
-        b = batch[K.BATCH]
-        nb = len(recs)
-        rel, unrel = batch[K.RELAXED_POSITIONS], batch[K.POSITIONS]
-        cell_r, cell_u = batch[K.RELAXED_CELL].reshape(-1, 3, 3), batch[K.CELL].reshape(-1, 3, 3)
-        coord = per_graph_mean((res["positions"] - rel).abs().mean(-1), b, nb)
-        guess = per_graph_mean((res["init_positions"] - rel).abs().mean(-1), b, nb)
-        dummy = per_graph_mean((unrel - rel).abs().mean(-1), b, nb)
-        cell_e = (res["cell"] - cell_r).abs().mean((-1, -2))
-        dcell_e = (cell_u - cell_r).abs().mean((-1, -2))
-        vol_e = (volume(res["cell"]) - volume(cell_r)).abs()
-        dvol_e = (volume(cell_u) - volume(cell_r)).abs()
-        ei, sh = res[K.EDGE_INDEX], res[K.EDGE_SHIFT]
-        _, y_r = targets(batch, ei, sh, res["deeprelax_displace"])
-        d_solved = edge_lengths(res["positions"], res["cell"], ei, sh, b)
-        d_unrel = edge_lengths(unrel, cell_u, ei, sh, b)
-        eg = b[ei[0]]
-        dist_e = per_graph_mean((d_solved - y_r).abs(), eg, nb)
-        ddist_e = per_graph_mean((d_unrel - y_r).abs(), eg, nb)
-        sig_all.append(res["sigma_relaxed"].numpy())
-        err_all.append((res["mu_relaxed"] - y_r).abs().numpy())
-        cov_in += coverage(res["mu_relaxed"], res["sigma_relaxed"], y_r) * len(y_r)
-        cov_n += len(y_r)
-        for g, r in enumerate(recs):
-            rows.append(
-                {
-                    "structure_id": int(r[K.STRUCTURE_ID]) if K.STRUCTURE_ID in r else s + g,
-                    "n_atoms": int(r[K.POSITIONS].shape[0]),
-                    "coord_mae_A": float(coord[g]),
-                    "dummy_coord_mae_A": float(dummy[g]),
-                    "guess_coord_mae_A": float(guess[g]),
-                    "cell_mae_A": float(cell_e[g]),
-                    "dummy_cell_mae_A": float(dcell_e[g]),
-                    "volume_err_A3": float(vol_e[g]),
-                    "dummy_volume_err_A3": float(dvol_e[g]),
-                    "distance_mae_A": float(dist_e[g]),
-                    "dummy_distance_mae_A": float(ddist_e[g]),
-                    "uncertainty_A": float(res["uncertainty"][g]),
-                    "cell_uncertainty_A": float(res["cell_uncertainty"][g]),
-                    "spread_A": float(res["spread"][g]),
-                    "displace_residual_A": float(res["displace_residual"][g]),
-                    "relaxed_residual_A": float(res["relaxed_residual"][g]),
-                }
-            )
+        batch_rows, batch_edges, seconds = _evaluate_batch(models, records[span.start : span.stop], span.start, solve)
+        rows += batch_rows
+        edges.append(batch_edges)
+        t_total += seconds
+    return _evaluation_summary(rows, edges, t_total, ensemble=len(models) > 1), rows
+
+
+def _evaluate_batch(
+    models: Sequence[Any], recs: Sequence[dict[str, Tensor]], start: int, solve: SolveConfig
+) -> tuple[list[dict[str, Any]], tuple[np.ndarray, np.ndarray, float, int], float]:
+    """One batch of :func:`evaluate_model`: per-structure rows, (σ, |error|, coverage count, edges) of the
+    relaxed distances, and the seconds of graph + forward + solve."""
+    batch = collate(recs)
+    bare = {k: v for k, v in batch.items() if k not in (K.EDGE_INDEX, K.EDGE_SHIFT, DISPLACE)}
+    t0 = time.perf_counter()
+    res = relax_ensemble(models, ensure_graph(bare, models[0].cfg), solve)  # the same edges, rebuilt
+    seconds = time.perf_counter() - t0
+    b, nb = batch[K.BATCH], len(recs)
+    rel, unrel = batch[K.RELAXED_POSITIONS], batch[K.POSITIONS]
+    cell_r, cell_u = batch[K.RELAXED_CELL].reshape(-1, 3, 3), batch[K.CELL].reshape(-1, 3, 3)
+    ei, sh = res[K.EDGE_INDEX], res[K.EDGE_SHIFT]
+    _, y_r = targets(batch, ei, sh, res["deeprelax_displace"])
+    eg = b[ei[0]]
+    cols = {
+        "coord_mae_A": per_graph_mean((res["positions"] - rel).abs().mean(-1), b, nb),
+        "dummy_coord_mae_A": per_graph_mean((unrel - rel).abs().mean(-1), b, nb),
+        "guess_coord_mae_A": per_graph_mean((res["init_positions"] - rel).abs().mean(-1), b, nb),
+        "cell_mae_A": (res["cell"] - cell_r).abs().mean((-1, -2)),
+        "dummy_cell_mae_A": (cell_u - cell_r).abs().mean((-1, -2)),
+        "volume_err_A3": (volume(res["cell"]) - volume(cell_r)).abs(),
+        "dummy_volume_err_A3": (volume(cell_u) - volume(cell_r)).abs(),
+        "distance_mae_A": per_graph_mean((edge_lengths(res["positions"], res["cell"], ei, sh, b) - y_r).abs(), eg, nb),
+        "dummy_distance_mae_A": per_graph_mean((edge_lengths(unrel, cell_u, ei, sh, b) - y_r).abs(), eg, nb),
+        **{f"{k}_A": res[k] for k in ("uncertainty", "cell_uncertainty", "spread")},
+        **{f"{k}_A": res[k] for k in ("displace_residual", "relaxed_residual")},
+    }
+    rows = [
+        {
+            "structure_id": int(r[K.STRUCTURE_ID]) if K.STRUCTURE_ID in r else start + g,
+            "n_atoms": int(r[K.POSITIONS].shape[0]),
+            **{k: float(v[g]) for k, v in cols.items()},
+        }
+        for g, r in enumerate(recs)
+    ]
+    covered = coverage(res["mu_relaxed"], res["sigma_relaxed"], y_r) * len(y_r)
+    stats = (res["sigma_relaxed"].numpy(), (res["mu_relaxed"] - y_r).abs().numpy(), covered, len(y_r))
+    return rows, stats, seconds
+
+
+def _evaluation_summary(
+    rows: list[dict[str, Any]], edges: list[tuple[np.ndarray, np.ndarray, float, int]], seconds: float, ensemble: bool
+) -> dict[str, float]:
+    """The means, ratios vs the dummy and uncertainty statistics of :func:`evaluate_model`."""
 
     def mean(key: str) -> float:
         return float(np.mean([r[key] for r in rows]))
@@ -463,20 +465,18 @@ def evaluate_model(
         summary["dummy_" + key] = mean("dummy_" + key)
         summary[key.replace("_A", "_ratio_vs_dummy")] = ratio(summary[key], summary["dummy_" + key])
     summary["guess_coord_mae_A"] = mean("guess_coord_mae_A")
-    summary["guess_coord_mae_ratio_vs_dummy"] = ratio(
-        summary["guess_coord_mae_A"], summary["dummy_coord_mae_A"]
-    )
+    summary["guess_coord_mae_ratio_vs_dummy"] = ratio(summary["guess_coord_mae_A"], summary["dummy_coord_mae_A"])
     summary["volume_mae_A3"] = mean("volume_err_A3")
     summary["dummy_volume_mae_A3"] = mean("dummy_volume_err_A3")
-    summary["time_per_structure_s"] = t_total / max(len(rows), 1)
-    summary["uncertainty_spearman"] = spearman(
-        [r["uncertainty_A"] for r in rows], [r["coord_mae_A"] for r in rows]
-    )
-    if len(models) > 1:
-        summary["spread_spearman"] = spearman([r["spread_A"] for r in rows], [r["coord_mae_A"] for r in rows])
-    summary["distance_spearman"] = spearman(np.concatenate(sig_all), np.concatenate(err_all))
-    summary["coverage"] = cov_in / cov_n if cov_n else float("nan")
-    return summary, rows
+    summary["time_per_structure_s"] = seconds / max(len(rows), 1)
+    errors = [r["coord_mae_A"] for r in rows]
+    summary["uncertainty_spearman"] = spearman([r["uncertainty_A"] for r in rows], errors)
+    if ensemble:
+        summary["spread_spearman"] = spearman([r["spread_A"] for r in rows], errors)
+    summary["distance_spearman"] = spearman(np.concatenate([e[0] for e in edges]), np.concatenate([e[1] for e in edges]))
+    n = sum(e[3] for e in edges)
+    summary["coverage"] = sum(e[2] for e in edges) / n if n else float("nan")
+    return summary
 
 
 def evaluate(job: EvalJob) -> dict[str, float]:
