@@ -112,6 +112,18 @@ def test_definet_relax_in_one_call_matches_the_predict_verb() -> None:
     assert out.info["n_vacancies"] + out.info["n_substitutions"] >= 1
 
 
+@pytest.mark.parametrize("package", ["quintet", "quintet.train", "quintet.leignn", "quintet.deeprelax",
+                                     "quintet.definet", "quintet.fedaux", "quintet.medaugment"])
+def test_no_api_name_is_shadowed_by_a_submodule(package: str) -> None:
+    """``quintet.leignn.calculator`` must stay the function even after ``import quintet.leignn.<module>``."""
+    import importlib
+
+    mod = importlib.import_module(package)
+    folder = Path(mod.__file__).parent
+    clashes = [n for n in mod.__all__ if (folder / f"{n}.py").is_file() or (folder / n).is_dir()]
+    assert clashes == []
+
+
 def test_packages_expose_their_api_lazily() -> None:
     import quintet.leignn
     import quintet.train
@@ -120,4 +132,3 @@ def test_packages_expose_their_api_lazily() -> None:
     assert quintet.train.save_model is save_model
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         quintet.leignn.nope  # noqa: B018
-    assert torch.get_default_dtype() == torch.float32

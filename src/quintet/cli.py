@@ -19,11 +19,12 @@ only affects the system that needs it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -286,16 +287,23 @@ def add_verbs(parser: argparse.ArgumentParser, verbs: Sequence[Verb]) -> dict[st
     return parsers
 
 
-def set_threads(n: int | None) -> None:
-    """The one thread rule: ``--threads`` or the cores this process may use (oracle workers use 1)."""
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """The one thread rule: ``--threads N`` sets torch's CPU threads for the verb (restored afterwards);
+    without it torch's default stays, one thread per core available. Oracle finishes use one thread."""
+    if n is None:
+        yield
+        return
     import torch
 
-    if n is None:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if n < 1:
-        print("--threads must be at least 1", file=sys.stderr)
-        raise SystemExit(2)
+        raise ValueError(f"--threads must be at least 1, got {n}")
+    old = torch.get_num_threads()
     torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -355,10 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args is None:
         return 0
     debug = args.debug or bool(os.environ.get("QUINTET_DEBUG"))
-    set_threads(args.threads)
     tune_cpu_allocator()  # keep freed tensor memory for reuse (QUINTET_MALLOC_TUNING=0: glibc defaults)
     try:
-        return args.func(args)
+        with threads(args.threads):
+            return args.func(args)
     except KeyboardInterrupt:
         print("interrupted; everything written so far is kept", file=sys.stderr)
         return 130

@@ -66,6 +66,8 @@ def resolve_model(name_or_path: str | Path) -> Path:
         return p
     shipped = shipped_models()
     name = str(name_or_path)
+    if p.suffix or len(p.parts) > 1:
+        raise FileNotFoundError(f"model file {p} does not exist")
     if name not in shipped:
         names = ", ".join(shipped) or "none in this installation"
         raise FileNotFoundError(f"{name}: no such model file or pretrained model (shipped: {names})")

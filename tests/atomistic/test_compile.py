@@ -76,7 +76,7 @@ def _leignn(forces: str = "conservative"):
 def test_calculator_compile_falls_back_to_the_same_energies_and_forces(monkeypatch: pytest.MonkeyPatch) -> None:
     from ase.build import bulk
 
-    from quintet.leignn.calculator import LEIGNNCalculator
+    from quintet.leignn.calc import LEIGNNCalculator
 
     monkeypatch.setattr(C.torch, "compile", _broken_compile)
     m = _leignn()

@@ -111,7 +111,7 @@ def test_model_files_from_before_the_cell_scale_still_load(trained, tmp_path: Pa
 
     path, job = trained
     d = load_model_file(path)
-    cfg = dict(d["extra"]["deeprelax_model"])
+    cfg = dict(d["extra"]["model"])  # written today: extra = {"system": "deeprelax", "model": ...}
     assert cfg.pop("cell_uncertainty") is True
     assert cfg.pop("detach_base_cell") is True  # nor the detached base cell (kept as they were trained)
     state = {k: v for k, v in d["state_dict"].items() if not k.startswith("cell_scale")}

@@ -168,7 +168,7 @@ def test_cli_label_rejects_an_interstitial_cleanly(trained, tmp_path, capsys):
 def test_bad_inputs_raise_clear_errors(trained, tmp_path):
     root, _, _ = trained
     save_model(tmp_path / "other.pt", torch.nn.Linear(2, 2), {}, {"system": "leignn"})
-    with pytest.raises(ValueError, match="not a DefiNet model file"):
+    with pytest.raises(ValueError, match="a leignn model file, but a definet model is needed"):
         load_definet(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError):
         load_definet(tmp_path / "missing.pt")

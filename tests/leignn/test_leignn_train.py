@@ -12,7 +12,7 @@ import torch
 
 from quintet.atomistic import keys as K
 from quintet.atomistic.md import MDConfig
-from quintet.leignn.calculator import LEIGNNCalculator
+from quintet.leignn.calc import LEIGNNCalculator
 from quintet.leignn.md import LEIGNNMDJob, md
 from quintet.leignn.model import LEIGNNModelConfig
 from quintet.leignn.run import DataConfig, EvalConfig, LEIGNNJob, evaluate, load_model, train

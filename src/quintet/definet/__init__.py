@@ -8,5 +8,5 @@ from quintet._lazy import lazy_api
 
 __getattr__, __dir__, __all__ = lazy_api(
     __name__,
-    {"relax": "predict", "predict": "predict", "evaluate_model": "predict", "load_definet": "run", "train": "run"},
+    {"relax": "predict", "evaluate_model": "predict", "load_definet": "run", "train": "run"},
 )

@@ -15,7 +15,7 @@ def demo(out_dir: Path, quick: bool = False) -> DemoSection:
     from quintet.atomistic import oracle
     from quintet.atomistic.md import MDConfig, run_md
     from quintet.atomistic.structures import read_structures
-    from quintet.leignn.calculator import LEIGNNCalculator
+    from quintet.leignn.calc import LEIGNNCalculator
     from quintet.leignn.model import LEIGNNModelConfig
     from quintet.leignn.run import DataConfig, EvalConfig, LEIGNNJob, evaluate, train
     from quintet.train import TrainConfig

@@ -30,7 +30,7 @@ class LEIGNNMDJob:
 def md(job: LEIGNNMDJob) -> MDResult:
     """Run the MD job; see :func:`quintet.atomistic.md.run_md`."""
     from quintet.atomistic.structures import read_structures
-    from quintet.leignn.calculator import LEIGNNCalculator
+    from quintet.leignn.calc import LEIGNNCalculator
 
     if not job.model or not job.structure:
         raise ValueError("both model=<model file> and structure=<structure file> are required")
