@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quintet.medaugment import MedAugment
 from quintet.medaugment.bench import (
     RunConfig,
     accuracy,
@@ -119,10 +118,10 @@ def test_tiny_segmentation_training_learns(tmp_path):
 
 
 def test_online_transform_end_to_end_with_policy_in_dataset():
-    from quintet.medaugment.data import MedAugmentTransform, to_tensor
+    from quintet.medaugment.data import MedAugmentTransform, to_tensor  # lazy re-export of .albu
 
     img, mask = phantom(32, 0)
-    t = MedAugmentTransform(MedAugment(level=3), seed=0)
+    t = MedAugmentTransform(level=3, seed=0)
     out = t(image=img, mask=mask)
     tensor = to_tensor(out["image"])
     assert tuple(tensor.shape) == (1, 32, 32) and float(tensor.min()) >= 0 and float(tensor.max()) <= 1

@@ -174,7 +174,9 @@ class MedAugment:
             "keep_original": self.keep_original,
             "symmetric": self.symmetric,
             "volume": self.volume,
-            "value_range": self.value_range if not isinstance(self.value_range, tuple) else list(self.value_range),
+            "value_range": self.value_range
+            if not isinstance(self.value_range, tuple)
+            else list(self.value_range),
             "mask_fill": self.mask_fill,
         }
 
