@@ -147,10 +147,15 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="no mask for"):
         expand_dataset(ExpandConfig(input=tmp_path / "in", output=tmp_path / "o2", task="segmentation"))
     write_image(tmp_path / "in/training_mask/case.1_mask.png", np.zeros((5, 5), np.uint8))
-    with pytest.raises(ValueError, match="differs from image size"):
-        expand_dataset(
-            ExpandConfig(input=tmp_path / "in", output=tmp_path / "o3", task="segmentation"), False
-        )
+    res = expand_dataset(
+        ExpandConfig(input=tmp_path / "in", output=tmp_path / "o3", task="segmentation"), False
+    )
+    # the bad pair is skipped with a one-line error naming the mask; the rest of the folder is expanded
+    assert res.num_failed == 1 and "case.1_mask.png: mask size (5, 5) differs" in res.failures[0]["error"]
+    assert not list((tmp_path / "o3/training").glob("case.1_*"))
+    assert len(list((tmp_path / "o3/training").iterdir())) == 5 * (res.num_sources - 1)
+    rows = list(csv.DictReader((tmp_path / "o3/manifest.csv").open()))
+    assert [r["source"] for r in rows if r["error"]] == ["training/case.1.png"]
 
 
 def test_truncated_and_unreadable_files_name_the_file(tmp_path):
