@@ -197,7 +197,7 @@ def _encode_dicom(path: Path, arr: np.ndarray) -> bytes:
     pixels = pixels[:, :, 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels
     ds.PixelData = np.ascontiguousarray(pixels.T).tobytes()  # MONAI's (x, y) order back to rows x columns
     ds.SOPInstanceUID = generate_uid()
-    if "file_meta" in ds:
+    if getattr(ds, "file_meta", None) is not None:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     buf = io.BytesIO()
     ds.save_as(buf)
