@@ -126,3 +126,12 @@ def test_online_transform_end_to_end_with_policy_in_dataset():
     out = t(image=img, mask=mask)
     tensor = to_tensor(out["image"])
     assert tuple(tensor.shape) == (1, 32, 32) and float(tensor.min()) >= 0 and float(tensor.max()) <= 1
+
+
+def test_interleaved_throughput_reports_a_median_ratio_with_its_spread():
+    from quintet.medaugment.peers import interleaved_throughput
+
+    r = interleaved_throughput(size=32, n_images=6, repeats=5, with_mask=True)
+    assert r["repeats"] == 5 and r["n_images"] == 6 and r["with_mask"] is True
+    assert 0 < r["ratio_min"] <= r["ratio_q25"] <= r["ratio_median"] <= r["ratio_q75"] <= r["ratio_max"]
+    assert r["medaugment_img_s"] > 0 and r["albumentations_img_s"] > 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "KorniaChains",
     "Peer",
     "flip_rotate_policy",
+    "interleaved_throughput",
     "kornia_policy",
     "make_peer",
     "peer_names",
@@ -260,3 +262,57 @@ class KorniaChains:
 def fixed_branch(*names: str) -> Branch:
     """A branch that applies ``names`` in order with empty params (for peers that sample their own)."""
     return Branch((0, len(names)), tuple(OpCall(n, True, {}) for n in names))
+
+
+def _pass_seconds(fn: Callable[[Branch], Any], branches: list[Branch]) -> float:
+    t = time.perf_counter()
+    for b in branches:
+        fn(b)
+    return time.perf_counter() - t
+
+
+def interleaved_throughput(
+    size: int = 256, n_images: int = 100, repeats: int = 21, with_mask: bool = False, seed: int = 0
+) -> dict[str, float]:
+    """Images/s of the same op chains in quintet and in albumentations 2.0.8, measured fairly.
+
+    ``n_images`` non-identity MedAugment branches are sampled once; each repetition times one pass of
+    them through quintet's ops and one through :class:`AlbumentationsChains` (the same ops, albumentations
+    drawing its own parameters), alternating which goes first, in this one process, after one warm-up
+    pass each. The result is the median over repetitions of the per-repetition ratio
+    (quintet img/s / albumentations img/s) with its quartiles and range, plus the median rates.
+    The benchmark and the demo both call this, so they report the same quantity.
+    """
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, size=(size, size)).astype(np.uint8)
+    mask = (img > 128).astype(np.uint8) if with_mask else None
+    aug = MedAugment()
+    branches: list[Branch] = []
+    while len(branches) < n_images:
+        b = aug.sample_online(rng)
+        branches += [] if b.is_identity else [b]
+    alb = AlbumentationsChains(5, seed)
+    ours = lambda b: aug.apply(b, img, mask)
+    theirs = lambda b: alb.run(b, img, mask)
+    _pass_seconds(ours, branches), _pass_seconds(theirs, branches)  # warm-up (OpenCV, caches)
+    t_ours, t_theirs = [], []
+    for r in range(repeats):
+        first, second = (ours, theirs) if r % 2 == 0 else (theirs, ours)
+        a, b = _pass_seconds(first, branches), _pass_seconds(second, branches)
+        t_ours.append(a if r % 2 == 0 else b)
+        t_theirs.append(b if r % 2 == 0 else a)
+    ratio = np.array(t_theirs) / np.array(t_ours)
+    q25, med, q75 = np.percentile(ratio, [25, 50, 75])
+    return {
+        "ratio_median": float(med),
+        "ratio_q25": float(q25),
+        "ratio_q75": float(q75),
+        "ratio_min": float(ratio.min()),
+        "ratio_max": float(ratio.max()),
+        "medaugment_img_s": float(n_images / np.median(t_ours)),
+        "albumentations_img_s": float(n_images / np.median(t_theirs)),
+        "repeats": repeats,
+        "n_images": n_images,
+        "size": size,
+        "with_mask": with_mask,
+    }
