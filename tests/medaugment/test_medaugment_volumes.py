@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -179,3 +180,36 @@ def test_monai_pipeline_on_an_expanded_nifti(tmp_path):
 def test_split_name(name):
     stem, ext = split_name(name)
     assert stem + ext == name and ext in (".nii.gz", ".nii", ".dcm")
+
+
+def test_value_range_key_sets_a_ct_window_for_volumes(tmp_path):
+    from quintet.config import load_config
+
+    vol, lab = _ct(5)
+    _save(tmp_path / "in/images/w.nii.gz", vol)
+    _save(tmp_path / "in/masks/w.nii.gz", lab)
+    cfg = load_config(
+        ExpandConfig,
+        None,
+        [
+            f"input={tmp_path / 'in'}",
+            f"output={tmp_path / 'out'}",
+            "task=segmentation",
+            "layout=folder",
+            "value_range=[-100,400]",
+            "num_branches=12",
+        ],
+    )
+    assert cfg.value_range == (-100.0, 400.0)
+    expand_dataset(cfg, progress=False)
+    pixel = {"brightness", "contrast", "posterize", "sharpen", "gaussian_blur", "gaussian_noise"}
+    checked = 0
+    for row in _manifest(tmp_path / "out"):
+        x = np.asarray(nib.load(str(tmp_path / "out" / row["output"])).dataobj)
+        names = {c["name"] for c in json.loads(row["record"])["calls"] if c["applied"]}
+        if names & pixel:  # a pixel op clips to the window; a spatial-only branch keeps the full range
+            assert int(x.min()) >= -100 and int(x.max()) <= 400
+            checked += 1
+        elif row["combination"] == "identity":
+            np.testing.assert_array_equal(x, vol)
+    assert checked >= 2

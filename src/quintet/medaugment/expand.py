@@ -79,6 +79,9 @@ class ExpandConfig:
         mask_suffix: mask file suffix (official layout: ``_mask``; folder layout default: none).
         images_dir: image folder name in the segmentation folder layout.
         masks_dir: mask folder name in the segmentation folder layout.
+        value_range: intensity window ``[lo, hi]`` of the pixel ops (e.g. a CT window; values outside
+            are clipped by the ops that fire). ``none``: by dtype for 2D images, and the volume's own
+            [min, max] for NIfTI / DICOM (``"auto"``: nothing is clipped).
     """
 
     input: Path = Path("data")
@@ -96,10 +99,13 @@ class ExpandConfig:
     mask_suffix: str | None = None
     images_dir: str = "images"
     masks_dir: str = "masks"
+    value_range: tuple[float, float] | None = None
 
     def policy(self) -> MedAugment:
         """The policy these settings describe."""
-        return MedAugment(self.level, self.num_branches, self.keep_original, self.symmetric)
+        return MedAugment(
+            self.level, self.num_branches, self.keep_original, self.symmetric, value_range=self.value_range
+        )
 
     def resolved_mask_suffix(self) -> str:
         """``mask_suffix``, defaulting to ``_mask`` (official) or empty (folder)."""
@@ -312,7 +318,9 @@ def _volume_outputs(job: Job, cfg: ExpandConfig, src: Path) -> tuple[Outputs, li
             )
         lab = read_volume(src / job.mask)
         check_label_volume(vol, lab)
-    policy = MedAugment(**{**cfg.policy().to_dict(), "volume": True, "value_range": "auto"})
+    policy = MedAugment(
+        **{**cfg.policy().to_dict(), "volume": True, "value_range": cfg.value_range or "auto"}
+    )
     rng = np.random.default_rng(_job_seed(cfg.seed, job.image))
     labels = None if lab is None else lab.label_data()
     files: Outputs = []
@@ -362,6 +370,8 @@ def _settings_fingerprint(cfg: ExpandConfig) -> dict[str, Any]:
     d = config_to_dict(cfg)
     for k in ("input", "output", "workers"):
         d.pop(k)
+    if d.get("value_range") is None:  # expansions made before the key existed still resume
+        d.pop("value_range", None)
     return d
 
 
