@@ -80,15 +80,34 @@ class MedAugmentTransform(A.DualTransform):
         self._volume_policy = MedAugment(**{**self.policy.to_dict(), "volume": True})
         self.level, self.num_branches, self.keep_original = level, num_branches, keep_original
         self.symmetric, self.value_range, self.mask_fill = symmetric, self.policy.value_range, mask_fill
+        self._worker: int | None = None
         if seed is not None:
             self.set_random_seed(seed)
+
+    def _generator(self) -> np.random.Generator:
+        """albumentations' generator; inside a DataLoader worker it is re-seeded once from ``(seed, worker id)``.
+
+        albumentations 2.0.8 copies the same generator into every worker, so without this all workers
+        would draw the same branches. The base is the transform's seed (``A.Compose(seed=)`` sets it),
+        or PyTorch's per-worker seed when none was given.
+        """
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        if info is not None and self._worker != info.id:
+            base = getattr(self, "seed", None)
+            self.random_generator = np.random.default_rng(
+                [info.seed if base is None else int(base), info.id + 1]
+            )
+            self._worker = info.id
+        return self.random_generator
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("level", "num_branches", "keep_original", "symmetric", "value_range", "mask_fill")
 
     def get_params(self) -> dict[str, Any]:
         """Sample one branch from albumentations' generator; the record is the transform's only parameter."""
-        return {"branch": self.policy.sample_online(self.random_generator).to_dict()}
+        return {"branch": self.policy.sample_online(self._generator()).to_dict()}
 
     def apply(self, img: np.ndarray, branch: Mapping[str, Any], **params: Any) -> np.ndarray:
         return self.policy.apply(Branch.from_dict(dict(branch)), img)[0]
