@@ -276,3 +276,20 @@ def test_top_level_and_data_module_exports():
     assert qm.MedAugmentd is MedAugmentd and data.MedAugmentd is MedAugmentd
     with pytest.raises(AttributeError):
         _ = qm.NoSuchThing
+
+
+def test_monai_invertd_maps_a_prediction_back():
+    from monai.transforms import Invertd
+
+    from quintet.medaugment.policy import OpCall
+
+    base = _monai_sample(6)
+    pipe = Compose([MedAugmentd(keys=["image", "label"], label_keys=["label"])])
+    out = pipe.transforms[0].replay(Branch((0, 2), (OpCall("vflip", True), OpCall("hflip", True))), base)
+    pred = out["label"].as_tensor().clone()  # a perfect "prediction" in the augmented frame
+    out["pred"] = MetaTensor(
+        pred, meta=out["image"].meta, applied_operations=list(out["image"].applied_operations)
+    )
+    inv = Invertd(keys="pred", transform=pipe, orig_keys="image", nearest_interp=True)(out)
+    assert torch.equal(inv["pred"].as_tensor(), base["label"].as_tensor())
+    assert np.allclose(inv["pred"].affine.numpy(), base["image"].affine.numpy())

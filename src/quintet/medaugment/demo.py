@@ -11,6 +11,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,20 +71,13 @@ def _real_samples(size: int) -> list[tuple[np.ndarray, np.ndarray | None, str]] 
     return out
 
 
-def demo(out_dir: Path, quick: bool = False) -> DemoSection:
-    """Run the MedAugment demo into ``out_dir`` and return its report section."""
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    from quintet.medaugment.data import write_image
-    from quintet.medaugment.expand import ExpandConfig, expand_dataset
-    from quintet.medaugment.peers import interleaved_throughput
+def _grid(out_dir: Path, size: int) -> tuple[Path, str, bool, bool]:
+    """Expand real images (or phantoms) once, check labels and replay, draw the grid."""
     from quintet.medaugment.policy import Branch, MedAugment
     from quintet.medaugment.viz import augmentation_grid
 
-    out_dir = Path(out_dir)
-    size = 96 if quick else 160
     aug = MedAugment(level=5, num_branches=4)
     rng = np.random.default_rng(8)
-
     samples = _real_samples(size)
     source = "real images (brain MRI; ISBI 2012 EM with its mask)" if samples else "generated phantoms"
     if samples is None:
@@ -109,12 +103,17 @@ def demo(out_dir: Path, quick: bool = False) -> DemoSection:
     grid = augmentation_grid(
         rows, out_dir / "medaugment_grid.png", title=f"MedAugment level 5, N = 4 + original ({source})"
     )
+    return grid, source, labels_ok, replay_ok
 
-    # offline expansion of a tiny segmentation folder, then a resume (nothing left to do)
+
+def _expansion(size: int, quick: bool) -> tuple[Any, float, Any]:
+    """Offline expansion of a tiny segmentation folder, then a resume (nothing left to do)."""
+    from quintet.medaugment.data import write_image
+    from quintet.medaugment.expand import ExpandConfig, expand_dataset
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        n = 4 if quick else 12
-        for k in range(n):
+        for k in range(4 if quick else 12):
             img, mask = phantom(size, 10 + k)
             write_image(tmp_path / "in" / "images" / f"case{k}.png", img)
             write_image(tmp_path / "in" / "masks" / f"case{k}.png", mask * 255)
@@ -125,6 +124,18 @@ def demo(out_dir: Path, quick: bool = False) -> DemoSection:
         res = expand_dataset(cfg, progress=False)
         t_expand = time.perf_counter() - t
         again = expand_dataset(cfg, progress=False)
+    return res, t_expand, again
+
+
+def demo(out_dir: Path, quick: bool = False) -> DemoSection:
+    """Run the MedAugment demo into ``out_dir`` and return its report section."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from quintet.medaugment.peers import interleaved_throughput
+
+    out_dir = Path(out_dir)
+    size = 96 if quick else 160
+    grid, source, labels_ok, replay_ok = _grid(out_dir, size)
+    res, t_expand, again = _expansion(size, quick)
 
     # throughput on 256x256 gray images: the same op chains through our ops and albumentations 2.0.8,
     # interleaved over repetitions (the function the benchmark uses)
