@@ -13,7 +13,8 @@
 * Throughput: augmented images per second on 256x256 gray uint8 images, MedAugment vs the same op
   chains in albumentations 2.0.8 interleaved in this process over many repetitions (median ratio with
   quartiles, ``peers.interleaved_throughput``, the function the demo uses too), and kornia 0.9 once
-  (one thread each). ``--throughput-only`` runs just this and writes ``medaugment_throughput.json``.
+  (one thread each), plus the ratio of each op alone. ``--throughput-only`` runs just this and writes
+  ``medaugment_throughput.json``.
 
 Writes ``benchmarks/results/medaugment.json`` (+ ``medaugment_runs.json``, resumable) and PNG plots.
 """
@@ -44,7 +45,7 @@ from quintet.medaugment.bench import (
     summarize,
     train_and_test,
 )
-from quintet.medaugment.peers import KorniaChains, interleaved_throughput
+from quintet.medaugment.peers import KorniaChains, interleaved_throughput, per_op_throughput
 from quintet.medaugment.policy import MedAugment
 from quintet.medaugment.viz import augmentation_grid
 
@@ -81,6 +82,7 @@ def throughput(quick: bool = False) -> dict[str, float]:
         **plain,
         "ratio_vs_albumentations": plain["ratio_median"],
         "with_mask": masked,
+        "per_op_ratio_median": per_op_throughput(256, 20 if quick else 100, 3 if quick else 9),
         "kornia_img_s": kornia_img_s,
         "ratio_vs_kornia": plain["medaugment_img_s"] / kornia_img_s,
     }

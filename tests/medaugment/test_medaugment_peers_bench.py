@@ -135,3 +135,11 @@ def test_interleaved_throughput_reports_a_median_ratio_with_its_spread():
     assert r["repeats"] == 5 and r["n_images"] == 6 and r["with_mask"] is True
     assert 0 < r["ratio_min"] <= r["ratio_q25"] <= r["ratio_median"] <= r["ratio_q75"] <= r["ratio_max"]
     assert r["medaugment_img_s"] > 0 and r["albumentations_img_s"] > 0
+
+
+def test_per_op_throughput_covers_all_fourteen_ops():
+    from quintet.medaugment import OPS
+    from quintet.medaugment.peers import per_op_throughput
+
+    r = per_op_throughput(size=24, n_images=3, repeats=3)
+    assert set(r) == set(OPS) and all(v > 0 for v in r.values())
