@@ -300,7 +300,7 @@ def posterize(image: np.ndarray, bits: int, lo: float, hi: float) -> np.ndarray:
         raise ValueError(f"posterize bits must be in 1..8, got {bits}")
     levels = 2**bits
     if image.dtype == _U8 and (lo, hi) == (0.0, 255.0):
-        return _lut(image, (np.arange(256) & ~(2 ** (8 - bits) - 1)).astype(np.float64))
+        return np.bitwise_and(image, np.uint8(0xFF & ~(2 ** (8 - bits) - 1)))
     if image.dtype.kind in "iu":
         step = (hi - lo + 1.0) / levels
         idx = np.floor((image.astype(np.float64) - lo) / step)
