@@ -11,7 +11,10 @@
   MedAugment vs the paper's flip/rotate policies vs kornia TrivialAugment / RandAugment on image+mask,
   a small MONAI UNet with Dice loss; Dice and IoU.
 * Throughput: augmented images per second on 256x256 gray uint8 images, MedAugment vs the same op
-  chains in albumentations 2.0.8 and kornia 0.9 (one thread each, same run, same branches).
+  chains in albumentations 2.0.8 interleaved in this process over many repetitions (median ratio with
+  quartiles, ``peers.interleaved_throughput``, the function the demo uses too), and kornia 0.9 once
+  (one thread each), plus the ratio of each op alone. ``--throughput-only`` runs just this and writes
+  ``medaugment_throughput.json``.
 
 Writes ``benchmarks/results/medaugment.json`` (+ ``medaugment_runs.json``, resumable) and PNG plots.
 """
@@ -19,6 +22,7 @@ Writes ``benchmarks/results/medaugment.json`` (+ ``medaugment_runs.json``, resum
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import textwrap
@@ -41,7 +45,7 @@ from quintet.medaugment.bench import (
     summarize,
     train_and_test,
 )
-from quintet.medaugment.peers import AlbumentationsChains, KorniaChains
+from quintet.medaugment.peers import KorniaChains, interleaved_throughput, per_op_throughput
 from quintet.medaugment.policy import MedAugment
 from quintet.medaugment.viz import augmentation_grid
 
@@ -59,42 +63,29 @@ SEG_METHODS = (
 )
 
 
-def throughput(n_images: int = 300, size: int = 256, seed: int = 0) -> dict[str, float]:
-    """Images/s of the same MedAugment branches run by us, albumentations and kornia (one thread)."""
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 256, size=(size, size)).astype(np.uint8)
-    mask = (img > 128).astype(np.uint8)
+def throughput(quick: bool = False) -> dict[str, float]:
+    """quintet vs albumentations interleaved (:func:`interleaved_throughput`, median ratio with spread,
+    without and with a mask) and kornia once, 256x256 gray uint8, one thread."""
+    n, reps = (30, 5) if quick else (100, 31)
+    plain = interleaved_throughput(256, n, reps)
+    masked = interleaved_throughput(256, n, reps, with_mask=True)
+    rng = np.random.default_rng(0)
     aug = MedAugment()
-    branches = [b for b in (aug.sample_online(rng) for _ in range(n_images * 2)) if not b.is_identity][
-        :n_images
-    ]
-    alb = AlbumentationsChains(5, seed)
+    branches = [b for b in (aug.sample_online(rng) for _ in range(2 * n)) if not b.is_identity][:n]
     kor = KorniaChains(5)
-    x = torch.from_numpy(img.astype(np.float32) / 255)[None, None]
-
-    def timed(fn, reps: int = 3) -> float:
-        best = float("inf")
-        for _ in range(reps):  # best of 3 passes: the machine is shared
-            t = time.perf_counter()
-            for b in branches:
-                fn(b)
-            best = min(best, time.perf_counter() - t)
-        return len(branches) / best
-
-    out = {
-        "medaugment_img_s": timed(lambda b: aug.apply(b, img)),
-        "albumentations_img_s": timed(lambda b: alb.run(b, img)),
-        "kornia_img_s": timed(lambda b: kor.run(b, x), reps=1),
-        "medaugment_with_mask_img_s": timed(lambda b: aug.apply(b, img, mask)),
-        "albumentations_with_mask_img_s": timed(lambda b: alb.run(b, img, mask)),
+    x = torch.from_numpy(rng.random((256, 256), dtype=np.float32))[None, None]
+    t = time.perf_counter()
+    for b in branches:
+        kor.run(b, x)
+    kornia_img_s = len(branches) / (time.perf_counter() - t)
+    return {
+        **plain,
+        "ratio_vs_albumentations": plain["ratio_median"],
+        "with_mask": masked,
+        "per_op_ratio_median": per_op_throughput(256, 20 if quick else 100, 3 if quick else 9),
+        "kornia_img_s": kornia_img_s,
+        "ratio_vs_kornia": plain["medaugment_img_s"] / kornia_img_s,
     }
-    out["ratio_vs_albumentations"] = out["medaugment_img_s"] / out["albumentations_img_s"]
-    out["ratio_vs_kornia"] = out["medaugment_img_s"] / out["kornia_img_s"]
-    out["ratio_with_mask_vs_albumentations"] = (
-        out["medaugment_with_mask_img_s"] / out["albumentations_with_mask_img_s"]
-    )
-    out["n_images"], out["size"] = len(branches), size
-    return out
 
 
 def grid_plot(cls: dict, seg: dict, path: Path) -> None:
@@ -143,9 +134,14 @@ def bar_plot(results: dict, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (not a result)")
+    ap.add_argument(
+        "--throughput-only",
+        action="store_true",
+        help="only the interleaved throughput measurement -> <out>/medaugment_throughput.json (no data needed)",
+    )
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--cls-size", type=int, default=64)
     ap.add_argument("--seg-size", type=int, default=128)
@@ -154,29 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "medaugment")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    if not DATA.is_dir():
-        print(f"shared data not found at {DATA} (set QUINTET_SHARED_DATA)", file=sys.stderr)
-        return 2
     if args.quick:
         args.seeds, args.cls_steps, args.seg_steps, args.cls_size, args.seg_size = 1, 20, 20, 48, 64
-    stem = "medaugment_quick" if args.quick else "medaugment"
-    runs_path = args.out / f"{stem}_runs.json"
-    runs: dict[str, dict] = load_json(runs_path) if runs_path.exists() else {}
-    t_start = time.perf_counter()
+    return args
 
-    print("throughput ...", flush=True)
-    thr = throughput(60 if args.quick else 300)
-    print({k: round(v, 2) for k, v in thr.items()}, flush=True)
 
-    cls = load_brain_tumor(DATA / "brain_tumor_mri", args.cls_size)
-    seg = load_isbi(DATA / "isbi2012_em_membrane", args.seg_size)
-    grid_plot(cls, seg, args.out / f"{stem}_grid.png")
-
-    # fixed splits (the same for every method and seed)
+def _splits(cls: dict, seg: dict, quick: bool) -> dict[str, np.ndarray]:
+    """Fixed splits, the same for every method and seed: 15% of Training per class for validation."""
     split_rng = np.random.default_rng(0)
-    n_tr = len(cls["train_x"])
     val_idx = np.sort(
         np.concatenate(
             [
@@ -187,12 +168,18 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
     )
-    tr_idx = np.setdiff1d(np.arange(n_tr), val_idx)
+    tr_idx = np.setdiff1d(np.arange(len(cls["train_x"])), val_idx)
     perm = split_rng.permutation(len(seg["x"]))
-    s_tr, s_val, s_te = perm[:18], perm[18:22], perm[22:]
-    if args.quick:
-        tr_idx = tr_idx[::8]
+    return {
+        "tr": tr_idx[::8] if quick else tr_idx,
+        "val": val_idx,
+        "s_tr": perm[:18],
+        "s_val": perm[18:22],
+        "s_te": perm[22:],
+    }
 
+
+def _run_configs(args: argparse.Namespace) -> tuple[dict, dict]:
     cls_cfg = dict(
         kind="classification",
         steps=args.cls_steps,
@@ -209,52 +196,46 @@ def main(argv: list[str] | None = None) -> int:
         lr=3e-3,
         width=8,
     )
-    jobs = [("classification", m, s) for s in range(args.seeds) for m in CLS_METHODS]
-    jobs += [("segmentation", m, s) for s in range(args.seeds) for m in SEG_METHODS]
-    for i, (task, method, seed) in enumerate(jobs):
-        key = f"{task}/{method}/{seed}"
-        if key in runs:
-            continue
-        t0 = time.perf_counter()
-        if task == "classification":
-            px, _, src = make_pool(method, cls["train_x"][tr_idx], None, seed)
-            py = cls["train_y"][tr_idx][src]
-            rc = RunConfig(seed=seed, **cls_cfg)
-            res = train_and_test(
-                rc,
-                (px, py),
-                (cls["train_x"][val_idx], cls["train_y"][val_idx]),
-                (cls["test_x"], cls["test_y"]),
-                args.work / key,
-                num_classes=len(cls["classes"]),
-            )
-        else:
-            px, pm, _ = make_pool(method, seg["x"][s_tr], seg["y"][s_tr], seed)
-            rc = RunConfig(seed=seed, **seg_cfg)
-            res = train_and_test(
-                rc,
-                (px, pm),
-                (seg["x"][s_val], seg["y"][s_val]),
-                (seg["x"][s_te], seg["y"][s_te]),
-                args.work / key,
-            )
-        res["pool_size"] = len(px)
-        res["wall_s"] = time.perf_counter() - t0
-        runs[key] = res
-        atomic_save_json(runs_path, runs)
-        shown = {k: round(v, 4) for k, v in res.items()}
-        print(
-            f"[{i + 1}/{len(jobs)}] {key}: {shown}  (elapsed {time.perf_counter() - t_start:.0f} s)",
-            flush=True,
-        )
+    return cls_cfg, seg_cfg
 
+
+def _run_one(key: str, data: tuple[dict, dict], sp: dict, cfgs: tuple[dict, dict], work: Path) -> dict:
+    """Build one method's pool and train/test one seed of one task."""
+    (cls, seg), (cls_cfg, seg_cfg) = data, cfgs
+    task, method, seed_s = key.split("/")
+    seed = int(seed_s)
+    if task == "classification":
+        px, _, src = make_pool(method, cls["train_x"][sp["tr"]], None, seed)
+        py = cls["train_y"][sp["tr"]][src]
+        res = train_and_test(
+            RunConfig(seed=seed, **cls_cfg),
+            (px, py),
+            (cls["train_x"][sp["val"]], cls["train_y"][sp["val"]]),
+            (cls["test_x"], cls["test_y"]),
+            work / key,
+            num_classes=len(cls["classes"]),
+        )
+    else:
+        px, pm, _ = make_pool(method, seg["x"][sp["s_tr"]], seg["y"][sp["s_tr"]], seed)
+        res = train_and_test(
+            RunConfig(seed=seed, **seg_cfg),
+            (px, pm),
+            (seg["x"][sp["s_val"]], seg["y"][sp["s_val"]]),
+            (seg["x"][sp["s_te"]], seg["y"][sp["s_te"]]),
+            work / key,
+        )
+    res["pool_size"] = len(px)
+    return res
+
+
+def _summaries(runs: dict, seeds: int, thr: dict) -> dict:
     results: dict = {"classification": {}, "segmentation": {}}
     for task, methods, keys in (
         ("classification", CLS_METHODS, ("acc", "f1")),
         ("segmentation", SEG_METHODS, ("dice", "iou")),
     ):
         for m in methods:
-            rs = [runs[f"{task}/{m}/{s}"] for s in range(args.seeds) if f"{task}/{m}/{s}" in runs]
+            rs = [runs[f"{task}/{m}/{s}"] for s in range(seeds) if f"{task}/{m}/{s}" in runs]
             if rs:
                 results[task][m] = summarize(rs, keys)
     cls_peers = [
@@ -275,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         "cls_acc_ratio_vs_none": med_acc / results["classification"]["none"]["acc"],
         "seg_dice_ratio_vs_none": med_dice / results["segmentation"]["none"]["dice"],
     }
-    results["setup"] = {
+    return results
+
+
+def _setup(args: argparse.Namespace, sp: dict, cls: dict, cfgs: tuple[dict, dict], minutes: float) -> dict:
+    return {
         "scale": "REDUCED: CPU-only, 2 shared cores; small nets trained from scratch (no pretrained weights offline),"
         " not the paper's frozen ImageNet backbones at 224 px",
         "seeds": args.seeds,
@@ -284,22 +269,68 @@ def main(argv: list[str] | None = None) -> int:
             "size": args.cls_size,
             "channels": 1,
             "net": "MONAI ResNet basic [1,1,1,1], widths 16-128",
-            "train_images": len(tr_idx),
-            "val_images": len(val_idx),
+            "train_images": len(sp["tr"]),
+            "val_images": len(sp["val"]),
             "test_images": len(cls["test_y"]),
-            **cls_cfg,
+            **cfgs[0],
         },
         "segmentation": {
             "data": "isbi2012_em_membrane: 30 slices, 18 train / 4 val / 8 test (fixed split); positive = membrane",
             "size": args.seg_size,
             "net": "MONAI UNet channels 8-64, 1 residual unit; MONAI DiceLoss(sigmoid)",
-            **seg_cfg,
+            **cfgs[1],
         },
         "pools": "offline 5x pools: MedAugment N=4 + original; peers 5 augmented copies (official scripts); none: originals",
         "budget": "same optimizer steps for every method; best epoch by validation loss (quintet.train)",
         "peers": "kornia 0.9 RandAugment(n=2, m=9), TrivialAugment, AutoAugment('imagenet') on gray repeated to RGB",
-        "total_minutes": (time.perf_counter() - t_start) / 60,
+        "total_minutes": minutes,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    if args.throughput_only:
+        thr = throughput(args.quick)
+        name = "medaugment_throughput_quick.json" if args.quick else "medaugment_throughput.json"
+        atomic_save_json(args.out / name, thr)
+        print(json.dumps(thr, indent=1))
+        return 0
+    if not DATA.is_dir():
+        print(f"shared data not found at {DATA} (set QUINTET_SHARED_DATA)", file=sys.stderr)
+        return 2
+    stem = "medaugment_quick" if args.quick else "medaugment"
+    runs_path = args.out / f"{stem}_runs.json"
+    runs: dict[str, dict] = load_json(runs_path) if runs_path.exists() else {}
+    t_start = time.perf_counter()
+
+    print("throughput ...", flush=True)
+    thr = throughput(args.quick)
+    print(json.dumps(thr), flush=True)
+
+    cls = load_brain_tumor(DATA / "brain_tumor_mri", args.cls_size)
+    seg = load_isbi(DATA / "isbi2012_em_membrane", args.seg_size)
+    grid_plot(cls, seg, args.out / f"{stem}_grid.png")
+    sp, cfgs = _splits(cls, seg, args.quick), _run_configs(args)
+    keys = [f"classification/{m}/{s}" for s in range(args.seeds) for m in CLS_METHODS]
+    keys += [f"segmentation/{m}/{s}" for s in range(args.seeds) for m in SEG_METHODS]
+    for i, key in enumerate(keys):
+        if key in runs:
+            continue
+        t0 = time.perf_counter()
+        res = _run_one(key, (cls, seg), sp, cfgs, args.work)
+        res["wall_s"] = time.perf_counter() - t0
+        runs[key] = res
+        atomic_save_json(runs_path, runs)
+        shown = {k: round(v, 4) for k, v in res.items()}
+        print(
+            f"[{i + 1}/{len(keys)}] {key}: {shown}  (elapsed {time.perf_counter() - t_start:.0f} s)",
+            flush=True,
+        )
+
+    results = _summaries(runs, args.seeds, thr)
+    results["setup"] = _setup(args, sp, cls, cfgs, (time.perf_counter() - t_start) / 60)
     atomic_save_json(args.out / f"{stem}.json", results)
     bar_plot(results, args.out / f"{stem}_bars.png")
     print(f"wrote {args.out / f'{stem}.json'}")

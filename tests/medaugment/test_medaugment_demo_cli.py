@@ -32,7 +32,7 @@ def test_preview_cli_writes_outputs_records_and_config(tmp_path):
             "preview",
             f"image={tmp_path / 'ct.png'}",
             f"mask={tmp_path / 'ct_mask.png'}",
-            f"output={tmp_path / 'prev'}",
+            f"out={tmp_path / 'prev'}",
             "rows=1",
             "num_branches=3",
         ]

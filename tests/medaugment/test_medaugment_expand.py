@@ -48,7 +48,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 def test_official_segmentation_layout_names_masks_and_replay(tmp_path):
     _make_seg(tmp_path / "in")
     res = expand_dataset(
-        ExpandConfig(input=tmp_path / "in", output=tmp_path / "out", task="segmentation"), False
+        ExpandConfig(input=tmp_path / "in", out=tmp_path / "out", task="segmentation"), False
     )
     out = tmp_path / "out"
     assert res.num_sources == 4 and res.num_written == 20 and res.num_copied == 8
@@ -77,13 +77,13 @@ def test_official_segmentation_layout_names_masks_and_replay(tmp_path):
 def test_folder_layouts_and_png_output(tmp_path):
     _make_seg(tmp_path / "seg", official=False)
     expand_dataset(
-        ExpandConfig(input=tmp_path / "seg", output=tmp_path / "o1", task="segmentation", layout="folder"),
+        ExpandConfig(input=tmp_path / "seg", out=tmp_path / "o1", task="segmentation", layout="folder"),
         False,
     )
     assert len(list((tmp_path / "o1/images").iterdir())) == 20
     assert len(list((tmp_path / "o1/masks").iterdir())) == 20
     _make_cls(tmp_path / "cls")
-    cfg = ExpandConfig(input=tmp_path / "cls", output=tmp_path / "o2", layout="folder", num_branches=2)
+    cfg = ExpandConfig(input=tmp_path / "cls", out=tmp_path / "o2", layout="folder", num_branches=2)
     res = expand_dataset(cfg, False)
     assert res.num_written == 6 * 3
     assert sorted(p.name for p in (tmp_path / "o2/glioma").iterdir())[:3] == [
@@ -95,7 +95,7 @@ def test_folder_layouts_and_png_output(tmp_path):
 
 def test_resume_after_interruption_gives_identical_outputs(tmp_path, monkeypatch):
     _make_seg(tmp_path / "in", n=6)
-    full = ExpandConfig(input=tmp_path / "in", output=tmp_path / "full", task="segmentation")
+    full = ExpandConfig(input=tmp_path / "in", out=tmp_path / "full", task="segmentation")
     expand_dataset(full, False)
 
     real = expand_mod._run_job
@@ -108,7 +108,7 @@ def test_resume_after_interruption_gives_identical_outputs(tmp_path, monkeypatch
         return real(job, cfg, src, dst)
 
     monkeypatch.setattr(expand_mod, "_run_job", flaky)
-    cfg = ExpandConfig(input=tmp_path / "in", output=tmp_path / "part", task="segmentation")
+    cfg = ExpandConfig(input=tmp_path / "in", out=tmp_path / "part", task="segmentation")
     with pytest.raises(KeyboardInterrupt):
         expand_dataset(cfg, False)
     assert not (tmp_path / "part/manifest.csv").exists()
@@ -121,8 +121,8 @@ def test_resume_after_interruption_gives_identical_outputs(tmp_path, monkeypatch
 
 def test_parallel_workers_match_serial(tmp_path):
     _make_cls(tmp_path / "in" / "training", n=4)
-    a = ExpandConfig(input=tmp_path / "in", output=tmp_path / "a", workers=1)
-    b = ExpandConfig(input=tmp_path / "in", output=tmp_path / "b", workers=2)
+    a = ExpandConfig(input=tmp_path / "in", out=tmp_path / "a", workers=1)
+    b = ExpandConfig(input=tmp_path / "in", out=tmp_path / "b", workers=2)
     expand_dataset(a, False)
     expand_dataset(b, False)
     assert _tree(tmp_path / "a") == _tree(tmp_path / "b")
@@ -132,25 +132,30 @@ def test_bad_inputs(tmp_path):
     _make_seg(tmp_path / "in")
     with pytest.raises(ValueError, match="inside the input"):
         expand_dataset(
-            ExpandConfig(input=tmp_path / "in", output=tmp_path / "in" / "aug", task="segmentation")
+            ExpandConfig(input=tmp_path / "in", out=tmp_path / "in" / "aug", task="segmentation")
         )
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        expand_dataset(ExpandConfig(input=tmp_path / "nope", output=tmp_path / "o"))
+        expand_dataset(ExpandConfig(input=tmp_path / "nope", out=tmp_path / "o"))
     with pytest.raises(FileNotFoundError, match="training split"):
-        expand_dataset(ExpandConfig(input=tmp_path / "in", output=tmp_path / "o", train_split="Training"))
-    expand_dataset(ExpandConfig(input=tmp_path / "in", output=tmp_path / "o", task="segmentation"), False)
+        expand_dataset(ExpandConfig(input=tmp_path / "in", out=tmp_path / "o", train_split="Training"))
+    expand_dataset(ExpandConfig(input=tmp_path / "in", out=tmp_path / "o", task="segmentation"), False)
     with pytest.raises(ValueError, match="different settings"):
         expand_dataset(
-            ExpandConfig(input=tmp_path / "in", output=tmp_path / "o", task="segmentation", level=3)
+            ExpandConfig(input=tmp_path / "in", out=tmp_path / "o", task="segmentation", level=3)
         )
     (tmp_path / "in/training_mask/case.1_mask.png").unlink()
     with pytest.raises(FileNotFoundError, match="no mask for"):
-        expand_dataset(ExpandConfig(input=tmp_path / "in", output=tmp_path / "o2", task="segmentation"))
+        expand_dataset(ExpandConfig(input=tmp_path / "in", out=tmp_path / "o2", task="segmentation"))
     write_image(tmp_path / "in/training_mask/case.1_mask.png", np.zeros((5, 5), np.uint8))
-    with pytest.raises(ValueError, match="differs from image size"):
-        expand_dataset(
-            ExpandConfig(input=tmp_path / "in", output=tmp_path / "o3", task="segmentation"), False
-        )
+    res = expand_dataset(
+        ExpandConfig(input=tmp_path / "in", out=tmp_path / "o3", task="segmentation"), False
+    )
+    # the bad pair is skipped with a one-line error naming the mask; the rest of the folder is expanded
+    assert res.num_failed == 1 and "case.1_mask.png: mask size (5, 5) differs" in res.failures[0]["error"]
+    assert not list((tmp_path / "o3/training").glob("case.1_*"))
+    assert len(list((tmp_path / "o3/training").iterdir())) == 5 * (res.num_sources - 1)
+    rows = list(csv.DictReader((tmp_path / "o3/manifest.csv").open()))
+    assert [r["source"] for r in rows if r["error"]] == ["training/case.1.png"]
 
 
 def test_truncated_and_unreadable_files_name_the_file(tmp_path):
@@ -181,10 +186,10 @@ def test_cli_expand_writes_config_and_reports_errors(tmp_path, capsys):
 
     _make_cls(tmp_path / "in")
     rc = main(
-        ["medaugment", "expand", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "layout=folder"]
+        ["medaugment", "expand", f"input={tmp_path / 'in'}", f"out={tmp_path / 'out'}", "layout=folder"]
     )
     assert rc == 0
     assert (tmp_path / "out/medaugment_expand.yaml").is_file()
     assert len(list((tmp_path / "out/none").iterdir())) == 15
-    rc = main(["medaugment", "expand", f"input={tmp_path / 'in'}", f"output={tmp_path / 'in/x'}"])
+    rc = main(["medaugment", "expand", f"input={tmp_path / 'in'}", f"out={tmp_path / 'in/x'}"])
     assert rc == 1 and "inside the input folder" in capsys.readouterr().err

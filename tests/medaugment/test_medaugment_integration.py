@@ -15,7 +15,7 @@ from quintet.medaugment.expand import ExpandConfig, expand_dataset
 def test_expand_isbi_folder_layout(shared_data, tmp_path):
     root = shared_data / "medical" / "isbi2012_em_membrane"
     cfg = ExpandConfig(
-        input=root, output=tmp_path / "isbi_aug", task="segmentation", layout="folder", workers=2
+        input=root, out=tmp_path / "isbi_aug", task="segmentation", layout="folder", workers=2
     )
     res = expand_dataset(cfg, progress=False)
     assert res.num_sources == 30 and res.num_written == 150

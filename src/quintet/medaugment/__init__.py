@@ -1,8 +1,10 @@
 """MedAugment: medically safe automatic augmentation (arXiv 2306.17466) for classification and segmentation.
 
 Six pixel and eight spatial operations with the published level -> parameter map (``ops``), the branch
-sampling policy (``policy``), offline dataset expansion (``expand``), online transforms and datasets
-(``data``), peers for comparison (``peers``) and the training harness of the benchmark (``bench``).
+sampling policy (``policy``), offline dataset expansion of 2D images and NIfTI / DICOM volumes (``expand``,
+``volumes``), the albumentations transform (``albu``), the MONAI dictionary transform
+(``monai_transforms``), folder datasets (``data``), peers for comparison (``peers``) and the training
+harness used by the benchmark (``bench``).
 """
 
 from quintet._lazy import lazy_api
@@ -10,5 +12,6 @@ from quintet._lazy import lazy_api
 __getattr__, __dir__, __all__ = lazy_api(
     __name__,
     {"MedAugment": "policy", "Branch": "policy", "OpCall": "policy", "COMBINATIONS": "policy",
-     "OPS": "ops", "PIXEL_OPS": "ops", "SPATIAL_OPS": "ops"},
+     "OPS": "ops", "PIXEL_OPS": "ops", "SPATIAL_OPS": "ops", "MedAugmentTransform": "albu",
+     "MedAugmentd": "monai_transforms"},
 )  # fmt: skip

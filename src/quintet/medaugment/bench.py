@@ -6,7 +6,7 @@ the official generation script; ``none``: the originals), then the same network 
 scratch for the same number of optimizer steps with :func:`quintet.train.fit` (best epoch chosen on
 an un-augmented validation split) and tested on held-out images.
 
-Metrics are pure functions (accuracy, macro-F1 from the confusion matrix; per-image Dice and IoU).
+Metrics: accuracy, and MONAI's confusion-matrix macro-F1 and per-image Dice / IoU (``monai.metrics``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ __all__ = [
     "RunConfig",
     "SegmentationTask",
     "accuracy",
-    "confusion_matrix",
     "dice_iou",
     "load_brain_tumor",
     "load_isbi",
@@ -45,39 +44,33 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------ metrics
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """``C[i, j]`` = number of samples of class ``i`` predicted as ``j``."""
-    c = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(c, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
-    return c
-
-
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Fraction of correct predictions."""
     return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
 
 
+def _one_hot(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.as_tensor(np.asarray(labels, np.int64)), num_classes).float()
+
+
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Unweighted mean over classes of F1 = 2 TP / (2 TP + FP + FN) (a class with no support and no
-    prediction counts as 1)."""
-    c = confusion_matrix(y_true, y_pred, num_classes)
-    tp = np.diag(c).astype(float)
-    fp = c.sum(0) - tp
-    fn = c.sum(1) - tp
-    denom = 2 * tp + fp + fn
-    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-12), 1.0)
-    return float(f1.mean())
+    """Unweighted mean over classes of F1 from MONAI's confusion matrix (a class with no support and
+    no prediction counts as 1)."""
+    from monai.metrics import compute_confusion_matrix_metric, get_confusion_matrix
+
+    cm = get_confusion_matrix(_one_hot(y_pred, num_classes), _one_hot(y_true, num_classes)).sum(0)
+    f1 = compute_confusion_matrix_metric("f1 score", cm)
+    return float(torch.nan_to_num(f1, nan=1.0).mean())
 
 
 def dice_iou(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
-    """Mean per-image Dice and IoU of binary masks ``(B, H, W)`` (empty vs empty counts as 1)."""
-    p = np.asarray(pred, bool).reshape(len(pred), -1)
-    t = np.asarray(target, bool).reshape(len(target), -1)
-    inter = (p & t).sum(1).astype(float)
-    ps, ts = p.sum(1).astype(float), t.sum(1).astype(float)
-    union = ps + ts - inter
-    dice = np.where(ps + ts > 0, 2 * inter / np.maximum(ps + ts, 1e-12), 1.0)
-    iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 1.0)
+    """Mean per-image Dice and IoU of binary masks ``(B, H, W)`` with MONAI (empty vs empty counts as 1)."""
+    from monai.metrics import compute_dice, compute_iou
+
+    p = torch.as_tensor(np.asarray(pred, bool)).float()[:, None]
+    t = torch.as_tensor(np.asarray(target, bool)).float()[:, None]
+    dice = compute_dice(p, t, include_background=True, ignore_empty=False)
+    iou = compute_iou(p, t, include_background=True, ignore_empty=False)
     return float(dice.mean()), float(iou.mean())
 
 

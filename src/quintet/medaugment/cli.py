@@ -20,7 +20,7 @@ class PreviewConfig:
     Attributes:
         image: the image file.
         mask: optional mask file.
-        output: folder for ``preview.png``, the augmented files and ``branches.json``.
+        out: folder for ``preview.png``, the augmented files and ``branches.json``.
         level: magnitude level 1..5.
         num_branches: N.
         seed: seed.
@@ -29,7 +29,7 @@ class PreviewConfig:
 
     image: Path = Path("image.png")
     mask: Path | None = None
-    output: Path = Path("medaugment_preview")
+    out: Path = Path("medaugment_preview")
     level: int = 5
     num_branches: int = 4
     seed: int = 8
@@ -48,7 +48,7 @@ def preview(cfg: PreviewConfig) -> str:
     image = read_image(cfg.image)
     mask = read_mask(cfg.mask) if cfg.mask is not None else None
     aug = MedAugment(cfg.level, cfg.num_branches)
-    out = Path(cfg.output)
+    out = Path(cfg.out)
     rng = np.random.default_rng(cfg.seed)
     grid, records = [], []
     ext = ".png" if image.dtype in (np.uint8, np.uint16) else ".npy"
@@ -84,10 +84,10 @@ def _verbs() -> list[Verb]:
 
     return [
         Verb("expand", "offline dataset expansion: N augmented copies + the original per training image",
-             ExpandConfig, _expand, inputs="input", out="output", seed="seed",
+             ExpandConfig, _expand, inputs="input", out="out", seed="seed",
              example="quintet medaugment expand data/btmri -o data/btmri_aug train_split=Training workers=2"),
         Verb("preview", "augment one image (and mask) and write a grid of the branches", PreviewConfig, preview,
-             inputs="image", out="output", seed="seed", flags={"--mask": "mask"},
+             inputs="image", out="out", seed="seed", flags={"--mask": "mask"},
              example="quintet medaugment preview scan.png --mask scan_mask.png -o preview"),
     ]  # fmt: skip
 

@@ -4,15 +4,14 @@
   gray and colour; colour is returned as RGB) and ``.npy`` (any supported array, e.g. 3D volumes).
   Missing files raise ``FileNotFoundError``; unreadable, truncated or unsupported files raise
   ``ValueError`` naming the file. Writes are atomic.
-* :class:`MedAugmentTransform`: ``t(image=..., mask=...) -> dict`` (albumentations-style, channel-last
-  NumPy) drawing one of the N+1 branches per call, seeded per DataLoader worker, with replay.
-* :class:`MedAugmentd`: a MONAI-style dictionary transform on channel-first arrays / tensors.
+* ``MedAugmentTransform`` (albumentations ``DualTransform``, :mod:`.albu`) and ``MedAugmentd`` (MONAI
+  dictionary transform, :mod:`.monai_transforms`) are importable from here too (loaded lazily).
 * :class:`ImageFolderDataset` / :class:`SegmentationFolderDataset`: PyTorch datasets over folders.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,10 @@ import numpy as np
 
 from quintet.io import atomic_write_bytes
 from quintet.medaugment import ops
-from quintet.medaugment.policy import Branch, MedAugment
 
 __all__ = [
     "IMAGE_EXTS",
     "ImageFolderDataset",
-    "MedAugmentTransform",
-    "MedAugmentd",
     "SegmentationFolderDataset",
     "list_images",
     "read_image",
@@ -184,165 +180,17 @@ def to_tensor(image: np.ndarray, value_range: tuple[float, float] | None = None)
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-# --------------------------------------------------------------------------------------------------
-# online transforms
-# --------------------------------------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    """The online transforms moved to :mod:`.albu` (albumentations) and :mod:`.monai_transforms` (MONAI)."""
+    if name == "MedAugmentTransform":
+        from quintet.medaugment.albu import MedAugmentTransform
 
+        return MedAugmentTransform
+    if name == "MedAugmentd":
+        from quintet.medaugment.monai_transforms import MedAugmentd
 
-class MedAugmentTransform:
-    """Online MedAugment: each call draws one of the N+1 branches (identity kept) and applies it.
-
-    Called albumentations-style with channel-last NumPy arrays; returns a dict with ``image``,
-    ``mask`` (when given) and ``branch`` (the replay record, a plain dict).
-
-    Args:
-        policy: the policy (default ``MedAugment()``: level 5, N = 4).
-        seed: base seed; inside a PyTorch DataLoader worker the stream is ``(seed, worker_id)``.
-
-    Example:
-        >>> t = MedAugmentTransform(MedAugment(level=5), seed=0)
-        >>> out = t(image=img, mask=msk)
-        >>> again = t.replay(out["branch"], image=img, mask=msk)  # identical arrays
-    """
-
-    def __init__(self, policy: MedAugment | None = None, seed: int = 0) -> None:
-        self.policy = policy if policy is not None else MedAugment()
-        self.seed = int(seed)
-        self._rng: np.random.Generator | None = None
-        self._worker: int | None = None
-
-    def set_random_state(self, seed: int) -> MedAugmentTransform:
-        """Restart the random stream from ``seed`` (MONAI-style)."""
-        self.seed = int(seed)
-        self._rng = None
-        return self
-
-    def _generator(self) -> np.random.Generator:
-        worker = None
-        try:
-            from torch.utils.data import get_worker_info
-
-            info = get_worker_info()
-            worker = None if info is None else info.id
-        except ImportError:  # pragma: no cover - torch is a core dependency
-            pass
-        if self._rng is None or worker != self._worker:
-            key = [self.seed] if worker is None else [self.seed, 1 + worker]
-            self._rng = np.random.default_rng(key)
-            self._worker = worker
-        return self._rng
-
-    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
-        branch = self.policy.sample_online(self._generator())
-        img, msk = self.policy.apply(branch, image, mask)
-        out: dict[str, Any] = {"image": img, "branch": branch.to_dict()}
-        if mask is not None:
-            out["mask"] = msk
-        return out
-
-    def replay(
-        self, record: Mapping[str, Any] | Branch, image: np.ndarray, mask: np.ndarray | None = None
-    ) -> dict[str, Any]:
-        """Apply a recorded branch again (bit-identical to the original call)."""
-        branch = record if isinstance(record, Branch) else Branch.from_dict(dict(record))
-        img, msk = self.policy.apply(branch, image, mask)
-        out: dict[str, Any] = {"image": img, "branch": branch.to_dict()}
-        if mask is not None:
-            out["mask"] = msk
-        return out
-
-
-class MedAugmentd(MedAugmentTransform):
-    """MONAI-style dictionary transform on channel-first data (NumPy arrays or torch tensors).
-
-    Every key in ``keys`` (images) and ``mask_keys`` (labels) gets the same sampled branch, so the
-    geometry is shared; pixel ops touch only ``keys``. Shapes are ``(C, H, W)``, or ``(C, D, H, W)``
-    for a policy with ``volume=True``. The replay record is stored under ``branch_key``.
-
-    Args:
-        keys: image keys.
-        mask_keys: label keys (nearest interpolation, pixel ops skipped).
-        policy: the policy.
-        seed: base seed.
-        branch_key: where the replay record goes (``None`` to drop it).
-        allow_missing_keys: skip absent keys instead of raising ``KeyError``.
-    """
-
-    def __init__(
-        self,
-        keys: Sequence[Hashable] = ("image",),
-        mask_keys: Sequence[Hashable] = (),
-        policy: MedAugment | None = None,
-        seed: int = 0,
-        branch_key: str | None = "medaugment_branch",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(policy, seed)
-        self.keys = tuple(keys)
-        self.mask_keys = tuple(mask_keys)
-        self.branch_key = branch_key
-        self.allow_missing_keys = allow_missing_keys
-
-    def _to_last(self, x: Any, key: Hashable) -> tuple[np.ndarray, Callable[[np.ndarray], Any]]:
-        is_torch = hasattr(x, "detach") and hasattr(x, "numpy")
-        arr = x.detach().cpu().numpy() if is_torch else np.asarray(x)
-        want = 4 if self.policy.volume else 3
-        if arr.ndim != want:
-            raise ValueError(
-                f"{key!r}: expected a channel-first array with {want} axes, got shape {arr.shape}"
-            )
-        last = np.ascontiguousarray(np.moveaxis(arr, 0, -1))
-
-        def back(y: np.ndarray) -> Any:
-            first = np.ascontiguousarray(np.moveaxis(y, -1, 0))
-            if is_torch:
-                import torch
-
-                out = torch.as_tensor(first)
-                if hasattr(x, "copy_meta_from") or type(x).__name__ == "MetaTensor":
-                    from monai.data import MetaTensor
-
-                    return MetaTensor(out, meta=getattr(x, "meta", None))
-                return out
-            return first
-
-        return last, back
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:  # type: ignore[override]
-        d = dict(data)
-        branch = self.policy.sample_online(self._generator())
-        return self._apply_dict(d, branch)
-
-    def replay(self, record: Mapping[str, Any] | Branch, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:  # type: ignore[override]
-        """Apply a recorded branch to a data dict again."""
-        branch = record if isinstance(record, Branch) else Branch.from_dict(dict(record))
-        return self._apply_dict(dict(data), branch)
-
-    def _apply_dict(self, d: dict[Hashable, Any], branch: Branch) -> dict[Hashable, Any]:
-        ref: np.ndarray | None = None
-        for key in self.keys:
-            if key not in d:
-                if self.allow_missing_keys:
-                    continue
-                raise KeyError(f"key {key!r} not in data (keys: {list(d)})")
-            img, back = self._to_last(d[key], key)
-            ref = img
-            d[key] = back(self.policy.apply(branch, img)[0])
-        for key in self.mask_keys:
-            if key not in d:
-                if self.allow_missing_keys:
-                    continue
-                raise KeyError(f"key {key!r} not in data (keys: {list(d)})")
-            msk, back = self._to_last(d[key], key)
-            dummy = ref if ref is not None else np.zeros(msk.shape[:-1], np.uint8)
-            ops.check_mask(msk, dummy, self.policy.volume)
-            out = msk
-            for call in branch.applied:
-                out = ops.apply_mask(call.name, out, call.params, self.policy.volume, self.policy.mask_fill)
-            d[key] = back(out.copy() if out is msk else out)
-        if self.branch_key is not None:
-            d[self.branch_key] = branch.to_dict()
-        return d
+        return MedAugmentd
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -44,7 +44,9 @@ __all__ = [
     "OpSpec",
     "apply_image",
     "apply_mask",
+    "auto_value_range",
     "blur_sigma",
+    "branch_matrix",
     "check_image",
     "check_level",
     "check_mask",
@@ -144,14 +146,40 @@ def check_mask(mask: np.ndarray, image: np.ndarray, volume: bool = False) -> np.
     return mask
 
 
-def resolve_value_range(
-    image: np.ndarray, value_range: tuple[float, float] | None = None
-) -> tuple[float, float]:
+ValueRange = tuple[float, float] | Literal["auto"] | None
+
+
+def auto_value_range(image: np.ndarray) -> tuple[float, float]:
+    """The intensity window of the ``"auto"`` rule (what MONAI-loaded data and volume files use).
+
+    * ``uint8`` / ``uint16``: the dtype's full range (0-255, 0-65535), as the default;
+    * floats whose values lie in [0, 1]: ``(0, 1)``; floats in [0, 255] (a PNG loaded by MONAI's
+      ``LoadImage``): ``(0, 255)``;
+    * anything else (int16 / int32 data, floats outside [0, 255] such as CT in Hounsfield units):
+      the image's own ``[min, max]``, so nothing is ever clipped and integer data cannot wrap around.
+    """
+    if image.dtype in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        info = np.iinfo(image.dtype)
+        return float(info.min), float(info.max)
+    lo, hi = (float(image.min()), float(image.max())) if image.size else (0.0, 1.0)
+    if image.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
+        return 0.0, 1.0
+    if image.dtype.kind == "f" and lo >= 0.0 and hi <= 255.0:
+        return 0.0, 255.0
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
+def resolve_value_range(image: np.ndarray, value_range: ValueRange = None) -> tuple[float, float]:
     """The intensity range ``(lo, hi)`` used for clipping and magnitudes.
 
-    Unsigned integers default to their full range and floats to ``(0, 1)``; int16 data and floats
-    outside [0, 1] must give ``value_range`` (clipping CT to a default range would destroy it).
+    ``None``: unsigned integers default to their full range and floats to ``(0, 1)``; int16 data and
+    floats outside [0, 1] must give ``value_range`` (clipping CT to a default range would destroy it).
+    ``"auto"``: see :func:`auto_value_range`. A pair ``(lo, hi)`` is used as given.
     """
+    if isinstance(value_range, str):
+        if value_range != "auto":
+            raise ValueError(f"value_range must be None, 'auto' or (lo, hi), got {value_range!r}")
+        return auto_value_range(image)
     if value_range is not None:
         lo, hi = float(value_range[0]), float(value_range[1])
         if not hi > lo:
@@ -159,7 +187,7 @@ def resolve_value_range(
         return lo, hi
     if image.dtype == np.int16:
         raise ValueError(
-            "int16 images (e.g. CT in Hounsfield units) need an explicit value_range, e.g. (-1024, 3071)"
+            "int16 images (e.g. CT in Hounsfield units) need value_range='auto' or an explicit window, e.g. (-1024, 3071)"
         )
     if image.dtype.kind in "iu":
         info = np.iinfo(image.dtype)
@@ -167,7 +195,7 @@ def resolve_value_range(
     if image.size and (float(image.min()) < 0.0 or float(image.max()) > 1.0):
         raise ValueError(
             f"float image values span [{float(image.min()):.4g}, {float(image.max()):.4g}], outside the default "
-            "range [0, 1]; pass value_range=(lo, hi)"
+            "range [0, 1]; pass value_range=(lo, hi) or value_range='auto'"
         )
     return 0.0, 1.0
 
@@ -272,7 +300,7 @@ def posterize(image: np.ndarray, bits: int, lo: float, hi: float) -> np.ndarray:
         raise ValueError(f"posterize bits must be in 1..8, got {bits}")
     levels = 2**bits
     if image.dtype == _U8 and (lo, hi) == (0.0, 255.0):
-        return _lut(image, (np.arange(256) & ~(2 ** (8 - bits) - 1)).astype(np.float64))
+        return np.bitwise_and(image, np.uint8(0xFF & ~(2 ** (8 - bits) - 1)))
     if image.dtype.kind in "iu":
         step = (hi - lo + 1.0) / levels
         idx = np.floor((image.astype(np.float64) - lo) / step)
@@ -488,7 +516,7 @@ def apply_image(
     name: str,
     image: np.ndarray,
     params: Params,
-    value_range: tuple[float, float] | None = None,
+    value_range: ValueRange = None,
     volume: bool = False,
 ) -> np.ndarray:
     """Apply operation ``name`` with ``params`` to an image (pure; returns a new array)."""
@@ -526,3 +554,19 @@ def apply_mask(
         return _flip(mask, 0, volume)
     h, w = _spatial_hw(mask, volume)
     return warp(mask, spatial_matrix(name, params, h, w), nearest=True, fill=fill, volume=volume)
+
+
+def branch_matrix(calls: list[tuple[str, Params]], h: int, w: int) -> np.ndarray:
+    """The 3x3 forward matrix (on ``(x, y, 1)`` pixel coordinates) of a chain of ``(name, params)``.
+
+    Pixel operations are skipped (identity); the spatial ones are composed in order, so the result
+    maps an input pixel to where the chain moves it.
+    """
+    total = np.eye(3)
+    for name, params in calls:
+        if OPS[name].space == "pixel":
+            continue
+        step = np.eye(3)
+        step[:2] = spatial_matrix(name, params, h, w)
+        total = step @ total
+    return total

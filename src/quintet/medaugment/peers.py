@@ -10,6 +10,7 @@ torchvision does not install here), so it is reported as unavailable.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,9 +25,11 @@ __all__ = [
     "KorniaChains",
     "Peer",
     "flip_rotate_policy",
+    "interleaved_throughput",
     "kornia_policy",
     "make_peer",
     "peer_names",
+    "per_op_throughput",
 ]
 
 Peer = Callable[
@@ -257,3 +260,78 @@ class KorniaChains:
 def fixed_branch(*names: str) -> Branch:
     """A branch that applies ``names`` in order with empty params (for peers that sample their own)."""
     return Branch((0, len(names)), tuple(OpCall(n, True, {}) for n in names))
+
+
+def _pass_seconds(fn: Callable[[Branch], Any], branches: list[Branch]) -> float:
+    t = time.perf_counter()
+    for b in branches:
+        fn(b)
+    return time.perf_counter() - t
+
+
+def _interleave(
+    branches: list[Branch], img: np.ndarray, mask: np.ndarray | None, repeats: int, seed: int
+) -> dict[str, float]:
+    """Time ``branches`` through quintet and albumentations, alternating which goes first each repetition."""
+    aug, alb = MedAugment(), AlbumentationsChains(5, seed)
+    ours = lambda b: aug.apply(b, img, mask)
+    theirs = lambda b: alb.run(b, img, mask)
+    _pass_seconds(ours, branches), _pass_seconds(theirs, branches)  # warm-up (OpenCV, caches)
+    t_ours, t_theirs = [], []
+    for r in range(repeats):
+        first, second = (ours, theirs) if r % 2 == 0 else (theirs, ours)
+        a, b = _pass_seconds(first, branches), _pass_seconds(second, branches)
+        t_ours.append(a if r % 2 == 0 else b)
+        t_theirs.append(b if r % 2 == 0 else a)
+    ratio = np.array(t_theirs) / np.array(t_ours)
+    q25, med, q75 = np.percentile(ratio, [25, 50, 75])
+    return {
+        "ratio_median": float(med),
+        "ratio_q25": float(q25),
+        "ratio_q75": float(q75),
+        "ratio_min": float(ratio.min()),
+        "ratio_max": float(ratio.max()),
+        "medaugment_img_s": float(len(branches) / np.median(t_ours)),
+        "albumentations_img_s": float(len(branches) / np.median(t_theirs)),
+        "repeats": repeats,
+        "n_images": len(branches),
+    }
+
+
+def interleaved_throughput(
+    size: int = 256, n_images: int = 100, repeats: int = 21, with_mask: bool = False, seed: int = 0
+) -> dict[str, float]:
+    """Images/s of the same op chains in quintet and in albumentations 2.0.8, measured fairly.
+
+    ``n_images`` non-identity MedAugment branches are sampled once; each repetition times one pass of
+    them through quintet's ops and one through :class:`AlbumentationsChains` (the same ops, albumentations
+    drawing its own parameters), alternating which goes first, in this one process, after one warm-up
+    pass each. The result is the median over repetitions of the per-repetition ratio
+    (quintet img/s / albumentations img/s) with its quartiles and range, plus the median rates.
+    The spread is timing noise on a fixed sample of chains; the ratio also depends on the op mix
+    (see :func:`per_op_throughput`), so small ``n_images`` give a noisier figure.
+    The benchmark and the demo both call this, so they report the same quantity.
+    """
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, size=(size, size)).astype(np.uint8)
+    mask = (img > 128).astype(np.uint8) if with_mask else None
+    aug = MedAugment()
+    branches: list[Branch] = []
+    while len(branches) < n_images:
+        b = aug.sample_online(rng)
+        branches += [] if b.is_identity else [b]
+    return {**_interleave(branches, img, mask, repeats, seed), "size": size, "with_mask": with_mask}
+
+
+def per_op_throughput(
+    size: int = 256, n_images: int = 30, repeats: int = 9, seed: int = 0
+) -> dict[str, float]:
+    """Median quintet / albumentations throughput ratio of each of the 14 ops alone (same interleaving)."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, size=(size, size)).astype(np.uint8)
+    out = {}
+    for name in ops.OPS:
+        calls = [OpCall(name, True, ops.sample_params(name, 5, rng)) for _ in range(n_images)]
+        branches = [Branch((0, 1), (c,)) for c in calls]
+        out[name] = _interleave(branches, img, None, repeats, seed)["ratio_median"]
+    return out

@@ -111,6 +111,17 @@ class Branch:
         )
 
 
+def _check_value_range(value_range: ops.ValueRange) -> ops.ValueRange:
+    if value_range is None or value_range == "auto":
+        return value_range
+    if isinstance(value_range, str) or len(value_range) != 2:
+        raise ValueError(f"value_range must be None, 'auto' or (lo, hi), got {value_range!r}")
+    lo, hi = float(value_range[0]), float(value_range[1])
+    if not hi > lo:
+        raise ValueError(f"value_range must have hi > lo, got {value_range}")
+    return lo, hi
+
+
 class MedAugment:
     """The MedAugment policy (sampling and application).
 
@@ -120,7 +131,8 @@ class MedAugment:
         keep_original: keep the identity branch (the original image) as the (N+1)-th output.
         symmetric: draw shear/translation from ``[-max, max]`` instead of the paper's ``[0, max]``.
         volume: inputs are 3D volumes ``(D, H, W[, C])`` instead of 2D images.
-        value_range: intensity range ``(lo, hi)`` for float / CT inputs (default: by dtype, see :mod:`.ops`).
+        value_range: intensity window ``(lo, hi)``, ``"auto"`` (see :func:`.ops.auto_value_range`) or
+            ``None`` (by dtype, see :mod:`.ops`); resolved once per call on the input image.
         mask_fill: label written where spatial ops move the mask outside the image.
 
     Example:
@@ -135,7 +147,7 @@ class MedAugment:
         keep_original: bool = True,
         symmetric: bool = False,
         volume: bool = False,
-        value_range: tuple[float, float] | None = None,
+        value_range: ops.ValueRange = None,
         mask_fill: int = 0,
     ) -> None:
         self.level = ops.check_level(level)
@@ -145,11 +157,7 @@ class MedAugment:
         self.keep_original = bool(keep_original)
         self.symmetric = bool(symmetric)
         self.volume = bool(volume)
-        if value_range is not None:
-            value_range = (float(value_range[0]), float(value_range[1]))
-            if not value_range[1] > value_range[0]:
-                raise ValueError(f"value_range must have hi > lo, got {value_range}")
-        self.value_range = value_range
+        self.value_range = _check_value_range(value_range)
         self.mask_fill = int(mask_fill)
 
     def __repr__(self) -> str:
@@ -166,7 +174,9 @@ class MedAugment:
             "keep_original": self.keep_original,
             "symmetric": self.symmetric,
             "volume": self.volume,
-            "value_range": None if self.value_range is None else list(self.value_range),
+            "value_range": self.value_range
+            if not isinstance(self.value_range, tuple)
+            else list(self.value_range),
             "mask_fill": self.mask_fill,
         }
 
@@ -223,15 +233,20 @@ class MedAugment:
         ops.check_image(image, self.volume)
         if mask is not None:
             ops.check_mask(mask, image, self.volume)
-        out_img, out_mask = image, mask
+        window = ops.resolve_value_range(image, self.value_range)  # one window for the whole chain
+        out_img = image
         for call in branch.applied:
-            out_img = ops.apply_image(call.name, out_img, call.params, self.value_range, self.volume)
-            if out_mask is not None:
-                out_mask = ops.apply_mask(call.name, out_mask, call.params, self.volume, self.mask_fill)
-        if branch.is_identity or not branch.applied:
-            out_img = out_img.copy()
-            out_mask = None if out_mask is None else out_mask.copy()
-        return out_img, out_mask
+            out_img = ops.apply_image(call.name, out_img, call.params, window, self.volume)
+        if out_img is image:
+            out_img = image.copy()
+        return out_img, None if mask is None else self.apply_mask(branch, mask)
+
+    def apply_mask(self, branch: Branch, mask: np.ndarray) -> np.ndarray:
+        """Apply only the spatial ops of a branch to a label mask (nearest, ``mask_fill``); returns a new array."""
+        out = mask
+        for call in branch.applied:
+            out = ops.apply_mask(call.name, out, call.params, self.volume, self.mask_fill)
+        return out.copy() if out is mask else out
 
     def expand(
         self, image: np.ndarray, mask: np.ndarray | None = None, rng: np.random.Generator | int | None = None
