@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from quintet.atomistic.pipeline import (
     run_predictions,
 )
 from quintet.atomistic.structures import read_structure, write_structure
+from quintet.io import read_csv
 
 
 def _cu(n: int = 1):
@@ -114,7 +116,7 @@ def test_run_predictions_writes_id_files_a_table_and_resumes(tmp_path: Path) -> 
     path = run_predictions([str(d)], out, _shift, table, fmt="extxyz", batch_size=2, progress=False)
     table2 = PredictionTable(out, {"model": "m1"})
     assert sorted(table2.done) == ["CONTCAR", "POSCAR_001", "a", "b", "traj_0", "traj_1"]
-    rows = {r["id"]: r for r in table2.rows}
+    rows = {r["id"]: r for r in read_csv(path)}
     assert rows["a"]["output"] == "a.extxyz" and rows["traj_1"]["n_atoms"] == "8"
     got = read_structure(out / "a.extxyz")
     np.testing.assert_allclose(got.positions, _cu().positions + 0.01, atol=1e-6)
@@ -123,7 +125,11 @@ def test_run_predictions_writes_id_files_a_table_and_resumes(tmp_path: Path) -> 
     before = (out / "a.extxyz").stat().st_mtime_ns
     run_predictions([str(d)], out, _shift, PredictionTable(out, {"model": "m1"}), fmt="extxyz", progress=False)
     assert (out / "b.extxyz").is_file() and (out / "a.extxyz").stat().st_mtime_ns == before
-    assert len(PredictionTable(out, {"model": "m1"}).rows) == 6 and path == out / "predictions.csv"
+    assert len(read_csv(path)) == 6 and path == out / "predictions.csv"
+    # a line cut short by a kill is dropped on resume (and its structure predicted again)
+    text = path.read_text()
+    path.write_text(text + "zz,partial")
+    assert "zz" not in PredictionTable(out, {"model": "m1"}).done and "zz" not in path.read_text()
     with pytest.raises(ValueError, match="other model"):
         PredictionTable(out, {"model": "m2"})
 
@@ -139,8 +145,51 @@ def test_finishing_writes_a_second_file_with_the_oracle_columns(tmp_path: Path) 
     out.mkdir()
     fin = Finisher("emt", fmax=0.05, steps=200, calc=EMT())
     run_predictions([str(d)], out, _shift, PredictionTable(out, {}), finisher=fin, progress=False)
-    (row,) = PredictionTable(out, {}).rows
+    (row,) = read_csv(out / "predictions.csv")
     assert row["finished_output"] == "finished/cu.cif" and int(row["finish_steps"]) >= 1
     done = read_structure(out / row["finished_output"])
     done.calc = EMT()
     assert np.linalg.norm(done.get_forces(), axis=1).max() <= 0.05 + 1e-6
+
+
+@dataclass
+class _Job:
+    out: str
+    resume: bool
+    shard: str | None
+
+
+def test_shards_split_the_inputs_deterministically_and_merge_back(tmp_path: Path) -> None:
+    from quintet.atomistic.pipeline import in_shard, merge_tables, open_table, parse_shard
+
+    d = tmp_path / "many"
+    for k in range(12):
+        write_structure(d / f"s{k:02d}.cif", _cu())
+    files = list(discover([d]))
+    parts = [[f.name for f in discover([d], (k, 3))] for k in (1, 2, 3)]
+    assert sorted(n for p in parts for n in p) == sorted(f.name for f in files) and all(parts)  # a partition, no part empty
+    assert parts[0] == [f.name for f in files if in_shard(f, (1, 3))]
+    out = tmp_path / "out"
+
+    for k in (1, 2, 3):
+        table, shard = open_table(_Job(str(out), True, f"{k}/3"), {"model": "m"})
+        run_predictions([str(d)], out, _shift, table, shard=shard, progress=False)
+    with pytest.raises(ValueError, match="K/N"):
+        parse_shard("2of3")
+    with pytest.raises(ValueError, match=r"1\.\.N"):
+        parse_shard("4/3")
+    merged = read_csv(merge_tables(out))
+    assert sorted(r["id"] for r in merged) == [f"s{k:02d}" for k in range(12)]
+    (out / "predictions.shard2of3.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"shards \[2\] of 3"):
+        merge_tables(out)
+
+
+def test_an_index_file_lists_inputs(tmp_path: Path) -> None:
+    d = _folder(tmp_path)
+    (tmp_path / "todo.txt").write_text("# screening batch 1\nin/b.vasp\nin/POSCAR_001  # the relaxed one\n")
+    assert [f.name for f in discover([tmp_path / "todo.txt"])] == ["b.vasp", "POSCAR_001"]
+    (tmp_path / "bad.txt").write_text("in/missing.cif\n")
+    with pytest.raises(FileNotFoundError, match=r"bad\.txt: lists in/missing\.cif"):
+        list(discover([tmp_path / "bad.txt"]))
+    assert d.is_dir()

@@ -16,9 +16,13 @@ machine was measured 10-20x slower per structure than a single-threaded one.
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
+import io
+import os
 import re
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,23 +35,31 @@ __all__ = [
     "OUTPUT_FORMATS",
     "Finisher",
     "Item",
+    "MergeJob",
     "PredictionTable",
     "batches",
     "check_inputs",
     "discover",
+    "in_shard",
     "is_structure_file",
     "iter_structures",
+    "merge_tables",
     "one_thread",
+    "open_table",
     "oracle_name",
     "output_name",
+    "parse_shard",
     "relax_structures",
     "run_predictions",
     "structure_id",
+    "table_name",
     "write_output",
 ]
 
 #: file suffixes read as structures inside a folder (``POSCAR*``/``CONTCAR*`` are recognised by name)
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".extxyz", ".traj", ".db")
+#: an input with one of these suffixes is an index: one structure file per line
+INDEX_SUFFIXES = (".txt", ".list")
 #: ``--format`` of a predict verb -> file suffix
 OUTPUT_FORMATS = {"cif": "cif", "poscar": "vasp", "extxyz": "extxyz"}
 #: the one map of oracle names a finish accepts (any ``package.module:Class`` works too)
@@ -66,8 +78,28 @@ def is_structure_file(path: Path) -> bool:
     return path.suffix.lower() in STRUCTURE_SUFFIXES or path.name.upper().startswith(("POSCAR", "CONTCAR"))
 
 
-def discover(inputs: Iterable[str | Path]) -> Iterator[Path]:
-    """Yield the structure files of ``inputs`` (files, folders, glob patterns), each once, in order.
+def _index(path: Path) -> Iterator[Path]:
+    """The files an index file lists, one per line (relative to the index's folder; ``#`` comments)."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            entry = line.split("#", 1)[0].strip()
+            if entry:
+                f = Path(entry) if Path(entry).is_absolute() else path.parent / entry
+                if not f.is_file():
+                    raise FileNotFoundError(f"{path}: lists {entry}, which does not exist")
+                yield f
+
+
+def _folder(path: Path) -> list[Path]:
+    return sorted(
+        Path(e.path) for e in os.scandir(path)
+        if e.is_file() and is_structure_file(Path(e.name)) and not Path(e.name).stem.endswith("_relaxed")
+    )  # fmt: skip
+
+
+def discover(inputs: Iterable[str | Path], shard: tuple[int, int] | None = None) -> Iterator[Path]:
+    """Yield the structure files of ``inputs`` (files, folders, glob patterns, index files ``*.txt``/
+    ``*.list`` of one path per line), each once, in order; with ``shard=(K, N)`` only shard K's files.
 
     In a folder, files whose name ends in ``_relaxed`` (the relaxed half of a pair) are skipped and
     the rest are sorted by name. Nothing is listed twice in memory: a folder is walked once.
@@ -80,9 +112,9 @@ def discover(inputs: Iterable[str | Path]) -> Iterator[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths: Iterable[Path] = sorted(
-                f for f in p.iterdir() if f.is_file() and is_structure_file(f) and not f.stem.endswith("_relaxed")
-            )
+            paths: Iterable[Path] = _folder(p)
+        elif p.is_file() and p.suffix.lower() in INDEX_SUFFIXES:
+            paths = _index(p)
         elif p.is_file():
             paths = [p]
         else:
@@ -93,7 +125,8 @@ def discover(inputs: Iterable[str | Path]) -> Iterator[Path]:
             if f not in seen:
                 seen.add(f)
                 found += 1
-                yield f
+                if in_shard(f, shard):
+                    yield f
     if not found:
         raise FileNotFoundError(f"no structure files (CIF/POSCAR/extxyz/traj/db) in {[str(i) for i in inputs]}")
 
@@ -276,27 +309,124 @@ class Finisher:
 
 
 class PredictionTable:
-    """``<out>/predictions.csv``: one row per structure, rewritten atomically after every batch.
+    """``<out>/predictions.csv`` (or a shard's ``predictions.shard<K>of<N>.csv``): one row per structure.
 
-    On ``resume``, rows whose output file still exists are kept (their ids are :attr:`done`); the
-    folder's ``predict_run.json`` must show the same ``record`` (model files, output settings), or
-    resuming is refused: it would mix two runs.
+    Rows are appended after every batch (flushed to disk), so a table of 100,000 structures is never
+    rewritten as a whole while it grows; nothing but the ids is held in memory. On ``resume``, rows whose
+    output file still exists are kept (their ids are :attr:`done`) and a line cut short by a kill is
+    dropped. The folder's ``predict_run.json`` must show the same ``record`` (model files, output
+    settings), or resuming is refused: it would mix two runs.
     """
 
     def __init__(self, out: Path, record: dict[str, Any], resume: bool = True, name: str = "predictions.csv"):
-        self.path = Path(out) / name
-        self.rows: list[dict[str, Any]] = []
-        if resume:
-            self.rows = [r for r in read_csv(self.path) if r.get("output") and (Path(out) / r["output"]).is_file()]
-        check_resume_record(out, record, "predict_run.json", resuming=bool(self.rows))
-        self.done = frozenset(r["id"] for r in self.rows)
+        self.out = Path(out)
+        self.path = self.out / name
+        rows = [r for r in read_csv(self.path) if self._complete(r)] if resume else []
+        check_resume_record(out, record, "predict_run.json", resuming=bool(rows))
+        self.columns: list[str] | None = list(rows[0]) if rows else None
+        self.done = frozenset(r["id"] for r in rows)
+        if self.path.exists() or rows:  # start from the clean rows only (no partial line, no stale rows)
+            atomic_write_csv(self.path, rows, self.columns or ["id", "output"])
+
+    def _complete(self, row: dict[str, Any]) -> bool:
+        return bool(row.get("output")) and None not in row.values() and (self.out / row["output"]).is_file()
 
     def add(self, rows: Sequence[dict[str, Any]]) -> None:
-        self.rows.extend(rows)
-        self.flush()
+        """Append ``rows`` (a new column rewrites the table once with the union of the columns)."""
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        if self.columns is None or not set(keys) <= set(self.columns):
+            old = read_csv(self.path) if self.columns is not None else []
+            self.columns = list(dict.fromkeys([*(self.columns or []), *keys]))
+            atomic_write_csv(self.path, old, self.columns)
+        buf = io.StringIO()
+        csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore").writerows(
+            {k: r.get(k, "") for k in self.columns} for r in rows
+        )
+        with open(self.path, "a", encoding="utf-8", newline="") as fh:
+            fh.write(buf.getvalue())
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def flush(self) -> None:
-        atomic_write_csv(self.path, self.rows, None if self.rows else ["id", "output"])
+        """Make sure the table exists (with a header) even when nothing was predicted."""
+        if not self.path.exists():
+            atomic_write_csv(self.path, [], self.columns or ["id", "output"])
+
+
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` -> ``(K, N)`` with 1 <= K <= N (``None``: no sharding)."""
+    if shard in (None, "", "none"):
+        return None
+    try:
+        k, n = (int(x) for x in str(shard).split("/"))
+    except ValueError:
+        raise ValueError(f"shard: expected K/N such as 1/4, got {shard!r}") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"shard: K must be in 1..N, got {shard!r}")
+    return k, n
+
+
+def in_shard(path: Path, shard: tuple[int, int] | None) -> bool:
+    """Whether ``path`` belongs to shard K of N: by a stable hash of its file name, so every task of a
+    cluster job array agrees without talking to the others (and a listing's order does not matter)."""
+    if shard is None:
+        return True
+    k, n = shard
+    return zlib.crc32(path.name.encode()) % n == k - 1
+
+
+def table_name(shard: tuple[int, int] | None) -> str:
+    return "predictions.csv" if shard is None else f"predictions.shard{shard[0]}of{shard[1]}.csv"
+
+
+def open_table(job: Any, record: dict[str, Any]) -> tuple[PredictionTable, tuple[int, int] | None]:
+    """The output folder of a predict job (``job.out``, ``job.resume``, ``job.shard``): created, its table
+    opened (resumed when allowed) and the resolved config saved (per shard: ``config.shard<K>of<N>.yaml``)."""
+    from quintet.config import save_config
+
+    shard = parse_shard(job.shard)
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = PredictionTable(out, record, resume=job.resume, name=table_name(shard))
+    save_config(job, out / ("config.yaml" if shard is None else f"config.shard{shard[0]}of{shard[1]}.yaml"))
+    return table, shard
+
+
+@dataclass
+class MergeJob:
+    """``quintet <system> merge -o OUT``: merge the shard tables a job array wrote into ``OUT``."""
+
+    out: str = "predictions"
+
+
+def merge_tables(out: Path) -> Path:
+    """Merge the shard tables ``predictions.shard<K>of<N>.csv`` of ``out`` into ``predictions.csv``.
+
+    Raises:
+        FileNotFoundError: no shard tables, or a shard missing (named).
+        ValueError: tables of different N, or a structure id in two shards.
+    """
+    tables = sorted(Path(out).glob("predictions.shard*of*.csv"))
+    if not tables:
+        raise FileNotFoundError(f"{out}: no predictions.shard<K>of<N>.csv to merge (run predict with --shard K/N)")
+    found = {tuple(int(x) for x in re.findall(r"\d+", t.name)[-2:]) for t in tables}
+    ns = {n for _, n in found}
+    if len(ns) != 1:
+        raise ValueError(f"{out}: shard tables of different N {sorted(ns)}; merge one job's shards at a time")
+    n = ns.pop()
+    missing = [k for k in range(1, n + 1) if (k, n) not in found]
+    if missing:
+        raise FileNotFoundError(f"{out}: shards {missing} of {n} have no table yet; run them first")
+    rows, owner = [], {}
+    for t in tables:
+        for r in read_csv(t):
+            if r["id"] in owner:
+                raise ValueError(f"structure id {r['id']!r} is in {owner[r['id']]} and {t.name}")
+            owner[r["id"]] = t.name
+            rows.append(r)
+    path = Path(out) / "predictions.csv"
+    atomic_write_csv(path, rows)
+    return path
 
 
 def check_inputs(inputs: Sequence[str], out: Path) -> None:
@@ -335,15 +465,20 @@ def run_predictions(
     max_atoms: int | None = None,
     desc: str = "predict",
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> Path:
-    """Drive a predict verb end to end (see the module docstring); returns the table's path."""
+    """Drive a predict verb end to end (see the module docstring); returns the table's path.
+
+    The progress bar counts input files first (one cheap listing pass, nothing kept) to show
+    structures/s and an ETA; ``shard=(K, N)`` predicts only shard K's files (:func:`in_shard`)."""
     from tqdm.auto import tqdm
 
     check_inputs(inputs, out)
-    items = iter_structures(discover(inputs), skip=table.done)
     if table.done:
         print(f"resuming: {len(table.done)} structures already in {table.path}")
-    bar = tqdm(desc=desc, unit="structure", disable=not progress)
+    total = sum(1 for _ in discover(inputs, shard)) if progress else None
+    items = iter_structures(discover(inputs, shard), skip=table.done)
+    bar = tqdm(total=total, initial=len(table.done), desc=desc, unit="structure", disable=not progress)
     for chunk in batches(items, batch_size, max_atoms):
         t0 = time.perf_counter()
         results = predict(chunk)

@@ -30,10 +30,12 @@ def _predict(job: Any) -> str:
 
 
 def _verbs() -> list[Verb]:
+    from quintet.atomistic.pipeline import MergeJob
     from quintet.deeprelax.jobs import EvalJob, PredictJob, TrainJob
 
     finish = {"--finish-with": "finish_with", "--fmax": "fmax", "--finish-optimizer": "finish_optimizer"}
     batch = {"--batch-size": "batch_size", "--max-atoms": "max_atoms", "--compile": "compile"}
+    scale = {"--shard": "shard", "--format": "output_format"}
     return [
         Verb(
             "train", "train on relaxation pairs (custom/2DMD layout, ASE db, or generated EMT pairs)",
@@ -50,10 +52,18 @@ def _verbs() -> list[Verb]:
         Verb(
             "predict", "relax CIF/POSCAR/extxyz files in one shot (optionally finish with a calculator)",
             PredictJob, _predict, inputs="inputs", model="model", ensemble="ensemble", out="out",
-            flags={**finish, "--format": "output_format", **batch},
+            flags={**finish, **scale, **batch},
             example="quintet deeprelax predict 'unrelaxed/*.cif' -m runs/dr/best.pt -o relaxed --finish-with chgnet",
         ),
+        Verb("merge", "merge the shard tables of a job array (predict --shard K/N) into predictions.csv", MergeJob,
+             _merge, out="out", example="quintet deeprelax merge -o relaxed"),
     ]  # fmt: skip
+
+
+def _merge(job: Any) -> str:
+    from quintet.atomistic.pipeline import merge_tables
+
+    return f"merged: {merge_tables(job.out)}"
 
 
 VERBS = _verbs()

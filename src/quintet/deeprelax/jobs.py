@@ -150,6 +150,9 @@ class PredictJob:
             carries the per-atom uncertainty as the array ``uncertainty_A``, and ``spread_A`` for an ensemble).
         compile: run the networks through ``torch.compile`` (:class:`~quintet.atomistic.nn.CompiledModel`):
             a one-off compile on the first batch (tens of seconds), then a faster forward pass; for large jobs.
+        shard: ``K/N``: predict only shard K of N of the input files (a stable hash of each file name), for
+            the tasks of a cluster job array writing into one ``out``; each writes
+            ``predictions.shard<K>of<N>.csv`` and ``quintet deeprelax merge -o OUT`` joins them.
     """
 
     model: str = "runs/deeprelax/best.pt"
@@ -168,6 +171,7 @@ class PredictJob:
     resume: bool = True
     output_format: Literal["cif", "poscar", "extxyz"] = "cif"
     compile: bool = False
+    shard: str | None = None
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -561,14 +565,16 @@ def predict(job: PredictJob) -> Path:
     """
     from quintet.atomistic.pipeline import (
         Finisher,
-        PredictionTable,
         check_inputs,
+        open_table,
         oracle_name,
+        parse_shard,
         run_predictions,
     )
 
     out = Path(job.out)
     check_inputs(job.inputs, out)
+    parse_shard(job.shard)  # a bad K/N fails before anything is loaded or written
     finisher = None
     if oracle_name(job.finish_with) is not None:
         finisher = Finisher(
@@ -577,13 +583,11 @@ def predict(job: PredictJob) -> Path:
     models: Sequence[Any] = load_ensemble([job.model, *job.ensemble])
     if job.compile:
         models = compiled(models)
-    out.mkdir(parents=True, exist_ok=True)
-    table = PredictionTable(out, _predict_record(job), resume=job.resume)
-    save_config(job, out / "config.yaml")
+    table, shard = open_table(job, _predict_record(job))
     return run_predictions(
         job.inputs, out, lambda chunk: relax_items(models, chunk, job.solve, job.output_format), table,
         fmt=job.output_format, finisher=finisher, batch_size=job.batch_size, max_atoms=job.max_atoms,
-        desc="deeprelax predict",
+        desc="deeprelax predict", shard=shard,
     )  # fmt: skip
 
 

@@ -43,6 +43,7 @@ def _label(job: Any) -> str:
 
 
 def _verbs() -> list[Verb]:
+    from quintet.atomistic.pipeline import MergeJob
     from quintet.definet.labelling import LabelJob
     from quintet.definet.predict import EvalJob, PredictJob
     from quintet.definet.run import TrainJob
@@ -50,12 +51,13 @@ def _verbs() -> list[Verb]:
     host = {"--pristine": "pristine", "--unit-cell": "unit_cell", "--supercell": "supercell", "--tol": "tol"}
     finish = {"--finish-with": "finish_with", "--finish-optimizer": "finish_optimizer", "--fmax": "fmax"}
     batch = {"--batch-size": "batch_size", "--max-atoms": "max_atoms", "--compile": "compile"}
+    scale = {"--shard": "shard", "--format": "output_format"}
     return [
         Verb("train", "train on 2DMD-layout host folders (several hosts at once)", TrainJob, _train,
              out="out", seed="train.seed", device="train.accelerator", flags={"--data": "data.root"},
              example="quintet definet train --data ../shared/data/materials/defects2d -o runs/definet"),
         Verb("predict", "one-shot relaxed structures for defect files/folders", PredictJob, _predict,
-             inputs="inputs", model="model", out="out", flags={**host, **finish, **batch},
+             inputs="inputs", model="model", out="out", flags={**host, **finish, **scale, **batch},
              example="quintet definet predict my_defects/ -m runs/definet/best.pt --pristine MoS2_supercell.cif"),
         Verb("eval", "coordinate MAE, local MAE near defects and oracle steps vs the dummy", EvalJob, _evaluate,
              model="model", out="out",
@@ -63,7 +65,15 @@ def _verbs() -> list[Verb]:
         Verb("label", "label vacancies/substitutions against the pristine host", LabelJob, _label,
              inputs="inputs", out="out", flags=host,
              example="quintet definet label my_defect.cif --unit-cell MoS2.cif --supercell 5,5,1"),
+        Verb("merge", "merge the shard tables of a job array (predict --shard K/N) into predictions.csv", MergeJob,
+             _merge, out="out", example="quintet definet merge -o relaxed"),
     ]  # fmt: skip
+
+
+def _merge(job: Any) -> str:
+    from quintet.atomistic.pipeline import merge_tables
+
+    return f"merged: {merge_tables(job.out)}"
 
 
 VERBS = _verbs()

@@ -134,6 +134,9 @@ class PredictJob:
         resume: skip structures already listed in ``predictions.csv``, when ``predict_run.json`` shows the
             same model, host and output settings (else ``ValueError``: resuming would mix two runs).
         progress: progress bars.
+        shard: ``K/N``: predict only shard K of N of the input files (a stable hash of each file name), for
+            the tasks of a cluster job array writing into one ``out``; ``quintet definet merge -o OUT`` joins
+            their tables.
     """
 
     model: str = "runs/definet/best.pt"
@@ -153,6 +156,7 @@ class PredictJob:
     resume: bool = True
     progress: bool = True
     compile: bool = False
+    shard: str | None = None
 
 
 def atoms_from(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> Any:
@@ -207,15 +211,17 @@ def predict(job: PredictJob) -> Path:
     from quintet.atomistic.defects import load_host
     from quintet.atomistic.pipeline import (
         Finisher,
-        PredictionTable,
         check_inputs,
+        open_table,
         oracle_name,
+        parse_shard,
         run_predictions,
     )
     from quintet.definet.run import load_definet
 
     out = Path(job.out)
     check_inputs(job.inputs, out)
+    parse_shard(job.shard)  # a bad K/N fails before anything is loaded or written
     finisher = None
     if oracle_name(job.finish_with) is not None:
         finisher = Finisher(job.finish_with, job.fmax, job.finish_steps, cell=False, optimizer=job.finish_optimizer)
@@ -223,13 +229,11 @@ def predict(job: PredictJob) -> Path:
     if job.compile:
         model = CompiledModel(model)
     host = load_host(job.pristine, job.unit_cell, job.supercell)
-    out.mkdir(parents=True, exist_ok=True)
-    table = PredictionTable(out, _predict_record(job), resume=job.resume)
-    save_config(job, out / "config.yaml")
+    table, shard = open_table(job, _predict_record(job))
     return run_predictions(
         job.inputs, out, lambda chunk: defect_items(model, host, chunk, job.tol, job.max_atoms), table,
         fmt=job.output_format, finisher=finisher, batch_size=job.batch_size, max_atoms=job.max_atoms,
-        desc="definet predict", progress=job.progress,
+        desc="definet predict", progress=job.progress, shard=shard,
     )  # fmt: skip
 
 
