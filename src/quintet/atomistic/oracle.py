@@ -400,7 +400,6 @@ def run_md(cfg: MDConfig, calc: Calculator | None = None, progress: bool = True)
     Raises:
         RuntimeError: the dynamics blew up (non-finite energy or temperature out of [0.1, 1e5] K).
     """
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
     from tqdm.auto import tqdm
 
     out = Path(cfg.out)
@@ -412,29 +411,47 @@ def run_md(cfg: MDConfig, calc: Calculator | None = None, progress: bool = True)
         print(f"{out}: already complete ({load_json(summary_path)['frames']} frames); nothing to do")
         return out
     calc, oracle_name = _calc(calc if calc is not None else cfg.oracle, cfg.device)
+    _md_parts(cfg, parts, want)
+    n_frames = cfg.steps // cfg.stride
+    done = sorted(parts.glob("chunk_*.extxyz"))
+    t0 = time.perf_counter()
+    atoms = _md_initial(cfg, done, calc)
+    if not done and cfg.equilibration_steps > 0:
+        _md_equilibrate(atoms, cfg, out, progress)
+    initial = min(len(done) * cfg.chunk_frames, n_frames)
+    with tqdm(total=n_frames, initial=initial, desc=f"MD {out.name}", unit="frame", disable=not progress) as bar:
+        for c in range(len(done), math.ceil(n_frames / cfg.chunk_frames)):
+            n_here = min(cfg.chunk_frames, n_frames - c * cfg.chunk_frames)
+            write_structure(parts / f"chunk_{c:05d}.extxyz", _md_chunk(atoms, cfg, c, n_here, out, oracle_name, bar))
+    _md_join(out, parts, summary_path, {"config": want, "oracle": oracle_name}, t0)
+    return out
+
+
+def _md_parts(cfg: MDConfig, parts: Path, want: dict[str, Any]) -> None:
+    """The chunk folder of a run: kept when it holds chunks of the same settings, else started over."""
     state_file = parts / "config.json"
     if parts.is_dir() and state_file.is_file() and load_json(state_file) != want:
         print(f"{parts}: chunks from different settings; starting over")
         shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
     atomic_save_json(state_file, want)
+    out = Path(cfg.out)
     save_config(cfg, out.with_name(out.stem + ".config.yaml"))
 
-    n_frames = cfg.steps // cfg.stride
-    n_chunks = math.ceil(n_frames / cfg.chunk_frames)
-    done = sorted(parts.glob("chunk_*.extxyz"))
-    t0 = time.perf_counter()
+
+def _md_initial(cfg: MDConfig, done: list[Path], calc: Calculator) -> Any:
+    """The starting atoms: the last frame of the last complete chunk, or fresh Maxwell-Boltzmann velocities."""
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+
+    atoms = _md_start(cfg)
     if done:
         last = read_structures(done[-1], index=-1)[0]
-        atoms = _md_start(cfg)
         atoms.positions = last.positions
         atoms.set_momenta(last.get_momenta())
         atoms.set_cell(last.cell, scale_atoms=False)
     else:
-        atoms = _md_start(cfg)
-        MaxwellBoltzmannDistribution(
-            atoms, temperature_K=cfg.temperature_K, rng=np.random.default_rng([cfg.seed, 2])
-        )
+        rng = np.random.default_rng([cfg.seed, 2])
+        MaxwellBoltzmannDistribution(atoms, temperature_K=cfg.temperature_K, rng=rng)
         Stationary(atoms)
         if not atoms.pbc.any():
             ZeroRotation(atoms)
@@ -443,46 +460,48 @@ def run_md(cfg: MDConfig, calc: Calculator | None = None, progress: bool = True)
 
         atoms.set_constraint(FixCom())  # the centre of mass stays put (Langevin noise would move it)
     atoms.calc = calc
-    if not done and cfg.equilibration_steps > 0:
-        dyn = _dynamics(atoms, cfg, np.random.default_rng([cfg.seed, 3]))
-        left = cfg.equilibration_steps
-        with tqdm(total=left, desc="equilibrating", unit="step", disable=not progress) as ebar:
-            while left > 0:
-                n = min(50, left)
-                dyn.run(n)
-                _check_md(atoms, out)
-                left -= n
-                ebar.update(n)
-    bar = tqdm(
-        total=n_frames,
-        initial=min(len(done) * cfg.chunk_frames, n_frames),
-        desc=f"MD {out.name}",
-        unit="frame",
-        disable=not progress,
-    )
-    periodic = bool(atoms.pbc.any())
-    for c in range(len(done), n_chunks):
-        frames = []
-        dyn = _dynamics(atoms, cfg, np.random.default_rng([cfg.seed, 100 + c]))
-        n_here = min(cfg.chunk_frames, n_frames - c * cfg.chunk_frames)
-        for k in range(n_here):
-            dyn.run(cfg.stride)
+    return atoms
+
+
+def _md_equilibrate(atoms: Any, cfg: MDConfig, out: Path, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    dyn = _dynamics(atoms, cfg, np.random.default_rng([cfg.seed, 3]))
+    left = cfg.equilibration_steps
+    with tqdm(total=left, desc="equilibrating", unit="step", disable=not progress) as ebar:
+        while left > 0:
+            n = min(50, left)
+            dyn.run(n)
             _check_md(atoms, out)
-            if cfg.stress and periodic:
-                atoms.get_stress()
-            snap = _snapshot(atoms)
-            snap.info.update(
-                step=(c * cfg.chunk_frames + k + 1) * cfg.stride,
-                temperature_K=float(atoms.get_temperature()),
-                oracle=oracle_name,
-            )
-            frames.append(snap)
-            bar.update(1)
-        write_structure(parts / f"chunk_{c:05d}.extxyz", frames)
-    bar.close()
-    chunks = sorted(parts.glob("chunk_*.extxyz"))
+            left -= n
+            ebar.update(n)
+
+
+def _md_chunk(atoms: Any, cfg: MDConfig, c: int, n_here: int, out: Path, oracle_name: str, bar: Any) -> list[Any]:
+    """The frames of chunk ``c`` (its thermostat noise from its own seed, so a resumed run matches)."""
+    frames = []
+    dyn = _dynamics(atoms, cfg, np.random.default_rng([cfg.seed, 100 + c]))
+    periodic = bool(atoms.pbc.any())
+    for k in range(n_here):
+        dyn.run(cfg.stride)
+        _check_md(atoms, out)
+        if cfg.stress and periodic:
+            atoms.get_stress()
+        snap = _snapshot(atoms)
+        snap.info.update(
+            step=(c * cfg.chunk_frames + k + 1) * cfg.stride,
+            temperature_K=float(atoms.get_temperature()),
+            oracle=oracle_name,
+        )
+        frames.append(snap)
+        bar.update(1)
+    return frames
+
+
+def _md_join(out: Path, parts: Path, summary_path: Path, head: dict[str, Any], t0: float) -> None:
+    """Join the chunks into ``out`` atomically, write the summary, remove the chunk folder."""
     buf = io.StringIO()
-    for ch in chunks:
+    for ch in sorted(parts.glob("chunk_*.extxyz")):
         buf.write(ch.read_text())
     atomic_write_text(out, buf.getvalue())
     frames = read_structures(out)
@@ -491,8 +510,7 @@ def run_md(cfg: MDConfig, calc: Calculator | None = None, progress: bool = True)
     atomic_save_json(
         summary_path,
         {
-            "config": want,
-            "oracle": oracle_name,
+            **head,
             "frames": len(frames),
             "atoms": len(frames[0]),
             "energy_mean": float(energies.mean()),
@@ -502,7 +520,6 @@ def run_md(cfg: MDConfig, calc: Calculator | None = None, progress: bool = True)
         },
     )
     shutil.rmtree(parts)
-    return out
 
 
 def _check_md(atoms: Any, out: Path) -> None:
