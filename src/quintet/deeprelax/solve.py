@@ -123,6 +123,42 @@ def _offsets(shift: Tensor, cell: Tensor, graph: Tensor, dtype: torch.dtype) -> 
     return torch.einsum("ek,ekl->el", shift.to(dtype), cell[graph])
 
 
+def _loop_edges(
+    init_pos: Tensor, anchor_pos: Tensor, anchor_cell: Tensor, cell: Tensor, edge_index: Tensor, shift: Tensor,
+    d_ei: Tensor, d_sh: Tensor, d_graph: Tensor, r_graph: Tensor, mu_d: Tensor, sg_d: Tensor, mu_r: Tensor,
+    sg_r: Tensor,
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:  # fmt: skip
+    """The edges the solve works on, as ``(i, j, graph, mu, sigma, const)`` of the displace edges (anchored
+    at the unrelaxed images) and of the relaxed edges that can move an atom.
+
+    An edge from an atom to its own image has a fixed length in a fixed cell: it cannot move the atom,
+    and leaving it in would let Adam blow float round-off (+g - g) up to full steps."""
+    moving = edge_index[0] != edge_index[1]
+    m_ei, m_sh, m_graph = edge_index[:, moving], shift[moving], r_graph[moving]
+    anchor = anchor_pos[d_ei[1]] + _offsets(d_sh, anchor_cell, d_graph, anchor_pos.dtype)
+    loop_d = (d_ei[0], d_ei[1], d_graph, mu_d, sg_d, anchor)
+    loop_m = (m_ei[0], m_ei[1], m_graph, mu_r[moving], sg_r[moving], _offsets(m_sh, cell, m_graph, init_pos.dtype))
+    return loop_d, loop_m
+
+
+def _adam_solve(
+    x: Tensor, loop_d: tuple[Tensor, ...], loop_m: tuple[Tensor, ...], num_graphs: int, steps: int, lr: float,
+    objective: Objective, lr_decay: bool,
+) -> Tensor:  # fmt: skip
+    """Adam on the positions ``x`` (in place) against the loop edges; cosine learning-rate decay to 1 %."""
+    if steps > 0 and (loop_d[0].numel() or loop_m[0].numel()):
+        wd = _edge_weights(loop_d[2], num_graphs, x.dtype)
+        wm = _edge_weights(loop_m[2], num_graphs, x.dtype)
+        opt = torch.optim.Adam([x], lr=lr)
+        for t in range(steps):
+            if lr_decay:
+                for group in opt.param_groups:
+                    group["lr"] = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t / steps)))
+            x.grad = _loop_gradient(x, loop_d, loop_m, wd, wm, objective)
+            opt.step()
+    return x
+
+
 def solve_positions(
     init_pos: Tensor,
     anchor_pos: Tensor,
@@ -182,39 +218,15 @@ def solve_positions(
         dr = edge_lengths(x, cell, edge_index, shift, batch)
         return dd, dr
 
-    # an edge from an atom to its own image has a fixed length in a fixed cell: it cannot move the atom,
-    # and leaving it in would let Adam blow float round-off (+g - g) up to full steps
-    moving = edge_index[0] != edge_index[1]
-    m_ei, m_sh, m_graph = edge_index[:, moving], shift[moving], r_graph[moving]
-    # the edges the loop works on: (i, j, graph, mu, sigma, const) of the displace and moving edges
-    anchor = anchor_pos[d_ei[1]] + _offsets(d_sh, anchor_cell, d_graph, anchor_pos.dtype)
-    loop_d = (d_ei[0], d_ei[1], d_graph, mu_d, sg_d, anchor)
-    loop_m = (
-        m_ei[0],
-        m_ei[1],
-        m_graph,
-        mu_r[moving],
-        sg_r[moving],
-        _offsets(m_sh, cell, m_graph, init_pos.dtype),
-    )
-
+    loop_d, loop_m = _loop_edges(init_pos, anchor_pos, anchor_cell, cell, edge_index, shift, d_ei, d_sh, d_graph,
+                                 r_graph, mu_d, sg_d, mu_r, sg_r)  # fmt: skip
     if skip_converged and objective == "hinge" and steps > 0:
         with torch.no_grad():
             pen = _loop_penalty(init_pos.detach(), loop_d, loop_m, num_graphs, objective)
         active = ~(pen == 0)  # NaN counts as active: a broken prediction must not pass silently
         loop_d = _select_edges(loop_d, active[d_graph])
-        loop_m = _select_edges(loop_m, active[m_graph])
-    x = init_pos.detach().clone()
-    if steps > 0 and (loop_d[0].numel() or loop_m[0].numel()):
-        wd = _edge_weights(loop_d[2], num_graphs, x.dtype)
-        wm = _edge_weights(loop_m[2], num_graphs, x.dtype)
-        opt = torch.optim.Adam([x], lr=lr)
-        for t in range(steps):
-            if lr_decay:
-                for group in opt.param_groups:
-                    group["lr"] = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t / steps)))
-            x.grad = _loop_gradient(x, loop_d, loop_m, wd, wm, objective)
-            opt.step()
+        loop_m = _select_edges(loop_m, active[loop_m[2]])
+    x = _adam_solve(init_pos.detach().clone(), loop_d, loop_m, num_graphs, steps, lr, objective, lr_decay)
     with torch.no_grad():
         dd, dr = distances(x)
         res_d = per_graph_mean((dd - mu_d).abs(), d_graph, num_graphs)
