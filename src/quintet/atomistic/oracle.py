@@ -895,13 +895,16 @@ def _parse_substitutions(
     return out
 
 
+_DEFECT_COLUMNS = [
+    "atoms_id", "n_atoms", "defects", "oracle", "steps", "e_unrelaxed", "e_relaxed", "fmax_final", "converged",
+    "seconds",
+]  # fmt: skip
+
+
 def make_defect_pairs(cfg: DefectPairsConfig, calc: Calculator | None = None, progress: bool = True) -> Path:
     """Generate point-defect pairs on a pristine supercell (2DMD layout); resumable. Returns the host folder."""
-    from ase.data import atomic_numbers
-
     calc, oracle_name = _calc(calc if calc is not None else cfg.oracle, cfg.device)
     unit = build_structure(cfg.host)
-    is_2d = not unit.pbc.all()
     name = cfg.name or unit.get_chemical_formula(mode="metal", empirical=True)
     folder = Path(cfg.out) / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -911,78 +914,68 @@ def make_defect_pairs(cfg: DefectPairsConfig, calc: Calculator | None = None, pr
     _check_settings(folder, settings)
     save_config(cfg, folder / "config.yaml")
     subs = _parse_substitutions(cfg.substitutions)
-    unit_path = folder / f"{name}.cif"
-    if unit_path.is_file():
-        unit = read_structure(unit_path)
-    else:
-        if cfg.relax_host:
-            mask = [True, True, False, False, False, True] if is_2d else None
-            unit = relax(
-                unit, calc, fmax=min(cfg.fmax, 0.01), max_steps=1000, relax_cell=True, cell_mask=mask
-            ).atoms
-            unit.calc = None
-        write_structure(unit_path, unit)
-        unit = read_structure(unit_path)  # what later runs will see (CIF precision, pbc)
-    pristine = unit.repeat(tuple(int(s) for s in cfg.supercell))
-    sup_path = folder / f"{name}_pristine_supercell.cif"
-    if not sup_path.is_file():
-        write_structure(sup_path, pristine)
-    pristine = read_structure(sup_path)
-    present = set(pristine.get_chemical_symbols())
-    columns = [
-        "atoms_id",
-        "n_atoms",
-        "defects",
-        "oracle",
-        "steps",
-        "e_unrelaxed",
-        "e_relaxed",
-        "fmax_final",
-        "converged",
-        "seconds",
-    ]
+    pristine = _defect_host(cfg, unit, calc, folder, name)
     ids = [f"{name}_s{cfg.seed}_{k:04d}" for k in range(cfg.n)]
 
     def make_one(k: int, pid: str) -> dict[str, Any]:
-        rng = np.random.default_rng([cfg.seed, k])
-        n_def = int(rng.integers(cfg.min_defects, cfg.max_defects + 1))
-        sites = rng.choice(len(pristine), size=n_def, replace=False)
-        atoms = pristine.copy()
-        tags = []
-        vac = []
-        for s in sites.tolist():
-            el = atoms.get_chemical_symbols()[s]
-            options = subs.get(el, [])
-            if rng.random() < cfg.vacancy_prob or not options:
-                vac.append(s)
-                tags.append(f"vac_{el}")
-            else:
-                new = options[int(rng.integers(len(options)))]
-                atoms.numbers[s] = atomic_numbers[new]
-                tags.append(f"sub_{el}_{new}")
-        for s in sorted(vac, reverse=True):
-            del atoms[s]
+        atoms, tags = _place_defects(pristine, subs, cfg, np.random.default_rng([cfg.seed, k]))
         res = relax(atoms, calc, cfg.fmax, cfg.max_steps, relax_cell=False, optimizer=cfg.optimizer)
         write_structure(folder / "CIF" / f"{pid}_relaxed.cif", res.atoms)
         write_structure(folder / "CIF" / f"{pid}_unrelaxed.cif", atoms)
         return {
-            "atoms_id": pid,
-            "n_atoms": len(atoms),
-            "defects": ";".join(tags),
-            "oracle": oracle_name,
-            "steps": res.steps,
-            "e_unrelaxed": _fmt(res.e_initial),
-            "e_relaxed": _fmt(res.e_final),
-            "fmax_final": _fmt(res.fmax_final, 4),
-            "converged": int(res.converged),
-            "seconds": _fmt(res.seconds, 2),
-        }
+            "atoms_id": pid, "n_atoms": len(atoms), "defects": ";".join(tags), "oracle": oracle_name,
+            "steps": res.steps, "e_unrelaxed": _fmt(res.e_initial), "e_relaxed": _fmt(res.e_final),
+            "fmax_final": _fmt(res.fmax_final, 4), "converged": int(res.converged), "seconds": _fmt(res.seconds, 2),
+        }  # fmt: skip
 
+    present = set(pristine.get_chemical_symbols())
     missing = sorted(set(subs) - present)
     if missing:
         print(f"note: substitutions for {missing} are unused: the host has only {sorted(present)}")
-    _run_pairs(folder, ids, make_one, columns, f"defect pairs {name} ({oracle_name})", progress)
+    _run_pairs(folder, ids, make_one, _DEFECT_COLUMNS, f"defect pairs {name} ({oracle_name})", progress)
     return folder
+
+
+def _defect_host(cfg: DefectPairsConfig, unit: Any, calc: Calculator, folder: Path, name: str) -> Any:
+    """The pristine supercell, as later runs will read it (CIF precision): the unit cell relaxed (cell too,
+    in-plane only for a 2D host) when ``relax_host``, written once as ``<name>.cif`` and repeated."""
+    unit_path = folder / f"{name}.cif"
+    if not unit_path.is_file():
+        if cfg.relax_host:
+            mask = [True, True, False, False, False, True] if not unit.pbc.all() else None
+            unit = relax(unit, calc, fmax=min(cfg.fmax, 0.01), max_steps=1000, relax_cell=True, cell_mask=mask).atoms
+            unit.calc = None
+        write_structure(unit_path, unit)
+    unit = read_structure(unit_path)
+    sup_path = folder / f"{name}_pristine_supercell.cif"
+    if not sup_path.is_file():
+        write_structure(sup_path, unit.repeat(tuple(int(s) for s in cfg.supercell)))
+    return read_structure(sup_path)
+
+
+def _place_defects(
+    pristine: Any, subs: dict[str, list[str]], cfg: DefectPairsConfig, rng: np.random.Generator
+) -> tuple[Any, list[str]]:
+    """A copy of ``pristine`` with ``min_defects..max_defects`` vacancies/substitutions, and their tags."""
+    from ase.data import atomic_numbers
+
+    n_def = int(rng.integers(cfg.min_defects, cfg.max_defects + 1))
+    sites = rng.choice(len(pristine), size=n_def, replace=False)
+    atoms = pristine.copy()
+    tags, vac = [], []
+    for site in sites.tolist():
+        el = atoms.get_chemical_symbols()[site]
+        options = subs.get(el, [])
+        if rng.random() < cfg.vacancy_prob or not options:
+            vac.append(site)
+            tags.append(f"vac_{el}")
+        else:
+            new = options[int(rng.integers(len(options)))]
+            atoms.numbers[site] = atomic_numbers[new]
+            tags.append(f"sub_{el}_{new}")
+    for site in sorted(vac, reverse=True):
+        del atoms[site]
+    return atoms, tags
 
 
 def describe_oracles() -> str:
