@@ -649,6 +649,43 @@ def _limits_reached(cfg: TrainConfig, st: _RunState) -> str:
     return ""
 
 
+def _check_fit_inputs(task: Task, train_dataset: Any, val_dataset: Any, cfg: TrainConfig) -> None:
+    if not isinstance(task, Task):
+        raise TypeError(f"fit expects a quintet.train.Task, got {type(task).__name__}")
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    for name, ds in (("train_dataset", train_dataset), ("val_dataset", val_dataset)):
+        if ds is not None and not (hasattr(ds, "__len__") and hasattr(ds, "__getitem__")):
+            raise TypeError(f"{name} must be a map-style dataset (__len__ and __getitem__), got {type(ds).__name__}")
+    if len(train_dataset) == 0:
+        raise ValueError("the training dataset is empty")
+    if val_dataset is not None and len(val_dataset) == 0:
+        raise ValueError("the validation dataset is empty (pass None to train without validation)")
+
+
+def _resume_state(out_dir: Path, cfg: TrainConfig, resume: bool, n_train: int) -> tuple[_RunState, Any]:
+    """The run state to start from and the checkpoint to restore (``None``); a finished run comes back
+    with its ``stop_reason`` set and no checkpoint."""
+    last = out_dir / LAST_NAME
+    if not resume and _env_rank() == 0:  # start over: never let a later resume pick up the old run
+        for name in (LAST_NAME, BEST_NAME, HISTORY_NAME):
+            (out_dir / name).unlink(missing_ok=True)
+    if not (resume and last.is_file()):
+        return _RunState(), None
+    ckpt = load_checkpoint(last)
+    state = _RunState.from_dict(ckpt["run"])
+    _warn_config_changes(last, ckpt, cfg, n_train)
+    if state.stop_reason not in ("early_stop", "non_finite"):
+        state.stop_reason = ""  # budgets are re-checked against cfg: a bigger budget continues the run
+    done = _limits_reached(cfg, state)
+    if done:
+        state.stop_reason = done
+        _say(cfg, f"{last}: already finished ({done}); nothing to do")
+        return state, None
+    _say(cfg, f"resuming {out_dir} after epoch {state.epoch} (step {state.step})")
+    return state, ckpt
+
+
 def fit(
     task: Task,
     train_dataset: Any,
@@ -679,19 +716,7 @@ def fit(
     Raises:
         ValueError: empty datasets, a monitor that is never measured, a checkpoint that does not match.
     """
-    if not isinstance(task, Task):
-        raise TypeError(f"fit expects a quintet.train.Task, got {type(task).__name__}")
-    if not isinstance(cfg, TrainConfig):
-        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
-    for name, ds in (("train_dataset", train_dataset), ("val_dataset", val_dataset)):
-        if ds is not None and not (hasattr(ds, "__len__") and hasattr(ds, "__getitem__")):
-            raise TypeError(
-                f"{name} must be a map-style dataset (__len__ and __getitem__), got {type(ds).__name__}"
-            )
-    if len(train_dataset) == 0:
-        raise ValueError("the training dataset is empty")
-    if val_dataset is not None and len(val_dataset) == 0:
-        raise ValueError("the validation dataset is empty (pass None to train without validation)")
+    _check_fit_inputs(task, train_dataset, val_dataset, cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = dict(extra or {})
@@ -701,23 +726,9 @@ def fit(
         monitor = "train/" + monitor.split("/", 1)[1]
         log.warning("no validation set: monitoring %s instead of %s", monitor, cfg.monitor)
 
-    state, ckpt = _RunState(), None
-    last = out_dir / LAST_NAME
-    if not resume and _env_rank() == 0:  # start over: never let a later resume pick up the old run
-        for name in (LAST_NAME, BEST_NAME, HISTORY_NAME):
-            (out_dir / name).unlink(missing_ok=True)
-    if resume and last.is_file():
-        ckpt = load_checkpoint(last)
-        state = _RunState.from_dict(ckpt["run"])
-        _warn_config_changes(last, ckpt, cfg, len(train_dataset))
-        if state.stop_reason not in ("early_stop", "non_finite"):
-            state.stop_reason = ""  # budgets are re-checked against cfg: a bigger budget continues the run
-        done = _limits_reached(cfg, state)
-        if done:
-            state.stop_reason = done
-            _say(cfg, f"{last}: already finished ({done}); nothing to do")
-            return _result(out_dir, state)
-        _say(cfg, f"resuming {out_dir} after epoch {state.epoch} (step {state.step})")
+    state, ckpt = _resume_state(out_dir, cfg, resume, len(train_dataset))
+    if state.stop_reason and ckpt is None:  # a finished run: nothing to do
+        return _result(out_dir, state)
 
     _seed_all(cfg.seed)
     task.on_fit_start(train_dataset)
