@@ -34,6 +34,7 @@ import torch
 
 from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate
+from quintet.atomistic.pipeline import Finisher
 from quintet.definet.model import DefiNet, DefiNetConfig
 from quintet.definet.predict import atoms_from, dataset_ids, predict_batches, record_metrics
 from quintet.definet.run import DataConfig, load_definet, load_pairs
@@ -211,7 +212,7 @@ def oracle_steps(
 
     from tqdm.auto import tqdm
 
-    from quintet.atomistic.oracle import get_calculator, relax
+    from quintet.atomistic.oracle import get_calculator
 
     calc = get_calculator("chgnet")
     stored: dict[str, dict[str, Any]] = json.loads(cache.read_text()) if cache and cache.is_file() else {}
@@ -239,7 +240,7 @@ def oracle_steps(
             start.calc = calc
             row[f"{name}_fmax0"] = float(np.linalg.norm(start.get_forces(), axis=1).max())
             for opt in optimizers:
-                res = relax(start, calc, fmax=fmax, max_steps=400, optimizer=opt)  # type: ignore[arg-type]
+                res = Finisher("chgnet", fmax, 400, optimizer=opt, calc=calc)(start)  # the predict verb's finish
                 tag = _tag(name, opt)
                 row[f"{tag}_steps"] = res.steps
                 row[f"{tag}_s"] = res.seconds
