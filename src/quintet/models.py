@@ -21,7 +21,7 @@ from typing import Any
 
 from quintet.cli import Verb
 
-__all__ = ["BUILDERS", "VERB", "default_model", "load_model", "load_weights", "resolve_model", "shipped_models"]
+__all__ = ["BUILDERS", "VERB", "build", "default_model", "load_model", "load_weights", "resolve_model", "shipped_models"]
 
 #: system -> ``module:function`` that rebuilds its network from a loaded model file dict
 BUILDERS = {
@@ -79,6 +79,18 @@ def resolve_model(name_or_path: str | Path) -> Path:
             "corrupted; reinstall quintet"
         )
     return path
+
+
+def build(net: Any, config: Any, d: dict[str, Any], path: str | Path) -> Any:
+    """``net(config(**extra.model))`` with the file's weights, eval mode: the body of every system's
+    ``from_model_file`` (an architecture field this version does not know is an error naming the file)."""
+    from quintet.config import from_dict
+
+    try:
+        cfg = from_dict(config, d["extra"]["model"])
+    except ValueError as exc:
+        raise ValueError(f"{path}: its {net.__name__} architecture is not valid here: {exc}") from exc
+    return load_weights(net(cfg), d, path)
 
 
 def load_weights(model: Any, d: dict[str, Any], path: str | Path) -> Any:

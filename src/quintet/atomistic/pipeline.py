@@ -40,15 +40,18 @@ __all__ = [
     "batches",
     "check_inputs",
     "discover",
+    "finisher_for",
     "in_shard",
     "is_structure_file",
     "iter_structures",
     "merge_tables",
+    "merge_verb",
     "one_thread",
     "open_table",
     "oracle_name",
     "output_name",
     "parse_shard",
+    "predict_job",
     "relax_structures",
     "run_predictions",
     "structure_id",
@@ -392,11 +395,46 @@ def open_table(job: Any, record: dict[str, Any]) -> tuple[PredictionTable, tuple
     return table, shard
 
 
+def finisher_for(job: Any) -> Finisher | None:
+    """The finish a predict job asks for (``finish_with``, ``fmax``, ``finish_steps``, ``finish_optimizer``;
+    ``finish_cell``/``finish_filter`` where the system relaxes cells), or ``None``."""
+    if oracle_name(job.finish_with) is None:
+        return None
+    cell, cell_filter = getattr(job, "finish_cell", False), getattr(job, "finish_filter", "frechet")
+    return Finisher(job.finish_with, job.fmax, job.finish_steps, cell, cell_filter, job.finish_optimizer)
+
+
+def predict_job(job: Any, record: Callable[[Any], dict[str, Any]], setup: Callable[[], PredictChunk], desc: str) -> Path:
+    """A predict verb: inputs, shard and finish checked first, then ``setup()`` (load the model), then the
+    output folder opened (:func:`open_table`) and :func:`run_predictions`; nothing is written before the
+    inputs and the model are known to be usable. Returns the table's path."""
+    out = Path(job.out)
+    check_inputs(job.inputs, out)
+    parse_shard(job.shard)
+    finisher = finisher_for(job)
+    predict = setup()
+    table, shard = open_table(job, record(job))
+    return run_predictions(
+        job.inputs, out, predict, table, fmt=job.output_format, finisher=finisher, batch_size=job.batch_size,
+        max_atoms=job.max_atoms, desc=desc, progress=getattr(job, "progress", True), shard=shard,
+    )  # fmt: skip
+
+
 @dataclass
 class MergeJob:
     """``quintet <system> merge -o OUT``: merge the shard tables a job array wrote into ``OUT``."""
 
     out: str = "predictions"
+
+
+def merge_verb(system: str) -> Any:
+    """The ``quintet <system> merge`` verb of a system whose predict takes ``--shard``."""
+    from quintet.cli import Verb
+
+    return Verb(
+        "merge", "merge the shard tables of a job array (predict --shard K/N) into predictions.csv", MergeJob,
+        lambda job: f"merged: {merge_tables(job.out)}", out="out", example=f"quintet {system} merge -o relaxed",
+    )  # fmt: skip
 
 
 def merge_tables(out: Path) -> Path:

@@ -30,7 +30,7 @@ def _predict(job: Any) -> str:
 
 
 def _verbs() -> list[Verb]:
-    from quintet.atomistic.pipeline import MergeJob
+    from quintet.atomistic.pipeline import merge_verb
     from quintet.deeprelax.jobs import EvalJob, PredictJob, TrainJob
 
     finish = {"--finish-with": "finish_with", "--fmax": "fmax", "--finish-optimizer": "finish_optimizer"}
@@ -55,15 +55,8 @@ def _verbs() -> list[Verb]:
             flags={**finish, **scale, **batch},
             example="quintet deeprelax predict 'unrelaxed/*.cif' -m runs/dr/best.pt -o relaxed --finish-with chgnet",
         ),
-        Verb("merge", "merge the shard tables of a job array (predict --shard K/N) into predictions.csv", MergeJob,
-             _merge, out="out", example="quintet deeprelax merge -o relaxed"),
+        merge_verb("deeprelax"),
     ]  # fmt: skip
-
-
-def _merge(job: Any) -> str:
-    from quintet.atomistic.pipeline import merge_tables
-
-    return f"merged: {merge_tables(job.out)}"
 
 
 VERBS = _verbs()

@@ -24,7 +24,7 @@ from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate, plan_batches
 from quintet.atomistic.nn.compile import CompiledModel
 from quintet.atomistic.pipeline import Item
-from quintet.config import from_dict, save_config
+from quintet.config import save_config
 from quintet.deeprelax.data import DeepRelaxTransform, check_record, pairs_to_records
 from quintet.deeprelax.graph import DISPLACE
 from quintet.deeprelax.inference import SolveConfig, check_ensemble, relax_ensemble
@@ -306,13 +306,9 @@ def _composition(ds: Any, pid: str) -> tuple[tuple[str, int], ...]:
 
 def from_model_file(d: dict[str, Any], path: str | Path) -> DeepRelax:
     """Rebuild a :class:`DeepRelax` (eval mode) from a loaded model file (:func:`quintet.load_model`)."""
-    try:
-        cfg = from_dict(ModelConfig, d["extra"]["model"])
-    except ValueError as exc:
-        raise ValueError(f"{path}: its DeepRelax architecture is not valid here: {exc}") from exc
-    from quintet.models import load_weights
+    from quintet.models import build
 
-    return load_weights(DeepRelax(cfg), d, path)
+    return build(DeepRelax, ModelConfig, d, path)
 
 
 def load_deeprelax(path: str | Path) -> tuple[DeepRelax, dict[str, Any]]:
@@ -563,32 +559,14 @@ def predict(job: PredictJob) -> Path:
             resuming would mix outputs: the folder's predictions came from other model files or output settings
             (recorded in ``predict_run.json``).
     """
-    from quintet.atomistic.pipeline import (
-        Finisher,
-        check_inputs,
-        open_table,
-        oracle_name,
-        parse_shard,
-        run_predictions,
-    )
+    from quintet.atomistic.pipeline import predict_job
 
-    out = Path(job.out)
-    check_inputs(job.inputs, out)
-    parse_shard(job.shard)  # a bad K/N fails before anything is loaded or written
-    finisher = None
-    if oracle_name(job.finish_with) is not None:
-        finisher = Finisher(
-            job.finish_with, job.fmax, job.finish_steps, job.finish_cell, job.finish_filter, job.finish_optimizer
-        )
-    models: Sequence[Any] = load_ensemble([job.model, *job.ensemble])
-    if job.compile:
-        models = compiled(models)
-    table, shard = open_table(job, _predict_record(job))
-    return run_predictions(
-        job.inputs, out, lambda chunk: relax_items(models, chunk, job.solve, job.output_format), table,
-        fmt=job.output_format, finisher=finisher, batch_size=job.batch_size, max_atoms=job.max_atoms,
-        desc="deeprelax predict", shard=shard,
-    )  # fmt: skip
+    def setup() -> Any:
+        models: Sequence[Any] = load_ensemble([job.model, *job.ensemble])
+        models = compiled(models) if job.compile else models
+        return lambda chunk: relax_items(models, chunk, job.solve, job.output_format)
+
+    return predict_job(job, _predict_record, setup, "deeprelax predict")
 
 
 def relax(

@@ -43,7 +43,7 @@ def _label(job: Any) -> str:
 
 
 def _verbs() -> list[Verb]:
-    from quintet.atomistic.pipeline import MergeJob
+    from quintet.atomistic.pipeline import merge_verb
     from quintet.definet.labelling import LabelJob
     from quintet.definet.predict import EvalJob, PredictJob
     from quintet.definet.run import TrainJob
@@ -65,15 +65,8 @@ def _verbs() -> list[Verb]:
         Verb("label", "label vacancies/substitutions against the pristine host", LabelJob, _label,
              inputs="inputs", out="out", flags=host,
              example="quintet definet label my_defect.cif --unit-cell MoS2.cif --supercell 5,5,1"),
-        Verb("merge", "merge the shard tables of a job array (predict --shard K/N) into predictions.csv", MergeJob,
-             _merge, out="out", example="quintet definet merge -o relaxed"),
+        merge_verb("definet"),
     ]  # fmt: skip
-
-
-def _merge(job: Any) -> str:
-    from quintet.atomistic.pipeline import merge_tables
-
-    return f"merged: {merge_tables(job.out)}"
 
 
 VERBS = _verbs()

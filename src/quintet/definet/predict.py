@@ -209,32 +209,16 @@ def predict(job: PredictJob) -> Path:
             and atoms), a bad ``finish_with``.
     """
     from quintet.atomistic.defects import load_host
-    from quintet.atomistic.pipeline import (
-        Finisher,
-        check_inputs,
-        open_table,
-        oracle_name,
-        parse_shard,
-        run_predictions,
-    )
+    from quintet.atomistic.pipeline import predict_job
     from quintet.definet.run import load_definet
 
-    out = Path(job.out)
-    check_inputs(job.inputs, out)
-    parse_shard(job.shard)  # a bad K/N fails before anything is loaded or written
-    finisher = None
-    if oracle_name(job.finish_with) is not None:
-        finisher = Finisher(job.finish_with, job.fmax, job.finish_steps, cell=False, optimizer=job.finish_optimizer)
-    model: Any = load_definet(job.model)[0]
-    if job.compile:
-        model = CompiledModel(model)
-    host = load_host(job.pristine, job.unit_cell, job.supercell)
-    table, shard = open_table(job, _predict_record(job))
-    return run_predictions(
-        job.inputs, out, lambda chunk: defect_items(model, host, chunk, job.tol, job.max_atoms), table,
-        fmt=job.output_format, finisher=finisher, batch_size=job.batch_size, max_atoms=job.max_atoms,
-        desc="definet predict", progress=job.progress, shard=shard,
-    )  # fmt: skip
+    def setup() -> Any:
+        model: Any = load_definet(job.model)[0]
+        model = CompiledModel(model) if job.compile else model
+        host = load_host(job.pristine, job.unit_cell, job.supercell)
+        return lambda chunk: defect_items(model, host, chunk, job.tol, job.max_atoms)
+
+    return predict_job(job, _predict_record, setup, "definet predict")
 
 
 def relax(

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from quintet.config import from_dict, save_config
+from quintet.config import save_config
 from quintet.definet.model import DefiNet, DefiNetConfig
 from quintet.definet.task import DefiNetTask
 from quintet.train import FitResult, TrainConfig, fit
@@ -199,14 +199,10 @@ def train(job: TrainJob) -> FitResult:
 
 
 def from_model_file(d: dict[str, Any], path: str | Path) -> DefiNet:
-    """Rebuild a DefiNet (eval mode) from a loaded model file (:func:`quintet.load_model`)."""
-    try:
-        cfg = from_dict(DefiNetConfig, d["extra"]["model"])
-    except ValueError as exc:
-        raise ValueError(f"{path}: its DefiNet architecture is not valid here: {exc}") from exc
-    from quintet.models import load_weights
+    """Rebuild a :class:`DefiNet` (eval mode) from a loaded model file (:func:`quintet.load_model`)."""
+    from quintet.models import build
 
-    return load_weights(DefiNet(cfg), d, path)
+    return build(DefiNet, DefiNetConfig, d, path)
 
 
 def load_definet(path: str | Path) -> tuple[DefiNet, dict[str, Any]]:
