@@ -107,7 +107,8 @@ class DemoJob:
 
 
 def _demo(job: DemoJob) -> str:
-    return f"report written to {run_demo(job.out, job.only or None, job.quick)}"
+    report = run_demo(job.out, job.only or None, job.quick)
+    return f"report written to {report.with_suffix('.html')} (and {report.name}, report.json)"
 
 
 VERB = Verb(
