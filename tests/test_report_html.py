@@ -33,12 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-extensions", "--remote-debugging-pipe",
+    "--disable-extensions", "--disable-dev-shm-usage", "--remote-debugging-pipe",
 ]  # fmt: skip
 PROBE = """(async () => {
+  if (document.readyState !== 'complete') await new Promise(r => addEventListener('load', r));
   const imgs = [...document.images];
   await Promise.all(imgs.map(i => i.decode().catch(() => null)));
   return {
+    url: document.URL,
     title: document.title,
     h2: [...document.querySelectorAll('section > h2')].map(h => h.textContent),
     ids: [...document.querySelectorAll('section')].map(s => s.id),
@@ -122,11 +124,12 @@ class Chromium:
         lines = self.log.read_text(encoding="utf-8", errors="replace").splitlines()
         return " | ".join(ln for ln in lines if "dbus" not in ln)[-800:]
 
-    def wait_event(self, method: str) -> dict[str, Any]:
+    def wait_event(self, method: str, since: int = 0) -> dict[str, Any]:
+        """The first ``method`` event at or after ``self.events[since]`` (read from the pipe until it comes)."""
         deadline = time.monotonic() + self.timeout
-        while not any(e.get("method") == method for e in self.events):
+        while not any(e.get("method") == method for e in self.events[since:]):
             self.events.append(self._read_message(deadline))
-        return next(e for e in self.events if e.get("method") == method)
+        return next(e for e in self.events[since:] if e.get("method") == method)
 
     def close(self) -> None:
         with contextlib.suppress(RuntimeError, TimeoutError, OSError):
@@ -170,14 +173,16 @@ def open_page(path: Path, tmp_path: Path) -> dict[str, Any]:
         for domain in ("Runtime", "Log", "Network", "Page"):
             browser.send(f"{domain}.enable", session=sid)
         browser.events.clear()
-        browser.send("Page.navigate", {"url": path.resolve().as_uri()}, session=sid)
-        browser.wait_event("Page.loadEventFired")
+        url = path.resolve().as_uri()
+        browser.send("Page.navigate", {"url": url}, session=sid)
+        browser.wait_event("Page.loadEventFired")  # Page was enabled after about:blank had loaded
         res = browser.send(
             "Runtime.evaluate",
             {"expression": PROBE, "awaitPromise": True, "returnByValue": True},
             session=sid,
         )
         page = res["result"]["value"]
+        assert page["url"] == url, f"the probe ran on {page['url']}, not on {url}"
         page["errors"] = console_errors(browser.events)
         page["requests"] = [
             e["params"]["request"]["url"]
