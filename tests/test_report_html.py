@@ -287,6 +287,15 @@ def test_json_tables_group_records_and_escape_keys() -> None:
     assert "<th>y.z</th>" in out and '<th>r2</th><td class="num">3</td><td class="num">4</td>' in out
 
 
+def test_few_wide_records_are_turned_into_columns() -> None:
+    wide = {"cora": {f"m{i}": i for i in range(11)}, "citeseer": {f"m{i}": 10 * i for i in range(11)}}
+    out = json_to_html(wide)
+    assert "<thead><tr><th></th><th>cora</th><th>citeseer</th></tr></thead>" in out
+    assert '<tr><th>m3</th><td class="num">3</td><td class="num">30</td></tr>' in out
+    narrow = json_to_html({"a": {"x": 1, "y": 2}, "b": {"x": 3, "y": 4}})
+    assert "<thead><tr><th></th><th>x</th><th>y</th></tr></thead>" in narrow
+
+
 def test_page_has_nav_and_unique_section_ids() -> None:
     from quintet.report import HtmlSection
 

@@ -301,17 +301,25 @@ def _flat(d: Mapping[str, Any], prefix: str = "", depth: int = 0) -> dict[str, A
     return out
 
 
-def _records_table(rows: list[tuple[str, Mapping[str, Any]]], max_rows: int, first: str = "") -> str:
+def _records_table(rows: list[tuple[str, Mapping[str, Any]]], max_rows: int) -> str:
+    """One table, a row per record; a few wide records (more than 10 keys, at most 8 records) are
+    turned so that each record is a column."""
     cols: dict[str, None] = {}
     for _, r in rows:
         cols.update(dict.fromkeys(r))
-    th = f"<th>{html.escape(first)}</th>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    if len(rows) <= 8 and len(cols) > 10:
+        rows, cols = (
+            [(str(c), {name: r.get(c, "") for name, r in rows}) for c in cols],
+            dict.fromkeys(n for n, _ in rows),
+        )
+    th = "<th></th>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
     trs = [
         f"<tr><th>{html.escape(name)}</th>" + "".join(_td(r.get(c, "")) for c in cols) + "</tr>"
         for name, r in rows[:max_rows]
     ]
     more = f'<p class="meta">… {len(rows) - max_rows} more rows not shown</p>' if len(rows) > max_rows else ""
-    return f'<div class="scroll"><table><thead><tr>{th}</tr></thead><tbody>{"".join(trs)}</tbody></table></div>{more}'
+    table = f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(trs)}</tbody></table>"
+    return f'<div class="scroll">{table}</div>{more}'
 
 
 def _as_records(v: Any) -> list[tuple[str, Mapping[str, Any]]] | None:
