@@ -305,13 +305,15 @@ def test_page_has_nav_and_unique_section_ids() -> None:
 
 
 def test_report_verb_errors_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["report", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 1
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "out")]) == 1
     assert "no benchmark results (*.json)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
     (tmp_path / "medaugment.json").write_text('{"img_per_s": 812.5}', encoding="utf-8")
     _png(tmp_path / "medaugment_grid.png", 4, 4)
     (tmp_path / "other.json").write_text("{not json", encoding="utf-8")
-    assert main(["report", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 0
-    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"outputs: {tmp_path / 'out'}"
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert '<a href="#medaugment">medaugment</a><a href="#other">other</a>' in page
     assert "812.5" in page and "not valid JSON" in page and page.count("<img ") == 1
 

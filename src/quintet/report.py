@@ -425,20 +425,20 @@ def benchmark_report_html(results: str | Path = "benchmarks/results", max_rows: 
 
 
 def write_benchmark_report(
-    results: str | Path = "benchmarks/results", out: str | Path | None = None, max_rows: int = 60
+    results: str | Path = "benchmarks/results", out: str | Path = "report_out", max_rows: int = 60
 ) -> Path:
-    """Write :func:`benchmark_report_html` to ``out`` (default ``<results>/report.html``); return the path."""
-    out = Path(out) if out else Path(results) / "report.html"
-    atomic_write_text(out, benchmark_report_html(results, max_rows))
-    return out
+    """Write :func:`benchmark_report_html` of ``results`` to ``<out>/report.html``; return that path."""
+    path = Path(out) / "report.html"
+    atomic_write_text(path, benchmark_report_html(results, max_rows))
+    return path
 
 
 @dataclass
 class ReportJob:
-    """``quintet report``: the benchmark results folder ``results`` as one HTML page ``out``."""
+    """``quintet report``: the benchmark results folder ``results`` as one page, ``<out>/report.html``."""
 
     results: str = "benchmarks/results"
-    out: str = "benchmarks/results/report.html"
+    out: str = "report_out"
     max_rows: int = 60
 
 
@@ -448,5 +448,5 @@ def _report(job: ReportJob) -> str:
 
 VERB = Verb(
     "report", "render benchmark results (JSON, Markdown, PNG) into one self-contained HTML page", ReportJob, _report,
-    inputs="results", out="out", example="quintet report benchmarks/results -o benchmarks/results/report.html",
+    inputs="results", out="out", example="quintet report benchmarks/results -o report_out  # report_out/report.html",
 )  # fmt: skip
