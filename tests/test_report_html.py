@@ -299,8 +299,14 @@ def test_few_wide_records_are_turned_into_columns() -> None:
 def test_page_has_nav_and_unique_section_ids() -> None:
     from quintet.report import HtmlSection
 
-    page = render_page("<t>", [HtmlSection("A b", "<p>1</p>"), HtmlSection("A b", "<p>2</p>")])
-    assert '<a href="#a-b">A b</a><a href="#a-b-2">A b</a>' in page
+    secs = [
+        HtmlSection("A b", "<p>1</p>"),
+        HtmlSection("A b", "<p>2</p>"),
+        HtmlSection("DeepRelax — one (x)", ""),
+    ]
+    page = render_page("<t>", secs)
+    assert '<a href="#a-b">A b</a><a href="#a-b-2">A b</a><a href="#deeprelax-one-x">DeepRelax</a>' in page
+    assert "<h2>DeepRelax — one (x)</h2>" in page
     assert "<title>&lt;t&gt;</title>" in page and "default-src 'none'" in page
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "HtmlSection",
     "ReportJob",
     "benchmark_report_html",
+    "image_html",
     "json_to_html",
     "markdown_report_html",
     "markdown_to_html",
@@ -83,11 +84,16 @@ def _slug(text: str, taken: set[str]) -> str:
     return slug
 
 
+def _short(title: str) -> str:
+    """The nav label of a section: its title up to a dash or a parenthesis ("DeepRelax — one-shot ...")."""
+    return re.split(r"\s+[—–-]\s+|\s+\(", title, maxsplit=1)[0] or title
+
+
 def render_page(title: str, sections: Iterable[HtmlSection], intro: str = "") -> str:
     """The whole HTML page: a nav with one link per section, then the sections; ``intro`` is HTML."""
     taken: set[str] = set()
     secs = [(s, _slug(s.key or s.title, taken)) for s in sections]
-    nav = "".join(f'<a href="#{sid}">{html.escape(s.title)}</a>' for s, sid in secs)
+    nav = "".join(f'<a href="#{sid}">{html.escape(_short(s.title))}</a>' for s, sid in secs)
     body = "\n".join(
         f'<section id="{sid}">\n<h2>{html.escape(s.title)}</h2>\n{s.body}\n</section>' for s, sid in secs
     )
