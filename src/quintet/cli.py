@@ -59,6 +59,7 @@ SYSTEMS: dict[str, _System] = {
     ),
     "demo": _System("quintet.demo", "run every available system on small embedded data, write a report", ""),
     "models": _System("quintet.models", "list the pretrained models (and their cards)", ""),
+    "report": _System("quintet.report", "render benchmark results into one self-contained HTML page", ""),
 }
 
 

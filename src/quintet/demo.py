@@ -3,7 +3,8 @@
 Each system contributes a section by providing ``quintet.<system>.demo.demo(out_dir, quick)``
 returning a :class:`DemoSection`. A system whose optional extra is not installed, or whose section
 fails, is reported as skipped/failed with the reason; the other sections still run. The report is
-``<out>/report.md`` with the PNG plots of every section next to it.
+``<out>/report.md`` with the PNG plots of every section next to it, and ``<out>/report.html``, the same
+report as one self-contained page (:mod:`quintet.report`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from quintet.cli import Verb
 from quintet.io import atomic_save_json, atomic_write_text
+from quintet.report import write_markdown_report
 
 __all__ = ["SECTIONS", "VERB", "DemoJob", "DemoSection", "run_demo"]
 
@@ -50,7 +52,7 @@ SECTIONS: dict[str, str] = {
 
 
 def run_demo(out: str | Path = "demo_out", only: Sequence[str] | None = None, quick: bool = False) -> Path:
-    """Run the demo sections and write ``report.md`` / ``report.json``; return the report path."""
+    """Run the demo sections and write ``report.md`` / ``report.json`` / ``report.html``; return the report path."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -91,6 +93,7 @@ def run_demo(out: str | Path = "demo_out", only: Sequence[str] | None = None, qu
     report = out / "report.md"
     atomic_write_text(report, "\n".join(parts))
     atomic_save_json(out / "report.json", summary)
+    write_markdown_report(report)  # report.html beside it: self-contained, images embedded
     return report
 
 
@@ -104,7 +107,8 @@ class DemoJob:
 
 
 def _demo(job: DemoJob) -> str:
-    return f"report written to {run_demo(job.out, job.only or None, job.quick)}"
+    report = run_demo(job.out, job.only or None, job.quick)
+    return f"report written to {report.with_suffix('.html')} (and {report.name}, report.json)"
 
 
 VERB = Verb(
