@@ -35,12 +35,13 @@ def _verbs() -> list[Verb]:
     from quintet.leignn.run import EvalConfig, LEIGNNJob
 
     return [
-        Verb("train", "train on extxyz / ASE db / MD17 npz (keys: data.*, model.*, loss.*, train.*, out, dtype)",
+        Verb("train", "train on extxyz / ASE db / MD17 npz (keys: data.*, model.*, loss.*, train.*, out, dtype, init_from)",
              LEIGNNJob, _train, out="out", seed="train.seed", device="train.accelerator",
-             flags={"--data": "data.path"},
+             flags={"--data": "data.path", "--train-file": "data.train_file", "--valid-file": "data.valid_file",
+                    "--test-file": "data.test_file", "--init-from": "init_from"},
              example="quintet leignn train --data aspirin.extxyz model.forces=conservative -o runs/aspirin"),
         Verb("eval", "energy/force MAE and a parity plot on a split", EvalConfig, _evaluate,
-             model="model", out="out", flags={"--data": "data.path", "--split": "split"},
+             model="model", out="out", device="device", flags={"--data": "data.path", "--split": "split"},
              example="quintet leignn eval -m runs/aspirin/best.pt --data aspirin.extxyz --split test"),
         Verb("md", "NVE / Langevin / Nosé-Hoover / Berendsen MD through ASE", LEIGNNMDJob, _md,
              inputs="structure", model="model", out="md.out", device="device", seed="md.seed",
