@@ -53,7 +53,7 @@ def _verbs() -> list[Verb]:
         Verb("export", "TorchScript file that runs without quintet (plain torch.jit.load), for MD codes",
              ExportJob, _export, model="model", out="out",
              example="quintet leignn export -m runs/aspirin/best.pt -o model.pt"),
-        Verb("md", "NVE / Langevin / Nosé-Hoover / Berendsen MD through ASE", LEIGNNMDJob, _md,
+        Verb("md", "NVE / NVT (Langevin, Nosé-Hoover, Berendsen) / NPT MD through ASE", LEIGNNMDJob, _md,
              inputs="structure", model="model", out="md.out", device="device", seed="md.seed",
              flags={"--compile": "compile"}, exit_code=lambda res: 1 if res.stopped_early else 0,
              example="quintet leignn md start.xyz -m best.pt md.ensemble=nve md.steps=5000"),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -28,8 +29,14 @@ class LEIGNNMDJob:
 
 
 def md(job: LEIGNNMDJob) -> MDResult:
-    """Run the MD job; see :func:`quintet.atomistic.md.run_md`."""
+    """Run the MD job; see :func:`quintet.atomistic.md.run_md`.
+
+    The frame index is resolved (``-1`` becomes the last frame's number), printed, and saved with the
+    model and structure paths in ``<md.out>/run_config.yaml``, so ``quintet leignn md -c`` on that file
+    repeats the run.
+    """
     from quintet.atomistic.structures import read_structures
+    from quintet.config import save_config
     from quintet.leignn.calculator import LEIGNNCalculator
 
     if not job.model or not job.structure:
@@ -38,6 +45,12 @@ def md(job: LEIGNNMDJob) -> MDResult:
     frames = read_structures(job.structure, index=":")
     if not frames:
         raise ValueError(f"{job.structure}: no structure found")
-    atoms = frames[job.index].copy()
+    if not -len(frames) <= job.index < len(frames):
+        raise ValueError(f"{job.structure}: index={job.index} but the file has {len(frames)} frames")
+    index = job.index % len(frames)
+    atoms = frames[index].copy()
     calc.model.check_elements(torch.tensor(atoms.get_atomic_numbers()))
+    print(f"MD from frame {index} of {len(frames)} in {job.structure} ({len(atoms)} atoms)")
+    Path(job.md.out).mkdir(parents=True, exist_ok=True)
+    save_config(replace(job, index=index), Path(job.md.out) / "run_config.yaml")
     return run_md(atoms, calc, job.md)
