@@ -25,7 +25,7 @@ def _evaluate(job: Any) -> str:
 def _export(job: Any) -> str:
     from quintet.leignn.export import export
 
-    return f"TorchScript model: {export(job)} (torch.jit.load it; see docs/leignn.md#export)"
+    return f"TorchScript model: {export(job)} (load it with torch.jit.load; docs/leignn.md, section Export)"
 
 
 def _md(job: Any) -> Any:
