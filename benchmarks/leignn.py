@@ -11,6 +11,16 @@
    (~1,000 and ~10,000 atoms; 5 Å cutoff, 32 neighbours for every model), plus CHGNet at ~1,000
    atoms; LEIGNN's time per step from ~100 to ~10,000 atoms gives the scaling exponent.
 3. NVE energy drift on ethanol (2.5 ps, 0.5 fs) with conservative and with direct forces.
+4. ``--stages e3peers`` (added to the existing JSON): MACE (small, from scratch) and NequIP (preset S)
+   trained by the same trainer for the same wall-clock on aspirin next to LEIGNN at the paper's
+   default size and a speed size (64 x 3), tested on 1,000 test frames; MD atom-steps/s on Cu at ~100
+   and ~1,000 atoms; the Pareto front (force MAE vs atom-steps/s); the exported TorchScript model's
+   largest relative difference from the original. NequIP: ``pip install -c constraints.txt
+   .[peers]``. MACE pins e3nn==0.4.4 (quintet has 0.6.0), so it goes into its own folder, which the
+   benchmark appends to ``sys.path`` (it runs with e3nn 0.6.0)::
+
+       pip install --no-deps --target benchmarks/work/mace_site mace-torch==0.3.16 torch-ema==0.3 \
+           prettytable python-hostlist configargparse orjson opt_einsum h5py GitPython gitdb smmap wcwidth
 
 Every stage caches its results under benchmarks/work/leignn, so an interrupted run resumes.
 Writes benchmarks/results/leignn.json and leignn_{curves,parity,speed,nve}.png.
