@@ -121,3 +121,30 @@ def test_other_format_versions_and_foreign_files_are_refused(tmp_path: Path) -> 
         load_exported(bare)
     calc = exported_calculator(path)
     assert isinstance(calc, ModelCalculator) and not calc.supports_stress
+
+
+def test_md_runs_on_an_exported_file_like_on_the_model_file(tmp_path: Path) -> None:
+    """``quintet leignn md -m model.pt`` (exported) gives the same first steps as the model file,
+    and an element the model never saw is refused by name before any step."""
+    import ase.io
+
+    from quintet.atomistic.md import MDConfig
+    from quintet.leignn.export import is_exported
+    from quintet.leignn.md import LEIGNNMDJob, md
+
+    best = model_file(random_model("leignn", "conservative"), tmp_path / "best.pt")
+    exported = export(ExportJob(model=str(best), out=str(tmp_path / "model.pt")))
+    assert is_exported(exported) and not is_exported(best)
+    structure = tmp_path / "cu.extxyz"
+    ase.io.write(structure, cu_cell())
+    runs = {}
+    for name, path in (("file", best), ("exported", exported)):
+        cfg = MDConfig(ensemble="nve", steps=4, write_every=2, out=str(tmp_path / name))
+        res = md(LEIGNNMDJob(model=str(path), structure=str(structure), md=cfg))
+        runs[name] = res.thermo_csv.read_text().splitlines()[1:]
+    e = {k: np.array([[float(x) for x in row.split(",")] for row in v]) for k, v in runs.items()}
+    assert np.allclose(e["file"], e["exported"], rtol=1e-5, atol=1e-6)
+    au = bulk("Au", "fcc", a=4.08, cubic=True)
+    ase.io.write(tmp_path / "au.extxyz", au)
+    with pytest.raises(ValueError, match=r"element\(s\) Au were not in this model's training data"):
+        md(LEIGNNMDJob(model=str(exported), structure=str(tmp_path / "au.extxyz"), md=cfg))

@@ -40,6 +40,7 @@ __all__ = [
     "export",
     "export_model",
     "exported_calculator",
+    "is_exported",
     "load_exported",
 ]
 
@@ -215,6 +216,17 @@ def export_model(model: LEIGNN, path: str | Path) -> Path:
     with atomic_open(path, "wb") as fh:
         torch.jit.save(scripted, fh, _extra_files={META_FILE: json.dumps(_meta(model, dtype))})
     return path
+
+
+def is_exported(path: str | Path) -> bool:
+    """Whether ``path`` is a file written by :func:`export_model` (a TorchScript zip with our metadata)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith(f"/extra/{META_FILE}") for n in zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def load_exported(
