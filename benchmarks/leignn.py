@@ -11,6 +11,16 @@
    (~1,000 and ~10,000 atoms; 5 Å cutoff, 32 neighbours for every model), plus CHGNet at ~1,000
    atoms; LEIGNN's time per step from ~100 to ~10,000 atoms gives the scaling exponent.
 3. NVE energy drift on ethanol (2.5 ps, 0.5 fs) with conservative and with direct forces.
+4. ``--stages e3peers`` (added to the existing JSON): MACE (small, from scratch) and NequIP (preset S)
+   trained by the same trainer for the same wall-clock on aspirin next to LEIGNN at the paper's
+   default size and a speed size (64 x 3), tested on 1,000 test frames; MD atom-steps/s on Cu at ~100
+   and ~1,000 atoms; the Pareto front (force MAE vs atom-steps/s); the exported TorchScript model's
+   largest relative difference from the original. NequIP: ``pip install -c constraints.txt
+   .[peers]``. MACE pins e3nn==0.4.4 (quintet has 0.6.0), so it goes into its own folder, which the
+   benchmark appends to ``sys.path`` (it runs with e3nn 0.6.0)::
+
+       pip install --no-deps --target benchmarks/work/mace_site mace-torch==0.3.16 torch-ema==0.3 \
+           prettytable python-hostlist configargparse orjson opt_einsum h5py GitPython gitdb smmap wcwidth
 
 Every stage caches its results under benchmarks/work/leignn, so an interrupted run resumes.
 Writes benchmarks/results/leignn.json and leignn_{curves,parity,speed,nve}.png.
@@ -64,7 +74,20 @@ def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def train_and_test(name: str, data: DataConfig, budget_s: float, work: Path, quick: bool) -> dict[str, Any]:
+_SPLITS: dict[tuple, Any] = {}
+
+
+def cached_splits(data: DataConfig, cutoff: float, max_neighbors: int | None) -> Any:
+    """load_splits once per (data, graph) in this process: reading 5,000 frames takes a minute."""
+    key = (data.path, data.seed, data.n_train, data.n_val, cutoff, max_neighbors)
+    if key not in _SPLITS:
+        _SPLITS[key] = load_splits(data, cutoff, max_neighbors, torch.float32)
+    return _SPLITS[key]
+
+
+def train_and_test(
+    name: str, data: DataConfig, budget_s: float, work: Path, quick: bool, test_frames: int | None = None
+) -> dict[str, Any]:
     """Train ``name`` for ``budget_s`` seconds of wall-clock and measure test errors (cached)."""
     out = work / name
     res_path = out / "test.json"
@@ -72,7 +95,7 @@ def train_and_test(name: str, data: DataConfig, budget_s: float, work: Path, qui
         return load_json(res_path)
     torch.manual_seed(0)
     model = MODELS[name]()
-    splits = load_splits(data, model.config.cutoff, model.config.max_neighbors, torch.float32)
+    splits = cached_splits(data, model.config.cutoff, model.config.max_neighbors)
     task = PotentialTask(model, LossConfig(energy_weight=1.0, force_weight=50.0))
     cfg = TrainConfig(
         max_epochs=100_000,
@@ -101,8 +124,9 @@ def train_and_test(name: str, data: DataConfig, budget_s: float, work: Path, qui
     )
     model.load_state_dict(load_model_file(result.best_path)["state_dict"])
     test = splits["test"]
-    if quick:
-        test = torch.utils.data.Subset(test, list(range(min(200, len(test)))))
+    if quick or test_frames:
+        keep = test_frames or 200
+        test = torch.utils.data.Subset(test, list(range(min(keep, len(test)))))
     metrics, arrays = predict_errors(model, test, 64, desc=f"test {name}")
     np.savez(out / "parity.npz", *arrays)
     history = [dict(r) for r in result.history]
@@ -328,6 +352,188 @@ def speed_from_cache_or_log(work: Path) -> dict[str, Any]:
     return speed
 
 
+# ------------------------------------------------------------------------------------------------
+# MACE and NequIP (stage "e3peers"): accuracy at equal budget, MD throughput, Pareto, export check
+# ------------------------------------------------------------------------------------------------
+
+MACE_SITE = ROOT / "benchmarks" / "work" / "mace_site"
+MACE_INSTALL = (
+    "pip install --no-deps --target benchmarks/work/mace_site mace-torch==0.3.16 torch-ema==0.3 prettytable "
+    "python-hostlist configargparse orjson opt_einsum h5py GitPython gitdb smmap wcwidth"
+)
+E3_MODELS = ("leignn_direct", "leignn_conservative", "leignn_fast_direct", "mace_small", "nequip_s")
+
+
+def e3_available() -> dict[str, str]:
+    """Why MACE / NequIP can or cannot run here (an empty string: available)."""
+    if MACE_SITE.is_dir() and str(MACE_SITE) not in sys.path:
+        sys.path.append(str(MACE_SITE))  # appended: quintet's own e3nn 0.6.0 and torch stay first
+    reasons = {}
+    for kind, module, why in (
+        ("mace", "mace.modules", "mace-torch 0.3.16 pins e3nn==0.4.4, which conflicts with quintet's e3nn 0.6.0 "
+         f"(pip: ResolutionImpossible); install it apart with: {MACE_INSTALL}"),
+        ("nequip", "nequip.model", "pip install -c constraints.txt nequip==0.19.1"),
+    ):  # fmt: skip
+        try:
+            __import__(module)
+            reasons[kind] = ""
+        except ImportError as exc:
+            reasons[kind] = f"{why} ({exc})"
+    return reasons
+
+
+def e3_model(name: str, elements: tuple[int, ...], avg_nbr: float) -> torch.nn.Module:
+    from quintet.leignn.peers import E3PeerConfig, E3PeerPotential
+
+    if name.startswith("mace") or name.startswith("nequip"):
+        kind = "mace" if name.startswith("mace") else "nequip"
+        return E3PeerPotential(E3PeerConfig(kind=kind, elements=elements, avg_num_neighbors=avg_nbr))
+    forces = "conservative" if name.endswith("conservative") else "direct"
+    size = {"hidden": 64, "num_layers": 3, "num_rbf": 32} if "fast" in name else {}
+    return LEIGNN(LEIGNNModelConfig(forces=forces, max_neighbors=32, **size))
+
+
+def _avg_neighbors(ds: Any, n: int = 100) -> float:
+    return float(np.mean([ds[i][K.EDGE_INDEX].shape[1] / len(ds[i][K.ATOMIC_NUMBERS]) for i in range(n)]))
+
+
+def e3_train(name: str, data: DataConfig, budget_s: float, work: Path, quick: bool) -> dict[str, Any]:
+    """``name`` trained for ``budget_s`` on aspirin by the same trainer as the other models (cached)."""
+    if (work / name / "test.json").is_file():
+        return load_json(work / name / "test.json")
+    splits = cached_splits(data, 5.0, 32)
+    torch.manual_seed(0)
+    MODELS[name] = lambda: e3_model(name, (1, 6, 8), _avg_neighbors(splits["train"]))
+    return train_and_test(name, data, budget_s, work, quick, test_frames=200 if quick else 1000)
+
+
+def e3_throughput(names: tuple[str, ...], sizes: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """Atom-steps/s of velocity-Verlet MD on periodic Cu (untrained models, same 5 Å / 32-neighbour graph)."""
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        torch.manual_seed(0)
+        model = e3_model(name, (29,), 32.0).eval()
+        model.fit_normalisation([{K.ATOMIC_NUMBERS: torch.tensor([29]), K.ENERGY: torch.tensor(-3.5)}])
+        calc = ModelCalculator(model, stress=False, check=model.check_elements)
+        for n in sizes:
+            na = len(cu_cell(n))
+            s = time_md(calc, n, 3 if na <= 1000 else 1)
+            out.setdefault(name, {})[str(na)] = na / s
+            log(f"{name}, {na} atoms: {s * 1000:.1f} ms/step, {na / s:.0f} atom-steps/s")
+    return out
+
+
+def export_rel_diff(model_path: Path, data: DataConfig) -> float:
+    """Largest relative difference (energy, forces) between a model file and its TorchScript export."""
+    from quintet.atomistic.batch import collate
+    from quintet.leignn.export import ExportedPotential, export_model, load_exported
+
+    model = e3_model("leignn_conservative", (1, 6, 8), 0.0)
+    model.load_state_dict(load_model_file(model_path)["state_dict"])
+    model.eval()
+    exported = ExportedPotential(*load_exported(export_model(model, model_path.with_name("model_ts.pt"))))
+    test = cached_splits(data, 5.0, 32)["test"]
+    batch = collate([test[i] for i in range(20)])
+    a, b = model(batch), exported(batch)
+    return max(float((a[k] - b[k]).abs().max() / a[k].abs().max()) for k in (K.ENERGY, K.FORCES))
+
+
+def e3_peers(data: DataConfig, budget_s: float, quick: bool) -> dict[str, Any]:
+    """The e3peers stage: every model of E3_MODELS that can run, trained and timed in one run."""
+    path = WORK / ("e3peers_quick.json" if quick else "e3peers.json")
+    if path.is_file():
+        return load_json(path)
+    reasons = e3_available()
+    names = tuple(n for n in E3_MODELS if not reasons.get(n.split("_")[0], ""))
+    acc = {n: e3_train(n, data, budget_s, WORK / "e3acc", quick) for n in names}
+    speed = e3_throughput(names, (108, 256) if quick else (108, 1000))
+    rel = export_rel_diff(WORK / "e3acc" / "leignn_conservative" / "best.pt", data)
+    out = {"unavailable": {k: v for k, v in reasons.items() if v}, "accuracy": acc, "atom_steps_per_s": speed,
+           "export_max_rel_diff": rel, "budget_s_per_model": budget_s, "test_frames": 200 if quick else 1000}  # fmt: skip
+    atomic_save_json(path, out)
+    return out
+
+
+def _pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Models not dominated in (lower force MAE, higher atom-steps/s)."""
+    return [
+        a for a, (ea, sa) in points.items()
+        if not any(eb <= ea and sb >= sa and (eb, sb) != (ea, sa) for b, (eb, sb) in points.items() if b != a)
+    ]  # fmt: skip
+
+
+def e3_summary(e3: dict[str, Any]) -> dict[str, Any]:
+    """The issue's keys: ratios vs MACE / NequIP, atom-steps/s, the Pareto front, the export check."""
+    fm = {k: v["force_mae_meV_A"] for k, v in e3["accuracy"].items()}
+    ref = max(next(iter(e3["atom_steps_per_s"].values())), key=int)  # ~1,000 atoms
+    speed = {k: v[ref] for k, v in e3["atom_steps_per_s"].items()}
+    leignn = {k: v for k, v in fm.items() if k.startswith("leignn")}
+    out: dict[str, Any] = {
+        "atom_steps_per_s": e3["atom_steps_per_s"],
+        "export_max_rel_diff": e3["export_max_rel_diff"],
+    }
+    for peer in ("mace_small", "nequip_s"):
+        kind = peer.split("_")[0]
+        if peer not in fm:
+            out[f"force_mae_ratio_vs_{kind}"] = None
+            continue
+        out[f"force_mae_ratio_vs_{kind}"] = min(leignn.values()) / fm[peer]
+        good = [k for k, v in leignn.items() if v <= fm[peer]]
+        pick = max(good, key=lambda k: speed[k]) if good else min(leignn, key=leignn.get)
+        out[f"md_throughput_ratio_vs_{kind}"] = speed[pick] / speed[peer]
+        out[f"md_throughput_ratio_vs_{kind}_model"] = pick
+        out[f"leignn_at_least_as_accurate_as_{kind}"] = bool(good)
+        if "leignn_conservative" in speed:  # like for like: both energy-conserving
+            out[f"md_throughput_ratio_vs_{kind}_conservative"] = speed["leignn_conservative"] / speed[peer]
+    points = {k: (fm[k], speed[k]) for k in fm}
+    out["pareto"] = {"atoms": int(ref), "points": points, "front": _pareto_front(points)}
+    out["unavailable_peers"] = e3["unavailable"]
+    return out
+
+
+def e3_plots(e3: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, (mae, sps) in summary["pareto"]["points"].items():
+        ax1.scatter(sps, mae, s=40, marker="o" if name.startswith("leignn") else "s")
+        ax1.annotate(name, (sps, mae), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax1.set_xscale("log")
+    ax1.set_xlabel(f"MD atom-steps/s (Cu, {summary['pareto']['atoms']} atoms, 1 thread)")
+    ax1.set_ylabel("aspirin test force MAE (meV/Å)")
+    ax1.set_title(f"equal CPU budget ({e3['budget_s_per_model']:.0f} s each)")
+    for name, res in e3["accuracy"].items():
+        c = res["curve"]
+        ax2.plot([r["time_s"] for r in c], [r["val_force_mae"] for r in c], label=name)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("training time (s)")
+    ax2.set_ylabel("val force MAE (meV/Å)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_open(RESULTS / "leignn_pareto.png", "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
+    return ["leignn_pareto.png"]
+
+
+def merge_e3(e3: dict[str, Any], quick: bool) -> Path:
+    """Add the e3peers keys to the results JSON, keeping every existing key."""
+    out = RESULTS / ("leignn_quick.json" if quick else "leignn.json")
+    result = load_json(out) if out.is_file() else {}
+    summary = e3_summary(e3)
+    result.update(summary)
+    result["plots"] = sorted({*result.get("plots", []), *e3_plots(e3, summary)})
+    accuracy = {n: {k: v for k, v in res.items() if k != "curve"} for n, res in e3["accuracy"].items()}
+    result["e3peers"] = {"accuracy": accuracy, "budget_s_per_model": e3["budget_s_per_model"],
+                         "test_frames": e3["test_frames"]}  # fmt: skip
+    atomic_save_json(out, result)
+    log(json.dumps({k: v for k, v in summary.items() if k != "pareto"}, indent=1))
+    return out
+
+
 def plots(acc: dict[str, Any], speed: dict[str, Any], nve: dict[str, Any], work: Path) -> list[str]:
     import matplotlib
 
@@ -423,7 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--stages",
         default="acc,speed,nve,periodic",
-        help="comma-separated stages to run now (results are cached; the JSON is written when all are cached)",
+        help="comma-separated stages to run now (results are cached; the JSON is written when all are cached); "
+        "e3peers alone adds MACE / NequIP to the existing JSON",
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -452,6 +659,9 @@ def main(argv: list[str] | None = None) -> int:
         split_dir=str(WORK / "splits_ethanol"),
     )
     stages = set() if args.assemble else set(args.stages.split(","))
+    if "e3peers" in stages:  # MACE / NequIP: added to the existing results JSON
+        merge_e3(e3_peers(aspirin, args.budget_s, args.quick), args.quick)
+        return 0
     if "acc" in stages:
         todo = args.models.split(",") if args.models else list(MODELS)
         acc = {n: train_and_test(n, aspirin, args.budget_s, WORK / "acc", args.quick) for n in todo}

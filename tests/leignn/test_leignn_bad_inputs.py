@@ -25,7 +25,7 @@ def test_frames_without_labels_raise(tmp_path: Path) -> None:
     path = tmp_path / "unlabelled.extxyz"
     ase.io.write(path, [bulk("Cu", "fcc", a=3.61, cubic=True)] * 5, format="extxyz")
     data = DataConfig(path=str(path), n_train=2, n_val=1, split_dir=str(tmp_path / "s"))
-    with pytest.raises(ValueError, match="carry no energy / forces labels"):
+    with pytest.raises(ValueError, match=r"unlabelled\.extxyz \(frame 0\): no energy under key 'energy'"):
         load_splits(data, 4.0, None, torch.float32)
 
 

@@ -49,6 +49,10 @@ def test_training_beats_zero_baseline(trained: tuple[Path, LEIGNNJob], tmp_path:
     assert res.metrics["force_mae_meV_A"] < 0.5 * zero_mae, (res.metrics, zero_mae)
     assert res.parity_png is not None and res.parity_png.stat().st_size > 1000
     assert (tmp_path / "eval" / "config.yaml").is_file()
+    # split=all scores the whole file: every frame, train + val + test
+    whole = evaluate(EvalConfig(model=str(path), data=job.data, split="all", out=str(tmp_path / "all")))
+    sizes = {s: len(d) for s, d in load_splits(job.data, 4.5, None, torch.float32).items()}
+    assert whole.metrics["n_structures"] >= sum(sizes.values()) > res.metrics["n_structures"]
 
 
 def test_reload_gives_identical_predictions(trained: tuple[Path, LEIGNNJob], emt_file: Path) -> None:

@@ -38,6 +38,11 @@ class LEIGNNCalculator(ModelCalculator):
         return cls(load_model(path, device), device=device, **kwargs)
 
 
-def calculator(model: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> LEIGNNCalculator:
-    """The one-call API: an ASE calculator from a model file or pretrained name (``atoms.calc = calculator(...)``)."""
+def calculator(model: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> Any:
+    """The one-call API: an ASE calculator from a model file, a pretrained name or an exported TorchScript
+    file (``quintet leignn export``): ``atoms.calc = quintet.leignn.calculator("best.pt")``."""
+    from quintet.leignn.export import exported_calculator, is_exported
+
+    if Path(model).is_file() and is_exported(model):
+        return exported_calculator(model, device, **kwargs)
     return LEIGNNCalculator.from_checkpoint(model, device, **kwargs)

@@ -1,4 +1,4 @@
-"""``quintet leignn train | eval | md``: the verbs of :mod:`quintet.leignn.run` and :mod:`quintet.leignn.md`."""
+"""``quintet leignn train | eval | export | md``: verbs of :mod:`quintet.leignn.run`, ``.export`` and ``.md``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ def _evaluate(job: Any) -> str:
     return f"metrics: {res.json_path}  parity plot: {res.parity_png}"
 
 
+def _export(job: Any) -> str:
+    from quintet.leignn.export import export
+
+    return f"TorchScript model: {export(job)} (load it with torch.jit.load; docs/leignn.md, section Export)"
+
+
 def _md(job: Any) -> Any:
     from quintet.leignn.md import md
 
@@ -31,18 +37,23 @@ def _md(job: Any) -> Any:
 
 
 def _verbs() -> list[Verb]:
+    from quintet.leignn.export import ExportJob
     from quintet.leignn.md import LEIGNNMDJob
     from quintet.leignn.run import EvalConfig, LEIGNNJob
 
     return [
-        Verb("train", "train on extxyz / ASE db / MD17 npz (keys: data.*, model.*, loss.*, train.*, out, dtype)",
+        Verb("train", "train on extxyz / ASE db / MD17 npz (keys: data.*, model.*, loss.*, train.*, out, dtype, init_from)",
              LEIGNNJob, _train, out="out", seed="train.seed", device="train.accelerator",
-             flags={"--data": "data.path"},
+             flags={"--data": "data.path", "--train-file": "data.train_file", "--valid-file": "data.valid_file",
+                    "--test-file": "data.test_file", "--init-from": "init_from"},
              example="quintet leignn train --data aspirin.extxyz model.forces=conservative -o runs/aspirin"),
         Verb("eval", "energy/force MAE and a parity plot on a split", EvalConfig, _evaluate,
-             model="model", out="out", flags={"--data": "data.path", "--split": "split"},
+             model="model", out="out", device="device", flags={"--data": "data.path", "--split": "split"},
              example="quintet leignn eval -m runs/aspirin/best.pt --data aspirin.extxyz --split test"),
-        Verb("md", "NVE / Langevin / Nosé-Hoover / Berendsen MD through ASE", LEIGNNMDJob, _md,
+        Verb("export", "TorchScript file that runs without quintet (plain torch.jit.load), for MD codes",
+             ExportJob, _export, model="model", out="out",
+             example="quintet leignn export -m runs/aspirin/best.pt -o model.pt"),
+        Verb("md", "NVE / NVT (Langevin, Nosé-Hoover, Berendsen) / NPT MD through ASE", LEIGNNMDJob, _md,
              inputs="structure", model="model", out="md.out", device="device", seed="md.seed",
              flags={"--compile": "compile"}, exit_code=lambda res: 1 if res.stopped_early else 0,
              example="quintet leignn md start.xyz -m best.pt md.ensemble=nve md.steps=5000"),

@@ -17,9 +17,9 @@ from torch.utils.data import Subset
 
 from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate
-from quintet.atomistic.neighbors import with_neighbors
 from quintet.config import config_to_dict, from_dict, save_config
 from quintet.io import atomic_save_json
+from quintet.leignn.data import DataConfig, all_frames, load_splits
 from quintet.leignn.model import LEIGNN, LEIGNNModelConfig
 from quintet.leignn.task import LossConfig, PotentialTask
 from quintet.train import TrainConfig
@@ -27,27 +27,6 @@ from quintet.train import TrainConfig
 __all__ = ["DataConfig", "EvalResult", "LEIGNNJob", "evaluate", "load_model", "load_splits", "train"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-@dataclass
-class DataConfig:
-    """Where the frames come from and how they are split (MD17 protocol by default).
-
-    Args:
-        path: extxyz / ASE db / MD17-style npz (``R, z, E, F``) file with energies and forces.
-        n_train, n_val: number of training and validation frames; ``n_test`` (``None``: the rest).
-        seed: split seed (the split is written next to the data with its fingerprint).
-        energy_scale: multiplies energies and forces when reading (e.g. 0.0433641 for kcal/mol → eV).
-        split_dir: where the split csvs go (default: beside the data, or the cache if read-only).
-    """
-
-    path: str = ""
-    n_train: int = 1000
-    n_val: int = 500
-    n_test: int | None = None
-    seed: int = 0
-    energy_scale: float = 1.0
-    split_dir: str | None = None
 
 
 def _train_defaults() -> TrainConfig:
@@ -64,7 +43,12 @@ def _train_defaults() -> TrainConfig:
 
 @dataclass
 class LEIGNNJob:
-    """Everything ``quintet leignn train`` needs (YAML keys: data, model, loss, train, out, dtype)."""
+    """Everything ``quintet leignn train`` needs (YAML keys: data, model, loss, train, out, dtype, init_from).
+
+    ``init_from``: fine-tune from any LEIGNN model file: its architecture, weights and fitted energy
+    reference are kept (``model.*`` must then be left at its defaults or match the file), and the new
+    data may only hold elements the model was trained on.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: LEIGNNModelConfig = field(default_factory=LEIGNNModelConfig)
@@ -72,44 +56,45 @@ class LEIGNNJob:
     train: TrainConfig = field(default_factory=_train_defaults)
     out: str = "runs/leignn"
     dtype: Literal["float32", "float64"] = "float32"
+    init_from: str = ""
 
 
-def load_splits(
-    data: DataConfig, cutoff: float, max_neighbors: int | None, dtype: torch.dtype
-) -> dict[str, Any]:
-    """Read the frames once and return ``{"train", "val", "test"}`` subsets with neighbour lists."""
-    from quintet.atomistic.datasets import TrajectoryDataset, load_or_make_splits
-
-    if not data.path:
-        raise ValueError("data.path is empty: give an extxyz / ASE db / npz file with energies and forces")
-    full = TrajectoryDataset(
-        data.path,
-        transform=lambda r: with_neighbors(r, cutoff, max_neighbors),
-        dtype=dtype,
-        energy_scale=data.energy_scale,
-    )
-    n = len(full)
-    n_test = n - data.n_train - data.n_val if data.n_test is None else data.n_test
-    if data.n_train < 1 or data.n_val < 1 or n_test < 0 or data.n_train + data.n_val + n_test > n:
+def _initial_model(job: LEIGNNJob, dtype: torch.dtype) -> LEIGNN:
+    """A fresh model (seeded by ``train.seed``) or the one of ``init_from`` for fine-tuning."""
+    torch.manual_seed(job.train.seed)  # initial weights follow train.seed too (committee members differ)
+    if not job.init_from:
+        return LEIGNN(job.model).to(dtype)
+    model = load_model(job.init_from).to(dtype).train()
+    if job.model not in (LEIGNNModelConfig(), model.config):
+        diff = {
+            k: (getattr(job.model, k), getattr(model.config, k))
+            for k in vars(model.config)
+            if getattr(job.model, k) != getattr(model.config, k)
+        }
         raise ValueError(
-            f"{data.path}: {n} frames cannot be split into {data.n_train} train / {data.n_val} val / {n_test} test"
+            f"init_from={job.init_from}: model.* keys differ from the model file ({diff}, yours vs file); "
+            "drop them: fine-tuning keeps the file's architecture"
         )
-    missing = [k for k in (K.ENERGY, K.FORCES) if k not in full.records[0]]
-    if missing:
-        raise ValueError(f"{data.path}: frames carry no {' / '.join(missing)} labels")
-    rest = n - data.n_train - data.n_val - n_test
-    split_dir = Path(data.split_dir) if data.split_dir else None
-    if split_dir is None:
-        from quintet.atomistic.datasets import writable_dir
+    return model
 
-        split_dir = writable_dir(Path(data.path).parent, "splits") / f"{Path(data.path).stem}_splits"
-    fractions = (data.n_train, data.n_val, n_test + rest)
-    ids = load_or_make_splits(full.ids, split_dir, full.fingerprint, fractions, data.seed)
-    index = {i: k for k, i in enumerate(full.ids)}
-    out = {s: Subset(full, [index[i] for i in ids[s]]) for s in ("train", "val", "test")}
-    if rest:  # drop the unused tail of the test split deterministically
-        out["test"] = Subset(full, [index[i] for i in ids["test"][:n_test]])
-    return out
+
+def check_new_elements(model: LEIGNN, datasets: dict[str, Any], data: str, base: str) -> None:
+    """Raise if the fine-tuning data holds elements the base model never saw, listing them."""
+    from ase.data import chemical_symbols
+
+    known = set(torch.nonzero(model.normalisation.known_elements).flatten().tolist())
+    seen: set[int] = set()
+    for ds in datasets.values():  # the records themselves: no neighbour lists needed
+        frames, idx = (ds.dataset, ds.indices) if isinstance(ds, Subset) else (ds, range(len(ds)))
+        for i in idx:
+            seen.update(frames.records[i][K.ATOMIC_NUMBERS].unique().tolist())
+    new = sorted(seen - known)
+    if new:
+        raise ValueError(
+            f"fine-tuning data {data} holds element(s) {', '.join(chemical_symbols[z] for z in new)} that the base "
+            f"model {base} was not trained on (it knows {', '.join(chemical_symbols[z] for z in sorted(known))}); "
+            "train a new model on all elements instead of fine-tuning"
+        )
 
 
 def train(job: LEIGNNJob) -> Path:
@@ -120,9 +105,14 @@ def train(job: LEIGNNJob) -> Path:
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(job, out / "config.yaml")
-    splits = load_splits(job.data, job.model.cutoff, job.model.max_neighbors, dtype)
-    torch.manual_seed(job.train.seed)  # initial weights follow train.seed too (committee members differ)
-    model = LEIGNN(job.model).to(dtype)
+    model = _initial_model(job, dtype)
+    stress = job.loss.stress_weight > 0
+    splits = load_splits(
+        job.data, model.config.cutoff, model.config.max_neighbors, dtype, stress, ("train", "val")
+    )
+    if job.init_from:
+        files = job.data.path or f"{job.data.train_file} + {job.data.valid_file}"
+        check_new_elements(model, splits, files, job.init_from)
     task = PotentialTask(model, job.loss)
     result = fit(
         task,
@@ -133,7 +123,7 @@ def train(job: LEIGNNJob) -> Path:
         collate_fn=collate,
         extra={
             "system": "leignn",
-            "model": config_to_dict(job.model),
+            "model": config_to_dict(model.config),
             "dtype": job.dtype,
             "job": config_to_dict(job),
         },
@@ -172,17 +162,19 @@ def predict_errors(
     from tqdm.auto import tqdm
 
     model.eval()
-    dtype = next(model.parameters()).dtype
+    param = next(model.parameters())
+    dtype, device = param.dtype, param.device
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     e_true, e_pred, f_true, f_pred = [], [], [], []
     t0 = time.perf_counter()
-    for batch in tqdm(loader, desc=desc, unit="batch"):
-        pred = model(batch)
-        n_at = batch[K.NUM_ATOMS].to(dtype)
-        e_true.append((batch[K.ENERGY] / n_at).detach().numpy())
-        e_pred.append((pred[K.ENERGY] / n_at).detach().numpy())
-        f_true.append(batch[K.FORCES].detach().numpy().ravel())
-        f_pred.append(pred[K.FORCES].detach().numpy().ravel())
+    for cpu_batch in tqdm(loader, desc=desc, unit="batch"):
+        batch = {k: v.to(device) for k, v in cpu_batch.items()}
+        pred = {k: v.detach().cpu() for k, v in model(batch).items()}
+        n_at = cpu_batch[K.NUM_ATOMS].to(dtype)
+        e_true.append((cpu_batch[K.ENERGY] / n_at).numpy())
+        e_pred.append((pred[K.ENERGY] / n_at).numpy())
+        f_true.append(cpu_batch[K.FORCES].numpy().ravel())
+        f_pred.append(pred[K.FORCES].numpy().ravel())
     seconds = time.perf_counter() - t0
     et, ep, ft, fp = (np.concatenate(x) for x in (e_true, e_pred, f_true, f_pred))
     n_atoms = np.concatenate([[len(dataset[i][K.ATOMIC_NUMBERS])] for i in range(len(dataset))])
@@ -208,11 +200,15 @@ class EvalResult:
 
 @dataclass
 class EvalConfig:
-    """``quintet leignn eval``: a model file, the data (same split settings as training) and a split."""
+    """``quintet leignn eval``: a model file, the data (same split settings as training) and a split.
+
+    ``device``: where the model runs (``cpu``, ``cuda``, ``cuda:1``...).
+    """
 
     model: str = ""
+    device: str = "cpu"
     data: DataConfig = field(default_factory=DataConfig)
-    split: Literal["train", "val", "test"] = "test"
+    split: Literal["train", "val", "test", "all"] = "test"
     batch_size: int = 32
     out: str = "runs/leignn_eval"
     max_frames: int | None = None
@@ -220,9 +216,15 @@ class EvalConfig:
 
 def evaluate(cfg: EvalConfig) -> EvalResult:
     """Energy MAE (meV/atom) and force MAE (meV/Å) on a split; writes JSON and a parity plot."""
-    model = load_model(cfg.model)
+    model = load_model(cfg.model, cfg.device)
     dtype = next(model.parameters()).dtype
-    ds = load_splits(cfg.data, model.config.cutoff, model.config.max_neighbors, dtype)[cfg.split]
+    if cfg.split == "all":  # a whole file, scored without a split
+        ds = all_frames(cfg.data, model.config.cutoff, model.config.max_neighbors, dtype)
+    else:
+        splits = load_splits(cfg.data, model.config.cutoff, model.config.max_neighbors, dtype, splits=(cfg.split,))
+        if cfg.split not in splits:
+            raise ValueError(f"split={cfg.split} needs data.test_file=<file> (the data comes as separate files)")
+        ds = splits[cfg.split]
     if cfg.max_frames is not None:
         ds = Subset(ds, list(range(min(cfg.max_frames, len(ds)))))
     out = Path(cfg.out)
