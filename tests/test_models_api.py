@@ -132,3 +132,24 @@ def test_packages_expose_their_api_lazily() -> None:
     assert quintet.train.save_model is save_model
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         quintet.leignn.nope  # noqa: B018
+
+
+def test_predict_verbs_use_the_shipped_default_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import quintet.models as M
+    from quintet.cli import main
+    from quintet.io import file_sha256, read_csv
+
+    shipped = tmp_path / "pretrained"
+    for name, system in (("dr-tiny", "deeprelax"), ("dn-tiny", "definet")):
+        (shipped / name).mkdir(parents=True)
+        shutil.copy(DATA / f"{system}.pt", shipped / name / "model.pt")
+        card = f'{{"system": "{system}", "default_for": ["{system}"], "sha256": "{file_sha256(DATA / f"{system}.pt")}"}}'
+        (shipped / name / "card.json").write_text(card)
+    assert main(["deeprelax", "predict", str(DATA / "deeprelax_in"), "-o", str(tmp_path / "dr")]) == 1  # none yet
+    monkeypatch.setattr(M, "PRETRAINED", shipped)
+    assert main(["deeprelax", "predict", str(DATA / "deeprelax_in"), "-o", str(tmp_path / "dr")]) == 0
+    assert len(read_csv(tmp_path / "dr" / "predictions.csv")) == 3
+    assert "model: dr-tiny" in (tmp_path / "dr" / "config.yaml").read_text()
+    argv = ["definet", "predict", str(DATA / "definet_in"), "--pristine", str(DATA / "host.cif"), "-o", str(tmp_path / "dn")]
+    assert main(argv) == 0 and len(read_csv(tmp_path / "dn" / "predictions.csv")) == 3
+    assert main(["models"]) == 0

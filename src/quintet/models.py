@@ -21,7 +21,7 @@ from typing import Any
 
 from quintet.cli import Verb
 
-__all__ = ["BUILDERS", "VERB", "build", "default_model", "load_model", "load_weights", "resolve_model", "shipped_models"]
+__all__ = ["BUILDERS", "VERB", "build", "choose_model", "default_model", "load_model", "load_weights", "resolve_model", "shipped_models"]
 
 #: system -> ``module:function`` that rebuilds its network from a loaded model file dict
 BUILDERS = {
@@ -50,6 +50,20 @@ def default_model(system: str) -> str | None:
         if system in (card.get("default_for") or []):
             return name
     return None
+
+
+def choose_model(model: str | Path | None, system: str) -> str:
+    """``model``, or the shipped model a system's predict uses when none is given.
+
+    Raises:
+        ValueError: no model given and none shipped for ``system`` (the message says how to give one).
+    """
+    if model not in (None, ""):
+        return str(model)
+    name = default_model(system)
+    if name is None:
+        raise ValueError(f"no model given and no pretrained {system} model is installed: pass -m <best.pt>")
+    return name
 
 
 def resolve_model(name_or_path: str | Path) -> Path:

@@ -32,6 +32,7 @@ from quintet.deeprelax.maths import coverage, edge_lengths, per_graph_mean, spea
 from quintet.deeprelax.model import DeepRelax, ModelConfig, ensure_graph
 from quintet.deeprelax.task import DeepRelaxTask, LossConfig, targets
 from quintet.io import atomic_save_json, atomic_write_csv, file_sha256
+from quintet.models import resolve_model
 from quintet.train import TrainConfig, fit
 
 __all__ = [
@@ -127,7 +128,8 @@ class PredictJob:
     """``quintet deeprelax predict``: relax every structure of ``inputs`` with a trained model.
 
     Attributes:
-        model: model file (``best.pt``).
+        model: model file (``best.pt``) or pretrained name; default: the shipped DeepRelax model
+            (``quintet models`` lists them).
         ensemble: more model files (same graph settings, e.g. trained with other ``train.seed``): the
             prediction becomes the ensemble's (:func:`~quintet.deeprelax.inference.relax_ensemble`) and the
             CSV gains ``spread_A``, the members' disagreement.
@@ -155,7 +157,7 @@ class PredictJob:
             ``predictions.shard<K>of<N>.csv`` and ``quintet deeprelax merge -o OUT`` joins them.
     """
 
-    model: str = "runs/deeprelax/best.pt"
+    model: str | None = None
     ensemble: list[str] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
     out: str = "deeprelax_out"
@@ -514,7 +516,7 @@ _OUTPUT_SETTINGS = (
 def _predict_record(job: PredictJob) -> dict[str, Any]:
     """What produced a prediction folder: the model files' SHA-256 (members in order) and the output settings."""
     settings = {k: asdict(job.solve) if k == "solve" else getattr(job, k) for k in _OUTPUT_SETTINGS}
-    return {"models": [file_sha256(p) for p in [job.model, *job.ensemble]], **settings}
+    return {"models": [file_sha256(resolve_model(p)) for p in [job.model, *job.ensemble]], **settings}
 
 
 def relax_items(models: Sequence[Any], items: Sequence[Item], solve: SolveConfig, fmt: str = "cif") -> list[tuple[Any, dict[str, Any]]]:
@@ -560,6 +562,9 @@ def predict(job: PredictJob) -> Path:
             (recorded in ``predict_run.json``).
     """
     from quintet.atomistic.pipeline import predict_job
+    from quintet.models import choose_model
+
+    job.model = choose_model(job.model, "deeprelax")
 
     def setup() -> Any:
         models: Sequence[Any] = load_ensemble([job.model, *job.ensemble])
@@ -591,12 +596,9 @@ def relax(
         batch_size, max_atoms: batch bounds.
     """
     from quintet.atomistic.pipeline import relax_structures
-    from quintet.models import default_model
+    from quintet.models import choose_model
 
-    name = model if model is not None else default_model("deeprelax")
-    if name is None:
-        raise ValueError("no model given and no pretrained DeepRelax model is installed: pass model=<best.pt>")
-    models = load_ensemble([name, *ensemble])
+    models = load_ensemble([choose_model(model, "deeprelax"), *ensemble])
     solve = solve or SolveConfig()
     return relax_structures(
         structures, lambda chunk: relax_items(models, chunk, solve, "extxyz"), batch_size, max_atoms

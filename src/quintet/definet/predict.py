@@ -31,6 +31,7 @@ from quintet.config import save_config
 from quintet.definet.model import PRED_POSITIONS, DefiNet
 from quintet.definet.run import DataConfig
 from quintet.io import atomic_save_json, atomic_write_csv, file_sha256
+from quintet.models import resolve_model
 
 __all__ = [
     "EvalJob",
@@ -112,7 +113,8 @@ class PredictJob:
     """``quintet definet predict``.
 
     Attributes:
-        model: the model file (``best.pt`` of a training run).
+        model: the model file (``best.pt`` of a training run) or pretrained name; default: the shipped
+            DefiNet model (``quintet models`` lists them).
         inputs: structure files and/or folders (CIF, POSCAR/.vasp, extxyz); in folders, files whose
             name ends in ``_relaxed`` are skipped (2DMD pairs).
         pristine: the pristine supercell file, or
@@ -139,7 +141,7 @@ class PredictJob:
             their tables.
     """
 
-    model: str = "runs/definet/best.pt"
+    model: str | None = None
     inputs: list[str] = field(default_factory=list)
     pristine: str | None = None
     unit_cell: str | None = None
@@ -171,7 +173,7 @@ def _predict_record(job: PredictJob) -> dict[str, Any]:
     the outputs (batching and progress bars do not)."""
     host = {k: file_sha256(getattr(job, k)) for k in ("pristine", "unit_cell") if getattr(job, k)}
     settings = ("supercell", "tol", "finish_with", "finish_optimizer", "fmax", "finish_steps", "output_format")
-    return {"model": file_sha256(job.model), **host, **{k: getattr(job, k) for k in settings}}
+    return {"model": file_sha256(resolve_model(job.model)), **host, **{k: getattr(job, k) for k in settings}}
 
 
 def defect_items(
@@ -211,6 +213,9 @@ def predict(job: PredictJob) -> Path:
     from quintet.atomistic.defects import load_host
     from quintet.atomistic.pipeline import predict_job
     from quintet.definet.run import load_definet
+    from quintet.models import choose_model
+
+    job.model = choose_model(job.model, "definet")
 
     def setup() -> Any:
         model: Any = load_definet(job.model)[0]
@@ -242,12 +247,9 @@ def relax(
     from quintet.atomistic.pipeline import relax_structures
     from quintet.atomistic.structures import as_atoms, read_structure
     from quintet.definet.run import load_definet
-    from quintet.models import default_model
+    from quintet.models import choose_model
 
-    name = model if model is not None else default_model("definet")
-    if name is None:
-        raise ValueError("no model given and no pretrained DefiNet model is installed: pass model=<best.pt>")
-    net = load_definet(name)[0]
+    net = load_definet(choose_model(model, "definet"))[0]
     host = read_structure(pristine) if isinstance(pristine, str | Path) else as_atoms(pristine, "pristine")[0]
     return relax_structures(structures, lambda chunk: defect_items(net, host, chunk, tol, max_atoms), batch_size, max_atoms)
 
