@@ -148,7 +148,7 @@ def test_bad_replies_are_rejected_and_a_vanished_client_does_not_stop_the_server
         (2, 104): "vanish",
     }
     grid = FakeGrid(cfg, faults)
-    with caplog.at_level("WARNING", logger="quintet.fedaux.flower"):
+    with caplog.at_level("WARNING", logger="quintet.fedaux.loop"):
         res = run_server(cfg, grid, info["num_features"], info["num_classes"])
     assert "non-finite" in caplog.text and "wrong parameter keys" in caplog.text and "shape" in caplog.text
     assert "partition-id" in caplog.text and "boom" in caplog.text

@@ -17,34 +17,44 @@ partition order, a Flower run reproduces the in-process run to float32 round-off
 
 from __future__ import annotations
 
-import logging
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from quintet.config import load_config, save_config
-from quintet.fedaux.algorithms import (
-    AlgoConfig,
-    client_round,
-    expected_upload,
-    initial_state,
-    server_aggregate,
-)
+from quintet.fedaux.algorithms import AlgoConfig
 from quintet.fedaux.data import ClientData
-from quintet.fedaux.simulate import DataConfig, SimResult, load_data, summarise_rounds, write_outputs
+from quintet.fedaux.loop import (
+    BEST_STATE_KEY,
+    LOCAL_STATE_KEY,
+    METRIC_KEYS,
+    MODELS_DIR,
+    ClientContext,
+    LoopSpec,
+    Reply,
+    SimResult,
+    Transport,
+    handle_message,
+    json_safe,
+    run_rounds,
+    summarise_rounds,
+    validate_reply,
+)
+from quintet.fedaux.simulate import DataConfig, clear_client_models, load_data, write_outputs
 from quintet.io import atomic_save_json, atomic_write_text, load_json
 
 __all__ = [
+    "METRIC_KEYS",
     "FlowerConfig",
     "Reply",
     "Transport",
     "client_app",
+    "client_context",
     "flower_simulate",
     "handle_train",
     "run_server",
@@ -53,11 +63,8 @@ __all__ = [
     "write_flower_app",
 ]
 
-log = logging.getLogger("quintet.fedaux.flower")
-
-#: keys of the ``metrics`` record a client sends (scalars only)
-METRIC_KEYS = ("partition-id", "num-examples", "train_loss", "val_acc", "test_acc")
-LOCAL_STATE_KEY = "fedaux-local-state"
+#: node-store entries kept in Flower's ``context.state`` between rounds
+_STORE_KEYS = (LOCAL_STATE_KEY, BEST_STATE_KEY)
 
 
 @dataclass
@@ -71,6 +78,7 @@ class FlowerConfig:
         wait_s: how long to wait for them.
         round_timeout_s: replies later than this are dropped (a vanished node cannot stall a round).
         backend_cpus: CPUs per simulated client (Ray).
+        progress: show a progress bar on the server.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -84,135 +92,38 @@ class FlowerConfig:
     wait_s: float = 120.0
     round_timeout_s: float = 300.0
     backend_cpus: float = 1.0
+    progress: bool = True
 
 
-# ----------------------------------------------------------------------------------------------- transport
-
-
-@dataclass
-class Reply:
-    """One node's answer: ``content`` (``{"arrays": {...}, "metrics": {...}}``) or an ``error`` string."""
-
-    node_id: int
-    content: dict[str, dict[str, Any]] | None
-    error: str | None = None
-
-
-class Transport(Protocol):
-    """What the server loop needs from Flower's ``Grid`` (a fake one drives the tests without Ray)."""
-
-    def node_ids(self) -> list[int]: ...
-
-    def exchange(self, payloads: Mapping[int, dict[str, Any]], timeout: float) -> list[Reply]: ...
-
-
-def validate_reply(
-    content: Mapping[str, Mapping[str, Any]] | None, expected: Mapping[str, tuple[int, ...]], num_clients: int
-) -> tuple[int, dict[str, torch.Tensor], dict[str, float]]:
-    """Check a client reply; return (partition id, upload, metrics) or raise ``ValueError`` naming the fault."""
-    if content is None:
-        raise ValueError("empty reply")
-    arrays, metrics = content.get("arrays"), content.get("metrics")
-    if arrays is None or metrics is None:
-        raise ValueError(f"reply lacks 'arrays' or 'metrics' (has {sorted(content)})")
-    missing = [k for k in METRIC_KEYS if k not in metrics]
-    if missing:
-        raise ValueError(f"metrics lack {missing}")
-    pid = metrics["partition-id"]
-    if not isinstance(pid, int | np.integer) or not 0 <= int(pid) < num_clients:
-        raise ValueError(f"partition-id {pid!r} is not in [0, {num_clients})")
-    keys = set(arrays)
-    if keys != set(expected):
-        extra, lack = sorted(keys - set(expected)), sorted(set(expected) - keys)
-        raise ValueError(f"wrong parameter keys (unexpected {extra[:3]}, missing {lack[:3]})")
-    upload = {}
-    for k, shape in expected.items():
-        t = torch.as_tensor(np.asarray(arrays[k]))
-        if tuple(t.shape) != tuple(shape):
-            raise ValueError(f"{k} has shape {tuple(t.shape)}, expected {tuple(shape)}")
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{k} has non-finite values")
-        upload[k] = t.float()
-    out_metrics = {k: float(v) for k, v in metrics.items()}
-    if not all(math.isfinite(v) for v in out_metrics.values()):
-        raise ValueError("non-finite metric")
-    return int(pid), upload, out_metrics
+# ----------------------------------------------------------------------------------------------- server
 
 
 def run_server(cfg: FlowerConfig, transport: Transport, num_features: int, num_classes: int) -> SimResult:
-    """The FedAux/baseline server loop over any transport; writes outputs to ``cfg.out``.
+    """The round loop (:func:`~quintet.fedaux.loop.run_rounds`) over any transport; outputs to ``cfg.out``.
 
     Args:
         cfg: the run.
         transport: Flower's grid (or a fake).
         num_features / num_classes: model dimensions for θ⁽⁰⁾.
     """
-    t0 = time.perf_counter()
-    k = cfg.data.num_clients
-    init = initial_state(cfg.algo, num_features, num_classes, cfg.seed)
-    expected = expected_upload(cfg.algo, init)
-    want = cfg.min_nodes or k
+    want = cfg.min_nodes or cfg.data.num_clients
     deadline = time.monotonic() + cfg.wait_s
     while len(transport.node_ids()) < want and time.monotonic() < deadline:
         time.sleep(0.5)
     if not transport.node_ids():
-        raise RuntimeError(f"no Flower node connected within {cfg.wait_s} s")
-    val = np.full((cfg.rounds, k), np.nan)
-    test = np.full((cfg.rounds, k), np.nan)
-    loss = np.full((cfg.rounds, k), np.nan)
-    node_pid: dict[int, int] = {}
-    has_state: set[int] = set()
-    downloads: dict[int, dict[str, torch.Tensor]] = {}
-    rejected = 0
-    weights = None
-    for rnd in range(1, cfg.rounds + 1):
-        payloads = {}
-        for nid in transport.node_ids():
-            pid = node_pid.get(nid)
-            arrays = init if pid is None or pid not in has_state else downloads.get(pid, {})
-            payloads[nid] = {"arrays": arrays, "config": {"round": rnd, "seed": cfg.seed}}
-        uploads: dict[int, dict[str, torch.Tensor]] = {}
-        sizes: dict[int, float] = {}
-        for reply in transport.exchange(payloads, cfg.round_timeout_s):
-            if reply.error is not None:
-                rejected += 1
-                log.warning("round %d: node %d replied with an error: %s", rnd, reply.node_id, reply.error)
-                continue
-            try:
-                pid, upload, metrics = validate_reply(reply.content, expected, k)
-                if pid in uploads:
-                    raise ValueError(f"partition {pid} already replied this round")
-            except ValueError as exc:
-                rejected += 1
-                log.warning("round %d: rejected reply of node %d: %s", rnd, reply.node_id, exc)
-                continue
-            node_pid[reply.node_id] = pid
-            has_state.add(pid)
-            uploads[pid], sizes[pid] = upload, metrics["num-examples"]
-            val[rnd - 1, pid], test[rnd - 1, pid] = metrics["val_acc"], metrics["test_acc"]
-            loss[rnd - 1, pid] = metrics["train_loss"]
-        if not uploads:
-            log.warning("round %d: no valid reply; models unchanged", rnd)
-        new, diag = server_aggregate(cfg.algo, uploads, sizes)
-        downloads = {pid: new.get(pid, {}) for pid in uploads}
-        if "weights" in diag:
-            weights = diag["weights"].numpy()
-        log.info("round %d: %d valid replies, mean test %.4f", rnd, len(uploads), np.nanmean(test[rnd - 1]))
-    if np.isnan(val).all():
-        raise RuntimeError("no valid client reply in any round")
-    best, at_best, final = summarise_rounds(val, test)
-    res = SimResult(val, test, loss, best, at_best, final, time.perf_counter() - t0, weights)
+        raise RuntimeError(f"no Flower node connected within {cfg.wait_s} s (wait_s)")
     out = Path(cfg.out)
+    clear_client_models(out)
+    spec = LoopSpec(
+        cfg.algo, cfg.data.num_clients, num_features, num_classes, cfg.rounds, cfg.seed, cfg.round_timeout_s,
+        progress=cfg.progress, desc=f"{cfg.algo.name} (Flower)",
+    )  # fmt: skip
+    res = run_rounds(spec, transport)
     write_outputs(res, out, f"{cfg.algo.name} (Flower)")
+    rounds = {"val_acc": res.val_acc, "test_acc": res.test_acc, "train_loss": res.train_loss}
     atomic_save_json(
         out / "rounds.json",
-        {
-            "val_acc": val,
-            "test_acc": test,
-            "train_loss": loss,
-            "rejected_replies": rejected,
-            "seconds": res.seconds,
-        },
+        json_safe({**rounds, "rejected_replies": res.rejected, "models_saved": res.models_saved, "seconds": res.seconds}),
     )
     return res
 
@@ -230,47 +141,37 @@ def _clients_for(cfg: FlowerConfig) -> tuple[list[ClientData], dict[str, int]]:
     return _DATA_CACHE[key]
 
 
-def handle_train(
-    content: Mapping[str, Any],
-    node_config: Mapping[str, Any],
-    state: dict[str, dict[str, torch.Tensor]],
-    cfg: FlowerConfig,
-) -> dict[str, dict[str, Any]]:
-    """Client side of one round, free of Flower types (the ClientApp wraps it).
-
-    Args:
-        content: ``{"arrays": {name: tensor}, "config": {"round", "seed"}}`` from the server.
-        node_config: must hold ``partition-id``.
-        state: the node's persistent store (``context.state`` in Flower); updated in place.
-        cfg: the run.
-
-    Returns:
-        ``{"arrays": upload, "metrics": scalars}`` — shared parameters (+ APV / functional embedding) and
-        accuracies/counts; no features, labels, embeddings or gradients.
-    """
-    torch.set_num_threads(1)
+def client_context(node_config: Mapping[str, Any], cfg: FlowerConfig) -> ClientContext:
+    """The node's own data and method, from its ``node_config`` (``partition-id``) and the run config."""
     if "partition-id" not in node_config:
         raise ValueError("node_config lacks 'partition-id' (start the SuperNode with --node-config)")
     pid = int(node_config["partition-id"])
     clients, info = _clients_for(cfg)
     if not 0 <= pid < len(clients):
         raise ValueError(f"partition-id {pid} is not in [0, {len(clients)})")
-    data = clients[pid]
-    rnd = int(content["config"]["round"])
-    received = {k: torch.as_tensor(np.asarray(v)) for k, v in content["arrays"].items()}
-    local = state.get(LOCAL_STATE_KEY) or None
-    res = client_round(
-        cfg.algo, data, info["num_classes"], received, local, rnd, int(content["config"]["seed"])
-    )
-    state[LOCAL_STATE_KEY] = res.local_state
-    metrics = {
-        "partition-id": pid,
-        "num-examples": int(res.metrics["num_train"]),
-        "train_loss": res.metrics["train_loss"],
-        "val_acc": res.metrics["val_acc"],
-        "test_acc": res.metrics["test_acc"],
-    }
-    return {"arrays": res.upload, "metrics": metrics}
+    return ClientContext(cfg.algo, clients[pid], info["num_classes"], Path(cfg.out) / MODELS_DIR)
+
+
+def handle_train(
+    content: Mapping[str, Any],
+    node_config: Mapping[str, Any],
+    state: dict[str, dict[str, torch.Tensor]],
+    cfg: FlowerConfig,
+) -> dict[str, dict[str, Any]]:
+    """Client side of one message, free of Flower types (the ClientApp wraps it).
+
+    Args:
+        content: ``{"arrays": {name: tensor}, "config": {"round", "seed", "best-round"[, "final"]}}``.
+        node_config: the SuperNode's config (``partition-id``).
+        state: the node's persistent store (``context.state`` in Flower); updated in place.
+        cfg: the run.
+
+    Returns:
+        :func:`~quintet.fedaux.loop.handle_message`'s reply: shared parameters (+ APV / functional
+        embedding) and scalar metrics; no features, labels, embeddings or gradients.
+    """
+    torch.set_num_threads(1)
+    return handle_message(content, state, client_context(node_config, cfg))
 
 
 # ----------------------------------------------------------------------------------------------- Flower glue
@@ -307,27 +208,29 @@ class _GridTransport:
                     "config": ConfigRecord(dict(p["config"])),
                 }
             )
-            msgs.append(Message(content, dst_node_id=nid, message_type=MessageType.TRAIN))
+            kind = MessageType.EVALUATE if p["config"].get("final") else MessageType.TRAIN
+            msgs.append(Message(content, dst_node_id=nid, message_type=kind))
         out = []
         for msg in self.grid.send_and_receive(msgs, timeout=timeout):
             src = int(msg.metadata.src_node_id)
             if msg.has_error():
                 out.append(Reply(src, None, f"{msg.error.code}: {msg.error.reason}"))
                 continue
-            c = msg.content
             try:
-                arrays = c["arrays"].to_torch_state_dict() if "arrays" in c else None
-                metrics = dict(c["metrics"]) if "metrics" in c else None
+                out.append(Reply(src, _read_records(msg.content)))
             except Exception as exc:  # a malformed record must not stop the round
                 out.append(Reply(src, None, f"unreadable reply: {exc}"))
-                continue
-            content_d: dict[str, Any] = {}
-            if arrays is not None:
-                content_d["arrays"] = arrays
-            if metrics is not None:
-                content_d["metrics"] = metrics
-            out.append(Reply(src, content_d))
         return out
+
+
+def _read_records(c: Any) -> dict[str, Any]:
+    """``{"arrays": numpy arrays, "metrics": scalars}`` of a reply (dtypes kept: validation checks them)."""
+    content: dict[str, Any] = {}
+    if "arrays" in c:
+        content["arrays"] = dict(zip(c["arrays"].keys(), c["arrays"].to_numpy_ndarrays(), strict=True))
+    if "metrics" in c:
+        content["metrics"] = dict(c["metrics"])
+    return content
 
 
 def make_server_app(cfg: FlowerConfig | None = None) -> Any:
@@ -355,23 +258,21 @@ def make_client_app(cfg: FlowerConfig | None = None) -> Any:
 
     app = ClientApp()
 
-    @app.train()
-    def _train(msg: Any, context: Any) -> Any:
+    def _handle(msg: Any, context: Any) -> Any:
         conf = _config_from_context(context.run_config, cfg)
-        state: dict[str, dict[str, torch.Tensor]] = {}
-        if LOCAL_STATE_KEY in context.state:
-            state[LOCAL_STATE_KEY] = context.state[LOCAL_STATE_KEY].to_torch_state_dict()
-        content = {
-            "arrays": msg.content["arrays"].to_torch_state_dict(),
-            "config": dict(msg.content["config"]),
-        }
-        out = handle_train(content, context.node_config, state, conf)
-        context.state[LOCAL_STATE_KEY] = ArrayRecord(torch_state_dict=state[LOCAL_STATE_KEY])
-        reply = RecordDict(
-            {"arrays": ArrayRecord(torch_state_dict=out["arrays"]), "metrics": MetricRecord(out["metrics"])}
-        )
-        return Message(reply, reply_to=msg)
+        store = {k: context.state[k].to_torch_state_dict() for k in _STORE_KEYS if k in context.state}
+        content = {"arrays": msg.content["arrays"].to_torch_state_dict(), "config": dict(msg.content["config"])}
+        out = handle_train(content, context.node_config, store, conf)
+        for k in _STORE_KEYS:
+            if k in store:
+                context.state[k] = ArrayRecord(torch_state_dict=store[k])
+        reply = {"metrics": MetricRecord(out["metrics"])}
+        if "arrays" in out:
+            reply["arrays"] = ArrayRecord(torch_state_dict=out["arrays"])
+        return Message(RecordDict(reply), reply_to=msg)
 
+    app.train()(_handle)
+    app.evaluate()(_handle)  # the closing message: save the best round's model
     return app
 
 
