@@ -175,14 +175,20 @@ def test_flower_simulation_engine_matches_in_process(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_loopback_deployment_superlink_supernodes_flwr_run(tmp_path: Path) -> None:
-    """The documented recipe: flower-superlink + 4 flower-supernode + flwr run, all on 127.0.0.1."""
+    """flower-superlink + 4 flower-supernode + flwr run on 127.0.0.1, each node holding only its shard: the
+    whole graph's location is made unreadable after partitioning, so no process but the partitioner saw it."""
     pytest.importorskip("ray")
-    from quintet.fedaux.deploy import run_loopback_deployment
+    from quintet.fedaux.deploy import run_loopback_deployment, write_partition
 
     cfg = _cfg(tmp_path, rounds=2)
     cfg.wait_s = 120.0
-    res = run_loopback_deployment(cfg, tmp_path / "deploy", timeout_s=500)
+    write_partition(cfg, tmp_path / "shards")
     clients, info = load_data(cfg.data)
     ref = simulate(cfg.algo, clients, info["num_classes"], 2, 0, progress=False)
-    assert np.abs(res.test_acc - ref.test_acc).max() < 1e-6
-    assert (tmp_path / "deploy" / "app" / "pyproject.toml").is_file()
+    cfg.data.dataset = str(tmp_path / "deleted_graph.npz")
+    res = run_loopback_deployment(cfg, tmp_path / "deploy", timeout_s=500, shards=tmp_path / "shards")
+    assert np.array_equal(res.test_acc, ref.test_acc)  # bit-equal
+    app = (tmp_path / "deploy" / "app" / "pyproject.toml").read_text()
+    assert str(tmp_path) not in app and 'algo.name = "fedaux"' in app and "node_local = true" in app
+    models = sorted(p.name for p in (cfg.out / "models").glob("client_*.pt"))
+    assert models == [f"client_{i}.pt" for i in range(4)] and res.models_saved == 4

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from quintet.config import load_config, save_config
+from quintet.config import config_to_dict, save_config
 from quintet.fedaux.algorithms import AlgoConfig
-from quintet.fedaux.data import ClientData
+from quintet.fedaux.data import ClientData, load_shard
 from quintet.fedaux.loop import (
     BEST_STATE_KEY,
     LOCAL_STATE_KEY,
@@ -79,6 +79,10 @@ class FlowerConfig:
         round_timeout_s: replies later than this are dropped (a vanished node cannot stall a round).
         backend_cpus: CPUs per simulated client (Ray).
         progress: show a progress bar on the server.
+        node_local: every SuperNode reads only its own shard, ``node_config["data-path"]`` (written by
+            ``quintet fedaux partition``), and saves its model under ``node_config["out-dir"]`` (default
+            ``out``); no process but the partitioner sees the whole graph. Set in apps written by
+            ``flower-app``/``deploy-local``; the simulation engine uses ``partition-id`` instead.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -93,6 +97,7 @@ class FlowerConfig:
     round_timeout_s: float = 300.0
     backend_cpus: float = 1.0
     progress: bool = True
+    node_local: bool = False
 
 
 # ----------------------------------------------------------------------------------------------- server
@@ -141,8 +146,31 @@ def _clients_for(cfg: FlowerConfig) -> tuple[list[ClientData], dict[str, int]]:
     return _DATA_CACHE[key]
 
 
+_SHARD_CACHE: dict[str, tuple[ClientData, dict[str, int]]] = {}
+
+
+def _shard_context(node_config: Mapping[str, Any], cfg: FlowerConfig) -> ClientContext:
+    path = str(node_config["data-path"])
+    if path not in _SHARD_CACHE:
+        _SHARD_CACHE[path] = load_shard(path)
+    data, meta = _SHARD_CACHE[path]
+    for key in ("num_features", "num_classes"):
+        want = getattr(cfg, key)
+        if want and meta[key] != want:
+            raise ValueError(f"{path}: shard has {key}={meta[key]} but the run has {want}; use this partition's app")
+    out = Path(str(node_config.get("out-dir") or cfg.out))
+    return ClientContext(cfg.algo, data, meta["num_classes"], out / MODELS_DIR)
+
+
 def client_context(node_config: Mapping[str, Any], cfg: FlowerConfig) -> ClientContext:
-    """The node's own data and method, from its ``node_config`` (``partition-id``) and the run config."""
+    """The node's own data and method: its shard (``data-path``) or, in simulation, its ``partition-id``."""
+    if "data-path" in node_config:
+        return _shard_context(node_config, cfg)
+    if cfg.node_local:
+        raise ValueError(
+            "node_config lacks data-path: start the SuperNode with "
+            '--node-config "data-path=/path/to/client_<i>.pt" (shards from `quintet fedaux partition`)'
+        )
     if "partition-id" not in node_config:
         raise ValueError("node_config lacks 'partition-id' (start the SuperNode with --node-config)")
     pid = int(node_config["partition-id"])
@@ -177,13 +205,26 @@ def handle_train(
 # ----------------------------------------------------------------------------------------------- Flower glue
 
 
-def _config_from_context(run_config: Mapping[str, Any], fallback: FlowerConfig | None) -> FlowerConfig:
-    path = run_config.get("config") if run_config else None
-    if path:
-        return load_config(FlowerConfig, str(path))
-    if fallback is None:
-        raise ValueError("run_config has no 'config' entry (path to a FlowerConfig YAML)")
-    return fallback
+def config_from_run_config(run_config: Mapping[str, Any], fallback: FlowerConfig | None = None) -> FlowerConfig:
+    """A :class:`FlowerConfig` from Flower's flat run config (``algo.name``, ``rounds``, ... as written by
+    :func:`write_flower_app`, overridable with ``flwr run --run-config``); ``fallback`` if it is empty."""
+    from quintet.config import ConfigError, from_dict
+
+    if not run_config:
+        if fallback is None:
+            raise ValueError("the run config is empty: run an app written by `quintet fedaux flower-app`")
+        return fallback
+    nested: dict[str, Any] = {}
+    for key, value in run_config.items():
+        node = nested
+        *parents, leaf = str(key).replace("-", "_").split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return from_dict(FlowerConfig, nested)
+    except ConfigError as exc:
+        raise ValueError(f"Flower run config: {exc}") from exc
 
 
 class _GridTransport:
@@ -234,15 +275,17 @@ def _read_records(c: Any) -> dict[str, Any]:
 
 
 def make_server_app(cfg: FlowerConfig | None = None) -> Any:
-    """A ``ServerApp`` running :func:`run_server` (settings from ``run_config["config"]`` or ``cfg``)."""
+    """A ``ServerApp`` running :func:`run_server` (settings from the run config, or ``cfg`` if it is empty)."""
     from flwr.serverapp import ServerApp
 
     app = ServerApp()
 
     @app.main()
     def _main(grid: Any, context: Any) -> None:
-        conf = _config_from_context(context.run_config, cfg)
+        conf = config_from_run_config(context.run_config, cfg)
         nf, nc = conf.num_features, conf.num_classes
+        if not (nf and nc) and conf.node_local:
+            raise ValueError("run config lacks num_features/num_classes: write the app with `quintet fedaux flower-app`")
         if not (nf and nc):
             _, info = load_data(conf.data)
             nf, nc = info["num_features"], info["num_classes"]
@@ -259,7 +302,7 @@ def make_client_app(cfg: FlowerConfig | None = None) -> Any:
     app = ClientApp()
 
     def _handle(msg: Any, context: Any) -> Any:
-        conf = _config_from_context(context.run_config, cfg)
+        conf = config_from_run_config(context.run_config, cfg)
         store = {k: context.state[k].to_torch_state_dict() for k in _STORE_KEYS if k in context.state}
         content = {"arrays": msg.content["arrays"].to_torch_state_dict(), "config": dict(msg.content["config"])}
         out = handle_train(content, context.node_config, store, conf)
@@ -305,58 +348,75 @@ def flower_simulate(cfg: FlowerConfig) -> SimResult:
         num_supernodes=len(clients),
         backend_config={"client_resources": {"num_cpus": cfg.backend_cpus, "num_gpus": 0.0}},
     )
-    return _read_result(out)
+    return read_result(out)
 
 
-def _read_result(out: Path) -> SimResult:
+def read_result(out: Path) -> SimResult:
     rounds = out / "rounds.json"
     if not rounds.is_file():
         raise RuntimeError(f"the Flower run wrote no results ({rounds} missing); see the Flower log")
     d = load_json(rounds)
     val, test, loss = (np.asarray(d[k], dtype=float) for k in ("val_acc", "test_acc", "train_loss"))
     best, at_best, final = summarise_rounds(val, test)
-    return SimResult(val, test, loss, best, at_best, final, float(d["seconds"]))
+    res = SimResult(val, test, loss, best, at_best, final, float(d["seconds"]))
+    res.rejected, res.models_saved = int(d.get("rejected_replies", 0)), int(d.get("models_saved", 0))
+    return res
+
+
+#: keys never written into an app: machine-local paths, and the whole graph's location
+_NOT_IN_APP = ("data.root", "data.cache_dir", "data.dataset")
+
+
+def _toml_value(v: Any) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return json.dumps(str(v))  # a TOML basic string
+
+
+def app_config(cfg: FlowerConfig) -> dict[str, Any]:
+    """The flat run config of a node-local app: every key of ``cfg`` but machine paths; ``out`` relative."""
+    flat = {k: v for k, v in _flatten(config_to_dict(cfg)) if k not in _NOT_IN_APP and v is not None}
+    if Path(str(flat["out"])).is_absolute():
+        flat["out"] = str(FlowerConfig().out)  # set it per run: flwr run APP --run-config "out='/abs/dir'"
+    flat["node_local"] = True
+    return flat
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        out += _flatten(v, f"{prefix}{k}.") if isinstance(v, Mapping) else [(prefix + k, v)]
+    return out
 
 
 def write_flower_app(app_dir: str | Path, cfg: FlowerConfig) -> Path:
-    """Write a Flower app folder (``pyproject.toml`` + resolved ``fedaux.yaml``) for ``flwr run``.
+    """Write a copyable Flower app folder (``pyproject.toml`` only, no absolute paths) for ``flwr run``.
 
-    The components point at this installed package (``quintet.fedaux.flower:server_app`` / ``client_app``),
-    so the SuperLink and SuperNodes need ``quintet[fl]`` installed and no runtime dependency installation.
+    Its ``[tool.flwr.app.config]`` holds every hyperparameter of ``cfg`` (``algo.name``, ``rounds``,
+    ``algo.alpha``, ...), each overridable with ``flwr run APP --run-config "rounds=50 algo.name='fedavg'"``;
+    ``num_features``/``num_classes`` come from the data when ``cfg`` leaves them 0. The components point at
+    the installed package (``quintet.fedaux.flower:server_app`` / ``client_app``), so every host needs
+    ``quintet[fl]`` and no runtime dependency installation; each SuperNode gets its shard through
+    ``--node-config "data-path=..."``.
     """
     app = Path(app_dir)
     app.mkdir(parents=True, exist_ok=True)
     if not (cfg.num_features and cfg.num_classes):
         _, info = load_data(cfg.data)
         cfg.num_features, cfg.num_classes = info["num_features"], info["num_classes"]
-    cfg_path = save_config(cfg, app / "fedaux.yaml").resolve()
-    atomic_write_text(
-        app / "pyproject.toml",
-        "\n".join(
-            [
-                "[build-system]",
-                'requires = ["hatchling"]',
-                'build-backend = "hatchling.build"',
-                "",
-                "[project]",
-                'name = "quintet-fedaux-app"',
-                'version = "0.1.0"',
-                "dependencies = []",
-                "",
-                "[tool.hatch.build.targets.wheel]",
-                'packages = ["."]',
-                "",
-                "[tool.flwr.app]",
-                'publisher = "quintet"',
-                "",
-                "[tool.flwr.app.components]",
-                'serverapp = "quintet.fedaux.flower:server_app"',
-                'clientapp = "quintet.fedaux.flower:client_app"',
-                "",
-                "[tool.flwr.app.config]",
-                f'config = "{cfg_path.as_posix()}"',
-                "",
-            ]
-        ),
-    )
+    lines = [
+        "[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
+        "[project]", 'name = "quintet-fedaux-app"', 'version = "0.1.0"', "dependencies = []", "",
+        "[tool.hatch.build.targets.wheel]", 'packages = ["."]', "",
+        "[tool.flwr.app]", 'publisher = "quintet"', "",
+        "[tool.flwr.app.components]", 'serverapp = "quintet.fedaux.flower:server_app"',
+        'clientapp = "quintet.fedaux.flower:client_app"', "",
+        "[tool.flwr.app.config]",
+    ]  # fmt: skip
+    lines += [f"{k} = {_toml_value(v)}" for k, v in app_config(cfg).items()]
+    atomic_write_text(app / "pyproject.toml", "\n".join([*lines, ""]))
     return app

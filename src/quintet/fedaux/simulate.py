@@ -14,7 +14,7 @@ import csv
 import io
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +23,7 @@ import torch
 
 from quintet.config import save_config
 from quintet.fedaux.algorithms import AlgoConfig, build_model
-from quintet.fedaux.data import ClientData, build_clients, synthetic_clients
+from quintet.fedaux.data import MANIFEST, ClientData, build_clients, load_shards, synthetic_clients
 from quintet.fedaux.loop import (
     MODELS_DIR,
     ClientContext,
@@ -42,6 +42,7 @@ __all__ = [
     "clear_client_models",
     "load_client_models",
     "load_data",
+    "partition_provenance",
     "run",
     "simulate",
     "summarise_rounds",
@@ -53,7 +54,9 @@ class DataConfig:
     """Where the graph comes from and how it is cut into clients.
 
     Attributes:
-        dataset: ``cora`` | ``citeseer`` | ``synthetic`` | a path to an ``.npz``/``.pt`` graph.
+        dataset: ``cora`` | ``citeseer`` | ``synthetic`` | a path to an ``.npz``/``.pt`` graph | a folder of
+            client shards written by ``quintet fedaux partition`` (its ``partition.json``; the partition
+            keys below are then not used).
         root: folder with the Planetoid raw files (``ind.cora.*``); nothing is downloaded.
         partition: ``metis`` (disjoint), ``overlapping`` (FED-PUB) or ``louvain``.
         num_clients: K (for ``overlapping``: 5 × number of communities).
@@ -114,7 +117,9 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 def load_data(cfg: DataConfig) -> tuple[list[ClientData], dict[str, int]]:
-    """Build (or load from the cache) the clients of ``cfg``."""
+    """Build (or load from the cache, or from a folder of shards) the clients of ``cfg``."""
+    if (Path(cfg.dataset) / MANIFEST).is_file():
+        return load_shards(cfg.dataset)
     if cfg.dataset == "synthetic":
         if cfg.num_clients < 2 or cfg.num_clients % 2:
             raise ValueError(
@@ -130,6 +135,22 @@ def load_data(cfg: DataConfig) -> tuple[list[ClientData], dict[str, int]]:
         metis=cfg.metis,
         cache_dir=Path(cfg.cache_dir).expanduser() if cfg.cache_dir else None,
     )
+
+
+def partition_provenance(cfg: DataConfig) -> dict[str, object]:
+    """Where a partition comes from: the data keys and the sha256 of the source files."""
+    from quintet.fedaux.data import PLANETOID_SHA256
+    from quintet.io import file_sha256
+
+    name = cfg.dataset.lower()
+    if name in ("cora", "citeseer", "pubmed"):
+        sources = {k: v for k, v in PLANETOID_SHA256.items() if k.startswith(f"ind.{name}.")}
+    elif Path(cfg.dataset).is_file():
+        sources = {Path(cfg.dataset).name: file_sha256(cfg.dataset)}
+    else:
+        sources = {}
+    keys = {k: v for k, v in asdict(cfg).items() if k not in ("root", "cache_dir")}
+    return {**keys, "source_sha256": sources, "split": "20/40/40 (train/val/test)"}
 
 
 def simulate(
