@@ -27,7 +27,9 @@ from quintet.io import atomic_torch_save
 
 @pytest.fixture
 def shards(tmp_path: Path) -> Path:
-    rc = main(["fedaux", "partition", "data.dataset=synthetic", "data.num_clients=4", "-o", str(tmp_path / "sh")])
+    rc = main(
+        ["fedaux", "partition", "data.dataset=synthetic", "data.num_clients=4", "-o", str(tmp_path / "sh")]
+    )
     assert rc == 0
     return tmp_path / "sh"
 
@@ -61,10 +63,19 @@ def _rewrite(folder: Path, clients: list, info: dict[str, int]) -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda c: setattr(c, "x", c.x.clone().index_fill_(0, torch.tensor([3]), float("nan"))), "NaN or inf"),
+        (
+            lambda c: setattr(c, "x", c.x.clone().index_fill_(0, torch.tensor([3]), float("nan"))),
+            "NaN or inf",
+        ),
         (lambda c: setattr(c, "train_mask", torch.zeros_like(c.train_mask)), "no training node"),
-        (lambda c: setattr(c, "edge_index", torch.cat([c.edge_index, torch.tensor([[5], [5]])], 1)), "self-loops"),
-        (lambda c: setattr(c, "edge_index", torch.cat([c.edge_index, c.edge_index[:, :1]], 1)), "duplicate edges"),
+        (
+            lambda c: setattr(c, "edge_index", torch.cat([c.edge_index, torch.tensor([[5], [5]])], 1)),
+            "self-loops",
+        ),
+        (
+            lambda c: setattr(c, "edge_index", torch.cat([c.edge_index, c.edge_index[:, :1]], 1)),
+            "duplicate edges",
+        ),
     ],
 )
 def test_a_bad_shard_is_refused_before_any_round(tmp_path: Path, edit: Any, message: str) -> None:
@@ -112,7 +123,9 @@ class ShardGrid:
         return list(self.nodes)
 
     def exchange(self, payloads: dict[int, dict[str, Any]], timeout: float) -> list[Reply]:
-        return [Reply(n, handle_train(p, self.nodes[n], self.state[n], self.cfg)) for n, p in payloads.items()]
+        return [
+            Reply(n, handle_train(p, self.nodes[n], self.state[n], self.cfg)) for n, p in payloads.items()
+        ]
 
 
 def test_node_local_run_matches_the_in_process_run_exactly(tmp_path: Path, shards: Path) -> None:
@@ -162,6 +175,8 @@ def test_graph_files_with_bad_content_are_refused_naming_the_file(
 
 def test_more_clients_than_nodes_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "g.npz"
-    np.savez(path, x=np.ones((3, 2), np.float32), edge_index=np.array([[0, 1], [1, 2]]), y=np.array([0, 1, 0]))
+    np.savez(
+        path, x=np.ones((3, 2), np.float32), edge_index=np.array([[0, 1], [1, 2]]), y=np.array([0, 1, 0])
+    )
     with pytest.raises(ValueError, match="cannot split 3 nodes into 5 parts"):
         load_data(DataConfig(dataset=str(path), num_clients=5, cache_dir=""))

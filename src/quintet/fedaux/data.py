@@ -37,6 +37,8 @@ __all__ = [
     "normalize_features",
     "overlapping_partition",
     "random_split",
+    "sbm_clients",
+    "sbm_graph",
     "synthetic_community_graph",
 ]
 
@@ -795,3 +797,55 @@ def load_shards(folder: str | Path) -> tuple[list[ClientData], dict[str, int]]:
         "num_classes": first["num_classes"],
         "num_nodes": num_nodes,
     }
+
+
+def sbm_graph(
+    num_communities: int = 4,
+    nodes_per_community: int = 100,
+    num_classes: int = 4,
+    num_features: int = 16,
+    feature_shift: float = 1.0,
+    p_in: float = 0.08,
+    p_out: float = 0.002,
+    noise: float = 1.0,
+    seed: int = 0,
+) -> tuple[Graph, list[torch.Tensor]]:
+    """A seeded stochastic block model whose communities shift their features: heterogeneity you can dial.
+
+    Community c (one client) holds ``nodes_per_community`` nodes with uniformly drawn labels. Edges: inside a
+    community with probability ``p_in`` × (0.2 for different labels, 1.8 for the same label; homophily),
+    across communities with ``p_out``, plus a ring that keeps each community connected. Features:
+    ``mean[y] + feature_shift · shift_c[y] + noise · ε``: one global class→mean map and one class→shift map
+    per community, both N(0, 1.5²) per entry, ε ~ N(0, I). At ``feature_shift=0`` all clients share one
+    distribution (one global model is right); as it grows, a class looks different in every community (a
+    concept shift) and personalised models should win. Returns the graph and its natural partition (community = client).
+    """
+    if num_communities < 1 or nodes_per_community < 2 or num_classes < 2:
+        raise ValueError("sbm_graph needs >= 1 community, >= 2 nodes per community and >= 2 classes")
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.randn(num_classes, num_features, generator=gen) * 1.5
+    m, n = nodes_per_community, num_communities * nodes_per_community
+    xs, ys, parts, edges = [], [], [], []
+    for c in range(num_communities):
+        y = torch.randint(0, num_classes, (m,), generator=gen)
+        shift = torch.randn(num_classes, num_features, generator=gen) * 1.5 * feature_shift
+        xs.append((means + shift)[y] + noise * torch.randn(m, num_features, generator=gen))
+        ys.append(y)
+        parts.append(torch.arange(c * m, (c + 1) * m))
+        prob = p_in * (0.2 + 1.6 * (y[:, None] == y[None, :]).float())
+        i, j = torch.triu(torch.rand(m, m, generator=gen) < prob, 1).nonzero(as_tuple=True)
+        ring = torch.arange(m)
+        edges += [torch.stack([i, j]) + c * m, torch.stack([ring, (ring + 1) % m]) + c * m]
+    i, j = torch.triu(torch.rand(n, n, generator=gen) < p_out, 1).nonzero(as_tuple=True)
+    ei = _symmetrise(torch.cat([*edges, torch.stack([i, j])], 1), n)
+    g = Graph(x=torch.cat(xs), edge_index=ei, y=torch.cat(ys), name=f"sbm{seed}_shift{feature_shift:g}")
+    return g, parts
+
+
+def sbm_clients(
+    num_communities: int = 4, feature_shift: float = 1.0, seed: int = 0, **kwargs: float
+) -> tuple[list[ClientData], dict[str, int]]:
+    """Clients of :func:`sbm_graph` (one per community) with a seeded 20/40/40 split (raw features)."""
+    g, parts = sbm_graph(num_communities, feature_shift=feature_shift, seed=seed, **kwargs)  # type: ignore[arg-type]
+    clients = make_clients(g, parts, random_split(g.num_nodes, seed))
+    return clients, {"num_features": int(g.x.shape[1]), "num_classes": g.num_classes, "num_nodes": g.num_nodes}

@@ -66,7 +66,9 @@ def write_partition(cfg: FlowerConfig, folder: Path) -> list[Path]:
     """Partition ``cfg.data`` into shards in ``folder`` (checked by reading them back); return the paths."""
     clients, info = load_data(cfg.data)
     if len(clients) != cfg.data.num_clients:
-        raise ValueError(f"data.num_clients={cfg.data.num_clients} but the partition has {len(clients)} clients")
+        raise ValueError(
+            f"data.num_clients={cfg.data.num_clients} but the partition has {len(clients)} clients"
+        )
     paths = write_shards(clients, info, folder, partition_provenance(cfg.data))
     load_shards(folder)  # every shard verified before any process starts
     cfg.num_features, cfg.num_classes = info["num_features"], info["num_classes"]
@@ -93,7 +95,9 @@ def _env(home: Path) -> dict[str, str]:
     (the processes run in the work folder)."""
     env = dict(os.environ)
     if env.get("PYTHONPATH"):
-        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+        env["PYTHONPATH"] = os.pathsep.join(
+            str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p
+        )
     env.update(
         FLWR_HOME=str(home),
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
@@ -138,7 +142,13 @@ def run_loopback_deployment(
     )
     env = _env(home)
     with ExitStack() as stack:
-        link = [_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation", "--port", str(port)]
+        link = [
+            _bin("flower-superlink"),
+            "--insecure",
+            "--disable-runtime-dependency-installation",
+            "--port",
+            str(port),
+        ]
         _start(stack, link, work, env, work / "superlink.log")
         _wait_port(port, 60)
         for i, shard in enumerate(paths):

@@ -23,7 +23,14 @@ import torch
 
 from quintet.config import save_config
 from quintet.fedaux.algorithms import AlgoConfig, build_model
-from quintet.fedaux.data import MANIFEST, ClientData, build_clients, load_shards, synthetic_clients
+from quintet.fedaux.data import (
+    MANIFEST,
+    ClientData,
+    build_clients,
+    load_shards,
+    sbm_clients,
+    synthetic_clients,
+)
 from quintet.fedaux.loop import (
     MODELS_DIR,
     ClientContext,
@@ -54,7 +61,8 @@ class DataConfig:
     """Where the graph comes from and how it is cut into clients.
 
     Attributes:
-        dataset: ``cora`` | ``citeseer`` | ``synthetic`` | a path to an ``.npz``/``.pt`` graph | a folder of
+        dataset: ``cora`` | ``citeseer`` | ``synthetic`` | ``sbm`` (:func:`~quintet.fedaux.data.sbm_graph`,
+            one community per client, seeded by ``split_seed``) | a path to an ``.npz``/``.pt`` graph | a folder of
             client shards written by ``quintet fedaux partition`` (its ``partition.json``; the partition
             keys below are then not used).
         root: folder with the Planetoid raw files (``ind.cora.*``); nothing is downloaded.
@@ -66,6 +74,8 @@ class DataConfig:
             FED-PUB's partition script calls it) or ``pymetis`` (pymetis's default: recursive
             bisection for K <= 8, seeded by ``split_seed``).
         cache_dir: partition cache (keyed by a fingerprint); empty string disables it.
+        sbm_shift: ``sbm`` only: how far each community moves every class's feature mean (0: one shared
+            distribution; 3: a class looks different in every community).
     """
 
     dataset: str = "cora"
@@ -75,6 +85,7 @@ class DataConfig:
     split_seed: int = 1234
     metis: Literal["fedpub", "pymetis"] = "fedpub"
     cache_dir: str = "~/.cache/quintet/fedaux"
+    sbm_shift: float = 1.0
 
 
 @dataclass
@@ -120,6 +131,8 @@ def load_data(cfg: DataConfig) -> tuple[list[ClientData], dict[str, int]]:
     """Build (or load from the cache, or from a folder of shards) the clients of ``cfg``."""
     if (Path(cfg.dataset) / MANIFEST).is_file():
         return load_shards(cfg.dataset)
+    if cfg.dataset == "sbm":
+        return sbm_clients(cfg.num_clients, cfg.sbm_shift, seed=cfg.split_seed)
     if cfg.dataset == "synthetic":
         if cfg.num_clients < 2 or cfg.num_clients % 2:
             raise ValueError(
