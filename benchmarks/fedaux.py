@@ -349,6 +349,88 @@ def mask_decay(dataset: str = "cora", k: int = 10, seed: int = 0) -> dict:
     return out
 
 
+#: rounds at which the FedAvg-collapse study records its curves
+COLLAPSE_ROUNDS = (1, 2, 3, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
+#: FedAvg variants of the collapse study: the protocol (FED-PUB's FedAvg settings: Adam lr 0.01, weight
+#: decay 1e-6, dropout 0.5, 1 full-batch local epoch per round, 100 rounds) and one change each
+COLLAPSE_VARIANTS: dict[str, dict] = {
+    "protocol": {},
+    "lr_0.001": {"lr": 0.001},
+    "weight_decay_5e-4": {"weight_decay": 5e-4},
+    "dropout_0": {"dropout": 0.0},
+    "local_epochs_2": {"local_epochs": 2},
+    "local_epochs_3": {"local_epochs": 3},
+    "local_epochs_5": {"local_epochs": 5},
+}
+
+
+def _collapse_run(clients: list, info: dict, overrides: dict, seed: int) -> dict:
+    """One FedAvg run with the share of predictions that are the global majority class, by round."""
+    from quintet.fedaux.algorithms import build_model
+
+    algo = AlgoConfig(name="fedavg", **overrides)
+    major = int(torch.bincount(torch.cat([c.y for c in clients])).argmax())
+    model = build_model(algo, clients[0].x.shape[1], info["num_classes"]).eval()
+    share: dict[int, float] = {}
+
+    def record(rnd: int, local: dict) -> None:
+        if rnd not in COLLAPSE_ROUNDS:
+            return
+        fr = []
+        for c in clients:
+            model.load_state_dict({k[6:]: v for k, v in local[c.client_id].items() if k.startswith("model/")})
+            with torch.no_grad():
+                fr.append(float((model(c.features(), c.gcn_adjacency()).argmax(1) == major).float().mean()))
+        share[rnd] = round(float(np.mean(fr)), 4)
+
+    res = simulate(algo, clients, info["num_classes"], ROUNDS, seed, progress=False, on_round=record)
+    mt, loss = np.nanmean(res.test_acc, 1) * 100, np.nanmean(res.train_loss, 1)
+    return {
+        "best_round": res.best_round,
+        "test_at_best_val": round(res.test_at_best_val, 2),
+        "final_test": round(res.final_test, 2),
+        "test_by_round": {r: round(float(mt[r - 1]), 2) for r in COLLAPSE_ROUNDS},
+        "train_loss_by_round": {r: round(float(loss[r - 1]), 4) for r in COLLAPSE_ROUNDS},
+        "share_predicting_global_majority_by_round": share,
+    }
+
+
+def fedavg_collapse(dataset: str = "cora", k: int = 10) -> dict:
+    """Why FedAvg's best round is its first on Cora-10: each setting of the protocol changed alone, 3 seeds."""
+    clients, info = _clients(dataset, k, MAIN_METIS)
+    path = CELLS / "fedavg_collapse.json"
+    out = load_json(path) if path.is_file() else {}
+    for name, overrides in COLLAPSE_VARIANTS.items():
+        for seed in SEEDS:
+            key = f"{name}/s{seed}"
+            if key not in out:
+                out[key] = _collapse_run(clients, info, overrides, seed)
+                atomic_save_json(path, out)
+                print(f"fedavg {key}: {out[key]['test_at_best_val']} at round {out[key]['best_round']}", flush=True)
+    return out
+
+
+def _collapse_summary() -> dict | None:
+    path = CELLS / "fedavg_collapse.json"
+    if not path.is_file():
+        return None
+    runs = load_json(path)
+    summary = {}
+    for name, overrides in COLLAPSE_VARIANTS.items():
+        cells = [runs[f"{name}/s{s}"] for s in SEEDS if f"{name}/s{s}" in runs]
+        if not cells:
+            continue
+        summary[name] = {
+            "changed": overrides,
+            "test_at_best_val": _mean_std([c["test_at_best_val"] for c in cells]),
+            "best_rounds": [c["best_round"] for c in cells],
+            "final_test": _mean_std([c["final_test"] for c in cells]),
+            "seeds": len(cells),
+            "seed0": cells[0],
+        }
+    return {"cell": "cora-10", "protocol": "FED-PUB FedAvg settings", "variants": summary}
+
+
 def report() -> dict:
     """Aggregate the cached cells into fedaux.json and the PNG curves."""
     table: dict = {}
@@ -442,6 +524,9 @@ def report() -> dict:
     tm = CELLS / "timing.json"
     if tm.is_file():  # one process, methods interleaved (--timing); the cells' seconds mix machine loads
         out["seconds_per_run_vs_fedavg"] = load_json(tm)
+    collapse = _collapse_summary()
+    if collapse:
+        out["fedavg_collapse_cora10"] = collapse
     fc = CELLS / "flower_check.json"
     if fc.is_file():
         out["flower_vs_inprocess_max_abs_diff"] = load_json(fc)["max_abs_diff"]
@@ -803,6 +888,11 @@ def main() -> int:
         action="store_true",
         help="FED-PUB's 1e-3*sum|mask| per round on Cora-10 next to the official run's logged loss",
     )
+    parser.add_argument(
+        "--fedavg-collapse",
+        action="store_true",
+        help="FedAvg on Cora-10 with each protocol setting changed alone (lr, weight decay, dropout, epochs)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -816,6 +906,8 @@ def main() -> int:
         print(timing())
     if args.mask_decay:
         print(mask_decay())
+    if args.fedavg_collapse:
+        fedavg_collapse()
     if args.ablation:
         for seed in SEEDS:
             for m in ABLATIONS:
@@ -858,6 +950,7 @@ def main() -> int:
         args.head_init,
         args.timing,
         args.mask_decay,
+        args.fedavg_collapse,
     )
     if not any(modes):
         # seed-major order: after the first third every cell has one seed, so a cut-short run is still useful.

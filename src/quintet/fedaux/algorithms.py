@@ -37,6 +37,7 @@ from torch import nn
 
 from quintet.fedaux.data import ClientData
 from quintet.fedaux.models import APV_KEY, FedAuxNet
+from quintet.fedaux.privacy import clip_and_noise
 from quintet.fedaux.strategies import FE_KEY, STRATEGIES, strategy_for
 
 __all__ = [
@@ -91,6 +92,10 @@ class AlgoConfig:
             1 × C matrix) or ``kaiming`` (torch's nn.Linear weight, zero bias; the first implementation).
             The plain-GCN baselines always use ``kaiming`` (the official GCN's classifier is nn.Linear).
             Chosen on mean validation accuracy over the 6 benchmark cells for both methods (docs/fedaux.md).
+        dp_clip / dp_noise / dp_delta: client-level differential privacy of the uploads
+            (:mod:`quintet.fedaux.privacy`): each round's update of every uploaded tensor is clipped to L2
+            norm ``dp_clip`` (0: off) and N(0, (dp_noise·dp_clip)²) noise is added; the run reports ε at
+            ``dp_delta``.
     """
 
     name: Method = "fedaux"
@@ -114,6 +119,9 @@ class AlgoConfig:
     fedpub_prox: float = 1e-3
     proxy_seed: int = 1234
     head_init: Literal["kaiming", "fedpub"] = "fedpub"
+    dp_clip: float = 0.0
+    dp_noise: float = 0.0
+    dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
@@ -126,6 +134,13 @@ class AlgoConfig:
             raise ValueError(f"unknown apv_norm {self.apv_norm!r}; valid: none, unit")
         if self.head_init not in ("kaiming", "fedpub"):
             raise ValueError(f"unknown head_init {self.head_init!r}; valid: kaiming, fedpub")
+        if self.dp_clip < 0 or self.dp_noise < 0 or not 0 < self.dp_delta < 1:
+            raise ValueError("dp_clip and dp_noise must be >= 0 and dp_delta in (0, 1)")
+        if self.dp_clip > 0 and self.name in ("local", "fedpub"):
+            raise ValueError(
+                f"dp_clip is not available for {self.name}: local uploads nothing, and FED-PUB's functional "
+                "embedding is computed from the un-noised model; use fedavg, fedprox, fedper or fedaux"
+            )
 
 
 @dataclass
@@ -289,6 +304,7 @@ def client_round(
     model.load_state_dict(_merged_state(model.state_dict(), received, local_state, data.client_id, rnd))
     project = model.project_apv if isinstance(model, FedAuxNet) else (lambda: None)
     project()  # the server's mix of unit APVs is shorter than 1: back onto the sphere
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.dp_clip > 0 else {}
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     if local_state is not None:
         _restore_optimizer(opt, local_state)
@@ -314,6 +330,9 @@ def client_round(
         full = {k: v.detach().clone() for k, v in model.state_dict().items()}
         upload = {k: full[k] for k in strategy.shared_keys(names)}
         upload.update(strategy.extra_upload(model, data.x.shape[1]))
+        if cfg.dp_clip > 0:
+            gen = torch.Generator().manual_seed(derive_seed(seed, data.client_id, rnd) + 1)
+            upload, metrics["update_norm"] = clip_and_noise(start, upload, cfg.dp_clip, cfg.dp_noise, gen)
     if not all(math.isfinite(float(v.sum())) for v in upload.values()):
         metrics["non_finite_upload"] = 1.0
     new_local = {f"model/{k}": v for k, v in full.items()}

@@ -39,6 +39,7 @@ from quintet.fedaux.algorithms import (
     server_aggregate,
 )
 from quintet.fedaux.data import ClientData
+from quintet.fedaux.privacy import gaussian_epsilon
 from quintet.io import atomic_torch_save
 
 __all__ = [
@@ -109,6 +110,8 @@ class SimResult:
             only: under Flower the models stay on their clients, which save them).
         rejected: replies rejected over the run.
         models_saved: clients that saved their personalised model at the end.
+        dp_epsilon: with ``algo.dp_clip > 0``, each client's ε at ``algo.dp_delta`` over the run
+            (:func:`~quintet.fedaux.privacy.gaussian_epsilon`; ``inf`` when no noise is added).
     """
 
     val_acc: np.ndarray
@@ -123,6 +126,7 @@ class SimResult:
     best_states: dict[int, dict[str, torch.Tensor]] | None = None
     rejected: int = 0
     models_saved: int = 0
+    dp_epsilon: float | None = None
 
     def summary(self) -> dict[str, Any]:
         """The headline numbers as a JSON-valid dict (non-finite values become ``None``)."""
@@ -142,6 +146,7 @@ class SimResult:
                 "mix_weight_max_any_round": float(np.nanmax(self.mix_max)) if mix_any else None,
                 "rejected_replies": self.rejected,
                 "models_saved": self.models_saved,
+                "dp_epsilon": self.dp_epsilon,
             }
         )
 
@@ -534,7 +539,9 @@ def run_rounds(spec: LoopSpec, transport: Transport) -> SimResult:
         raise RuntimeError("no valid client reply in any round (see the warnings above)")
     saved = server.finish()
     best, at_best, final = summarise_rounds(b.val, b.test)
+    a = spec.algo
+    eps = gaussian_epsilon(a.dp_noise, spec.rounds, a.dp_delta) if a.dp_clip > 0 else None
     return SimResult(
         b.val, b.test, b.loss, best, at_best, final, time.perf_counter() - t0, b.weights, b.mix_max,
-        rejected=b.rejected, models_saved=saved,
+        rejected=b.rejected, models_saved=saved, dp_epsilon=eps,
     )  # fmt: skip
