@@ -410,6 +410,78 @@ def fedavg_collapse(dataset: str = "cora", k: int = 10) -> dict:
     return out
 
 
+#: DP settings of the cost study (FedAux, Cora-10): (clip C, noise multiplier z); C = 1 is about a sixth of
+#: one Adam step's update norm at d' = 256 (≈ lr·√params ≈ 5.8), so clipping alone already slows training
+DP_LEVELS: dict[str, tuple[float, float]] = {"clip_only": (1.0, 0.0), "z1": (1.0, 1.0), "z5": (1.0, 5.0)}
+
+
+def dp_cost(dataset: str = "cora", k: int = 10, seeds: tuple[int, ...] = (0,)) -> dict:
+    """FedAux with client-level DP at two noise levels (and clipping alone): accuracy and ε (δ = 1e-5)."""
+    clients, info = _clients(dataset, k, MAIN_METIS)
+    path = CELLS / "dp_cost.json"
+    out = load_json(path) if path.is_file() else {}
+    for name, (clip, z) in DP_LEVELS.items():
+        for seed in seeds:
+            key = f"{name}/s{seed}"
+            if key in out:
+                continue
+            algo = algo_for("fedaux", dataset, k)
+            algo.dp_clip, algo.dp_noise = clip, z
+            res = simulate(algo, clients, info["num_classes"], ROUNDS, seed, progress=False)
+            out[key] = {"clip": clip, "noise_multiplier": z, "epsilon": res.dp_epsilon, "delta": algo.dp_delta,
+                        "test_at_best_val": round(res.test_at_best_val, 2), "best_round": res.best_round,
+                        "final_test": round(res.final_test, 2), "seconds": round(res.seconds, 1)}  # fmt: skip
+            atomic_save_json(path, out)
+            print(f"dp {key}: {out[key]}", flush=True)
+    return out
+
+
+#: the synthetic heterogeneity sweep: SBM with 6 communities (one per client), class-mean shift per community
+HETERO_SHIFTS = (0.0, 0.5, 1.0, 2.0, 3.0)
+HETERO_METHODS = ("local", "fedavg", "fedpub", "fedaux")
+
+
+def heterogeneity_sweep(seeds: tuple[int, ...] = SEEDS) -> dict:
+    """Local / FedAvg / FED-PUB / FedAux as the communities' feature shift grows (50 rounds x 3 epochs)."""
+    from quintet.fedaux.data import sbm_clients
+
+    path = CELLS / "heterogeneity_sweep.json"
+    out = load_json(path) if path.is_file() else {}
+    for shift in HETERO_SHIFTS:
+        clients, info = sbm_clients(6, shift, seed=1234)
+        for m in HETERO_METHODS:
+            for seed in seeds:
+                key = f"shift{shift:g}/{m}/s{seed}"
+                if key in out:
+                    continue
+                algo = AlgoConfig(name=m, hidden=32, local_epochs=3)  # type: ignore[arg-type]
+                res = simulate(algo, clients, info["num_classes"], 50, seed, progress=False)
+                out[key] = {"test_at_best_val": round(res.test_at_best_val, 2), "final_test": round(res.final_test, 2),
+                            "best_round": res.best_round}  # fmt: skip
+                atomic_save_json(path, out)
+                print(f"sbm {key}: {out[key]}", flush=True)
+    return out
+
+
+def _hetero_summary() -> dict | None:
+    path = CELLS / "heterogeneity_sweep.json"
+    if not path.is_file():
+        return None
+    runs = load_json(path)
+    table: dict = {}
+    for shift in HETERO_SHIFTS:
+        for m in HETERO_METHODS:
+            cells = [runs[f"shift{shift:g}/{m}/s{s}"] for s in SEEDS if f"shift{shift:g}/{m}/s{s}" in runs]
+            if cells:
+                table.setdefault(f"{shift:g}", {})[m] = {
+                    "test_at_best_val": _mean_std([c["test_at_best_val"] for c in cells]),
+                    "final_test": _mean_std([c["final_test"] for c in cells]),
+                    "seeds": len(cells),
+                }
+    return {"graph": "SBM, 6 communities x 100 nodes, 4 classes, 16 features", "rounds": 50, "local_epochs": 3,
+            "hidden": 32, "by_shift": table}  # fmt: skip
+
+
 def _collapse_summary() -> dict | None:
     path = CELLS / "fedavg_collapse.json"
     if not path.is_file():
@@ -527,6 +599,12 @@ def report() -> dict:
     collapse = _collapse_summary()
     if collapse:
         out["fedavg_collapse_cora10"] = collapse
+    hetero = _hetero_summary()
+    if hetero:
+        out["heterogeneity_sweep"] = hetero
+    dp = CELLS / "dp_cost.json"
+    if dp.is_file():  # FedAux Cora-10; the no-DP reference is the main table's fedaux cell
+        out["dp"] = load_json(dp)
     fc = CELLS / "flower_check.json"
     if fc.is_file():
         out["flower_vs_inprocess_max_abs_diff"] = load_json(fc)["max_abs_diff"]
@@ -893,6 +971,10 @@ def main() -> int:
         action="store_true",
         help="FedAvg on Cora-10 with each protocol setting changed alone (lr, weight decay, dropout, epochs)",
     )
+    parser.add_argument(
+        "--heterogeneity", action="store_true", help="SBM sweep: the 4 methods as the community shift grows"
+    )
+    parser.add_argument("--dp", action="store_true", help="FedAux on Cora-10 with client-level DP (2 noise levels)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -908,6 +990,10 @@ def main() -> int:
         print(mask_decay())
     if args.fedavg_collapse:
         fedavg_collapse()
+    if args.dp:
+        dp_cost()
+    if args.heterogeneity:
+        heterogeneity_sweep()
     if args.ablation:
         for seed in SEEDS:
             for m in ABLATIONS:
@@ -951,6 +1037,8 @@ def main() -> int:
         args.timing,
         args.mask_decay,
         args.fedavg_collapse,
+        args.dp,
+        args.heterogeneity,
     )
     if not any(modes):
         # seed-major order: after the first third every cell has one seed, so a cut-short run is still useful.

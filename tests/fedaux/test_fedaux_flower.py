@@ -170,7 +170,8 @@ def test_flower_simulation_engine_matches_in_process(tmp_path: Path) -> None:
     res = flower_simulate(cfg)
     clients, info = load_data(cfg.data)
     ref = simulate(cfg.algo, clients, info["num_classes"], 2, 0, progress=False)
-    assert np.abs(res.test_acc - ref.test_acc).max() < 1e-6
+    assert np.array_equal(res.test_acc, ref.test_acc)
+    assert sorted(p.name for p in (cfg.out / "models").glob("client_*.pt")) == [f"client_{i}.pt" for i in range(4)]
 
 
 @pytest.mark.integration
