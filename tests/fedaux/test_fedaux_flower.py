@@ -171,7 +171,9 @@ def test_flower_simulation_engine_matches_in_process(tmp_path: Path) -> None:
     clients, info = load_data(cfg.data)
     ref = simulate(cfg.algo, clients, info["num_classes"], 2, 0, progress=False)
     assert np.array_equal(res.test_acc, ref.test_acc)
-    assert sorted(p.name for p in (cfg.out / "models").glob("client_*.pt")) == [f"client_{i}.pt" for i in range(4)]
+    assert sorted(p.name for p in (cfg.out / "models").glob("client_*.pt")) == [
+        f"client_{i}.pt" for i in range(4)
+    ]
 
 
 @pytest.mark.integration
@@ -193,3 +195,44 @@ def test_loopback_deployment_superlink_supernodes_flwr_run(tmp_path: Path) -> No
     assert str(tmp_path) not in app and 'algo.name = "fedaux"' in app and "node_local = true" in app
     models = sorted(p.name for p in (cfg.out / "models").glob("client_*.pt"))
     assert models == [f"client_{i}.pt" for i in range(4)] and res.models_saved == 4
+
+
+@pytest.mark.integration
+def test_loopback_deployment_survives_a_supernode_killed_mid_run(tmp_path: Path) -> None:
+    """Real processes: SuperNode 3 is killed (SIGKILL, by its PID) once it has received its round-2 message;
+    the server finishes the run with the other three, records client 3's missing rounds as holes, and the
+    three survivors save their personalised models."""
+    import os
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    pytest.importorskip("ray")
+    from quintet.fedaux.deploy import run_loopback_deployment, write_partition
+
+    cfg = _cfg(tmp_path, rounds=3)
+    cfg.wait_s, cfg.round_timeout_s = 120.0, 90.0  # a ClientApp process starts slowly on a loaded machine
+    write_partition(cfg, tmp_path / "shards")
+    work = tmp_path / "deploy"
+    result: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault("res", run_loopback_deployment(cfg, work, 500, tmp_path / "shards"))
+    )
+    thread.start()
+    log, killed, deadline = work / "supernode3.log", None, time.monotonic() + 300
+    while killed is None and time.monotonic() < deadline and thread.is_alive():
+        if log.is_file() and log.read_text(errors="ignore").count("Received successfully") >= 2:
+            pids = subprocess.run(
+                ["pgrep", "-f", str(tmp_path / "shards" / "client_3.pt")], capture_output=True, text=True
+            )
+            for pid in map(int, pids.stdout.split()):
+                os.kill(pid, signal.SIGKILL)  # the SuperNode this test's deployment started
+                killed = pid
+        time.sleep(0.2)
+    thread.join(timeout=600)
+    res = result["res"]
+    assert killed is not None
+    assert np.isfinite(res.test_acc[:, :3]).all() and np.isnan(res.test_acc[-1, 3])
+    models = sorted(p.name for p in (cfg.out / "models").glob("client_*.pt"))
+    assert models == ["client_0.pt", "client_1.pt", "client_2.pt"] and res.models_saved == 3

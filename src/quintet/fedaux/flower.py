@@ -1,18 +1,16 @@
-"""The same algorithms as a Flower (1.42, Message API) ``ServerApp`` + ``ClientApp``.
+"""Flower (1.42, Message API) engines for the one round loop (:mod:`quintet.fedaux.loop`).
 
-* Server: :func:`run_server` drives the rounds over a :class:`Transport`. One message per node carries
-  that node's personalised parameters; replies are validated (:func:`validate_reply`) and a bad reply
-  (wrong keys or shapes, non-finite values, unknown partition, an error reply) is logged and skipped,
-  the round going on with the rest. A node that disappears simply stops replying.
-* Client: :func:`handle_train` loads the node's partition (``node_config["partition-id"]``), restores its
-  local state from ``context.state``, runs :func:`~quintet.fedaux.algorithms.client_round`, saves the
-  state back and replies with the shared parameters (+ APV) and scalar metrics only.
-* ``server_app`` / ``client_app`` (module level) read their settings from ``run_config["config"]``, a
-  YAML file of :class:`FlowerConfig`; :func:`flower_simulate` runs them on Flower's Ray simulation
-  engine, :func:`write_flower_app` writes the app folder for a real deployment (see docs/fedaux.md).
+* Server: :func:`run_server` waits for the nodes and runs :func:`~quintet.fedaux.loop.run_rounds` over
+  ``_GridTransport`` (one ``Message`` per node; the closing message is an ``evaluate`` message).
+* Client: :func:`handle_train` finds the node's data (:func:`client_context`: its shard from
+  ``node_config["data-path"]``, or in simulation its ``partition-id``), restores its store from
+  ``context.state`` and runs :func:`~quintet.fedaux.loop.handle_message`.
+* ``server_app`` / ``client_app`` (module level) read a :class:`FlowerConfig` from Flower's run config
+  (:func:`config_from_run_config`; the keys :func:`write_flower_app` writes, overridable with
+  ``flwr run --run-config``); :func:`flower_simulate` runs them on Flower's Ray simulation engine.
 
 Because each client's randomness is seeded by (seed, partition, round) and the server mixes uploads in
-partition order, a Flower run reproduces the in-process run to float32 round-off.
+partition order, a Flower run reproduces the in-process run bit for bit.
 """
 
 from __future__ import annotations
@@ -53,10 +51,13 @@ __all__ = [
     "FlowerConfig",
     "Reply",
     "Transport",
+    "app_config",
     "client_app",
     "client_context",
+    "config_from_run_config",
     "flower_simulate",
     "handle_train",
+    "read_result",
     "run_server",
     "server_app",
     "validate_reply",
@@ -319,7 +320,7 @@ def make_client_app(cfg: FlowerConfig | None = None) -> Any:
     return app
 
 
-#: module-level apps for ``flwr run`` (deployment): they read ``run_config["config"]``
+#: module-level apps for ``flwr run`` (deployment): they read the run config (:func:`config_from_run_config`)
 server_app = make_server_app()
 client_app = make_client_app()
 

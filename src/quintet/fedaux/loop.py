@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -156,8 +157,10 @@ def summarise_rounds(val_acc: np.ndarray, test_acc: np.ndarray) -> tuple[int, fl
 
     Ties in validation accuracy go to the earliest round.
     """
-    mv = np.nanmean(val_acc, axis=1)
-    mt = np.nanmean(test_acc, axis=1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a round nobody answered has no mean: NaN
+        mv = np.nanmean(val_acc, axis=1)
+        mt = np.nanmean(test_acc, axis=1)
     best = int(np.nanargmax(mv))
     return best + 1, float(mt[best] * 100), float(mt[-1] * 100)
 
@@ -500,7 +503,9 @@ class _Server:
     def finish(self) -> int:
         """The closing message: every client saves its best-round model; returns how many did."""
         saved = 0
-        for reply in self.transport.exchange(self.payloads(self.spec.rounds + 1, final=True), 60.0):
+        for reply in self.transport.exchange(
+            self.payloads(self.spec.rounds + 1, final=True), self.spec.round_timeout_s
+        ):
             metrics = (reply.content or {}).get("metrics") or {}
             try:
                 kept, wrote = int(metrics.get("best-round", 0)), int(metrics.get("saved", 0))

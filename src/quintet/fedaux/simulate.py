@@ -13,6 +13,7 @@ import contextlib
 import csv
 import io
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -198,6 +199,12 @@ def simulate(
 
 def write_outputs(result: SimResult, out_dir: Path, title: str) -> None:
     """metrics.csv (per round means), clients.csv (long format), curves.png and summary.json, atomically."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a round nobody answered has no mean: NaN
+        _write_outputs(result, out_dir, title)
+
+
+def _write_outputs(result: SimResult, out_dir: Path, title: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.writer(buf)
