@@ -171,3 +171,43 @@ def test_initial_state_is_the_round_one_download(tmp_path: Path) -> None:
     assert all(torch.equal(sent[0][101]["arrays"][k], init[k]) for k in init)
     assert sent[-1][101]["config"]["final"] and sent[-1][101]["arrays"] == {}
     assert set(METRIC_KEYS) <= set(GOOD["metrics"])
+
+
+class ChurnGrid(LyingGrid):
+    """Node 104 (partition 3) joins only at round ``join``; at round ``restart`` node 102 (partition 1) is
+    replaced by a new node 202 that serves the same partition with an empty store (a restarted SuperNode):
+    as 102 is gone, 202 takes partition 1 over."""
+
+    def __init__(self, cfg: FlowerConfig, join: int, restart: int) -> None:
+        super().__init__(cfg, {})
+        self.join, self.restart, self.round = join, restart, 1
+        self.sent: list[dict[int, dict[str, Any]]] = []
+
+    def node_ids(self) -> list[int]:
+        ids = [n for n in self.nodes if n != 104 or self.round >= self.join]
+        if self.round >= self.restart:
+            ids = [202 if n == 102 else n for n in ids]
+            self.nodes.setdefault(202, {"partition-id": 1})
+            self.state.setdefault(202, {})
+        return ids
+
+    def exchange(self, payloads: dict[int, dict[str, Any]], timeout: float) -> list[Reply]:
+        self.sent.append(payloads)
+        out = super().exchange(payloads, timeout)
+        self.round += 1
+        return out
+
+
+def test_a_late_node_and_a_restarted_node_start_from_the_initial_model_and_then_are_served(
+    tmp_path: Path,
+) -> None:
+    cfg = _cfg(tmp_path, rounds=4)
+    _, info = load_data(cfg.data)
+    grid = ChurnGrid(cfg, join=3, restart=3)
+    res = run_server(cfg, grid, info["num_features"], info["num_classes"])
+    assert np.isnan(res.test_acc[:2, 3]).all() and np.isfinite(res.test_acc[2:, 3]).all()
+    assert np.isfinite(res.test_acc[:, 1]).all() and res.rejected == 0
+    init = initial_state(cfg.algo, info["num_features"], info["num_classes"], cfg.seed)
+    for nid in (104, 202):  # unknown node ids, no local state: the full θ⁽⁰⁾, masks included
+        assert all(torch.equal(grid.sent[2][nid]["arrays"][k], init[k]) for k in init)
+    assert set(grid.sent[3][202]["arrays"]) < set(init)  # bound to partition 1 now: its personalised mix
