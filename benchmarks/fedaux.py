@@ -482,6 +482,23 @@ def _hetero_summary() -> dict | None:
             "hidden": 32, "by_shift": table}  # fmt: skip
 
 
+def message_sizes(dataset: str = "cora", k: int = 10) -> dict:
+    """Bytes one client sends and receives per round, by method (float32 arrays, the main grid's widths)."""
+    from quintet.fedaux.algorithms import expected_upload, initial_state, shared_keys
+
+    _, info = _clients(dataset, k, MAIN_METIS)
+    out = {}
+    for m in METHODS:
+        algo = algo_for(m, dataset, k)
+        init = initial_state(algo, info["num_features"], info["num_classes"], 0)
+        up = sum(int(np.prod(s)) for s in expected_upload(algo, init).values()) * 4 if m != "local" else 0
+        down = sum(init[n].numel() for n in shared_keys(algo, list(init))) * 4 if m != "local" else 0
+        out[m] = {"upload_bytes": up, "download_bytes": down,
+                  "round1_download_bytes": sum(v.numel() for v in init.values()) * 4}  # fmt: skip
+    atomic_save_json(CELLS / "message_sizes.json", {"cell": f"{dataset}-{k}", "per_client_per_round": out})
+    return out
+
+
 def _collapse_summary() -> dict | None:
     path = CELLS / "fedavg_collapse.json"
     if not path.is_file():
@@ -602,6 +619,9 @@ def report() -> dict:
     hetero = _hetero_summary()
     if hetero:
         out["heterogeneity_sweep"] = hetero
+    ms = CELLS / "message_sizes.json"
+    if ms.is_file():
+        out["bytes_per_client_per_round"] = load_json(ms)
     dp = CELLS / "dp_cost.json"
     if dp.is_file():  # FedAux Cora-10; the no-DP reference is the main table's fedaux cell
         out["dp"] = load_json(dp)
@@ -974,6 +994,7 @@ def main() -> int:
     parser.add_argument(
         "--heterogeneity", action="store_true", help="SBM sweep: the 4 methods as the community shift grows"
     )
+    parser.add_argument("--message-sizes", action="store_true", help="bytes per client per round, Cora-10")
     parser.add_argument("--dp", action="store_true", help="FedAux on Cora-10 with client-level DP (2 noise levels)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -994,6 +1015,8 @@ def main() -> int:
         dp_cost()
     if args.heterogeneity:
         heterogeneity_sweep()
+    if args.message_sizes:
+        print(message_sizes())
     if args.ablation:
         for seed in SEEDS:
             for m in ABLATIONS:
@@ -1039,6 +1062,7 @@ def main() -> int:
         args.fedavg_collapse,
         args.dp,
         args.heterogeneity,
+        args.message_sizes,
     )
     if not any(modes):
         # seed-major order: after the first third every cell has one seed, so a cut-short run is still useful.
