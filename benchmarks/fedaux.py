@@ -499,6 +499,22 @@ def message_sizes(dataset: str = "cora", k: int = 10) -> dict:
     return out
 
 
+def _issue25_studies() -> dict:
+    """The FedAvg-collapse, heterogeneity, message-size and DP studies that have cells (keys of fedaux.json)."""
+    out = {}
+    collapse, hetero = _collapse_summary(), _hetero_summary()
+    if collapse:
+        out["fedavg_collapse_cora10"] = collapse
+    if hetero:
+        out["heterogeneity_sweep"] = hetero
+    ms, dp = CELLS / "message_sizes.json", CELLS / "dp_cost.json"
+    if ms.is_file():
+        out["bytes_per_client_per_round"] = load_json(ms)
+    if dp.is_file():  # FedAux Cora-10; the no-DP reference is the main table's fedaux cell
+        out["dp"] = load_json(dp)
+    return out
+
+
 def _collapse_summary() -> dict | None:
     path = CELLS / "fedavg_collapse.json"
     if not path.is_file():
@@ -613,18 +629,7 @@ def report() -> dict:
     tm = CELLS / "timing.json"
     if tm.is_file():  # one process, methods interleaved (--timing); the cells' seconds mix machine loads
         out["seconds_per_run_vs_fedavg"] = load_json(tm)
-    collapse = _collapse_summary()
-    if collapse:
-        out["fedavg_collapse_cora10"] = collapse
-    hetero = _hetero_summary()
-    if hetero:
-        out["heterogeneity_sweep"] = hetero
-    ms = CELLS / "message_sizes.json"
-    if ms.is_file():
-        out["bytes_per_client_per_round"] = load_json(ms)
-    dp = CELLS / "dp_cost.json"
-    if dp.is_file():  # FedAux Cora-10; the no-DP reference is the main table's fedaux cell
-        out["dp"] = load_json(dp)
+    out.update(_issue25_studies())
     fc = CELLS / "flower_check.json"
     if fc.is_file():
         out["flower_vs_inprocess_max_abs_diff"] = load_json(fc)["max_abs_diff"]
@@ -944,7 +949,19 @@ def _plot(curves: dict) -> None:
     del keys
 
 
-def main() -> int:
+#: one-shot studies: flag (argparse dest) -> the function that runs it
+STUDIES = {
+    "flower_check": lambda: flower_check(),
+    "timing": lambda: timing(),
+    "mask_decay": lambda: mask_decay(),
+    "fedavg_collapse": lambda: fedavg_collapse(),
+    "dp": lambda: dp_cost(),
+    "heterogeneity": lambda: heterogeneity_sweep(),
+    "message_sizes": lambda: message_sizes(),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -996,27 +1013,20 @@ def main() -> int:
     )
     parser.add_argument("--message-sizes", action="store_true", help="bytes per client per round, Cora-10")
     parser.add_argument("--dp", action="store_true", help="FedAux on Cora-10 with client-level DP (2 noise levels)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = _parser().parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     if not DATA_ROOT.is_dir():
         print(f"benchmark data not found at {DATA_ROOT}", file=sys.stderr)
         return 2
     CELLS.mkdir(parents=True, exist_ok=True)
-    if args.flower_check:
-        print(flower_check())
-    if args.timing:
-        print(timing())
-    if args.mask_decay:
-        print(mask_decay())
-    if args.fedavg_collapse:
-        fedavg_collapse()
-    if args.dp:
-        dp_cost()
-    if args.heterogeneity:
-        heterogeneity_sweep()
-    if args.message_sizes:
-        print(message_sizes())
+    for flag, study in STUDIES.items():
+        if getattr(args, flag):
+            print(study())
     if args.ablation:
         for seed in SEEDS:
             for m in ABLATIONS:
@@ -1051,18 +1061,12 @@ def main() -> int:
                     report()
     modes = (
         args.report_only,
-        args.flower_check,
         args.ablation,
         args.widths,
         args.alphas,
         args.apv_norm,
         args.head_init,
-        args.timing,
-        args.mask_decay,
-        args.fedavg_collapse,
-        args.dp,
-        args.heterogeneity,
-        args.message_sizes,
+        *(getattr(args, flag) for flag in STUDIES),
     )
     if not any(modes):
         # seed-major order: after the first third every cell has one seed, so a cut-short run is still useful.

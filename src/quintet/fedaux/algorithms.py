@@ -27,7 +27,7 @@ fedaux     MaskedGCN + APV + kernel   masks (``local_masks=True``)    softmax(α
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -275,6 +275,30 @@ def _merged_state(
     return state
 
 
+def _train_epochs(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    data: ClientData,
+    adj: torch.Tensor,
+    epochs: int,
+    regulariser: Callable[[], torch.Tensor],
+    project: Callable[[], None],
+) -> float:
+    """Full-batch cross-entropy on the training nodes (+ the strategy's term); the last epoch's loss."""
+    model.train()
+    loss_val = float("nan")
+    for _ in range(epochs):
+        opt.zero_grad(set_to_none=True)
+        logits = model(data.features(), adj)
+        loss = F.cross_entropy(logits[data.train_mask], data.y[data.train_mask])
+        total = loss + regulariser()
+        total.backward()
+        opt.step()
+        project()
+        loss_val = float(loss.detach())
+    return loss_val
+
+
 def client_round(
     cfg: AlgoConfig,
     data: ClientData,
@@ -312,18 +336,9 @@ def client_round(
     torch.manual_seed(derive_seed(seed, data.client_id, rnd))
 
     adj = data.gcn_adjacency()
-    model.train()
-    loss_val = float("nan")
-    for _ in range(cfg.local_epochs):
-        opt.zero_grad(set_to_none=True)
-        logits = model(data.features(), adj)
-        loss = F.cross_entropy(logits[data.train_mask], data.y[data.train_mask])
-        total = loss + strategy.regulariser(model, anchor)
-        total.backward()
-        opt.step()
-        project()
-        loss_val = float(loss.detach())
-
+    loss_val = _train_epochs(
+        model, opt, data, adj, cfg.local_epochs, lambda: strategy.regulariser(model, anchor), project
+    )
     model.eval()
     with torch.no_grad():
         metrics = {"train_loss": loss_val, **_evaluate(model, data, adj)}
