@@ -180,3 +180,11 @@ def test_more_clients_than_nodes_is_a_clear_error(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="cannot split 3 nodes into 5 parts"):
         load_data(DataConfig(dataset=str(path), num_clients=5, cache_dir=""))
+
+
+def test_flower_app_takes_dims_and_client_count_from_a_shard_folder(tmp_path: Path, shards: Path) -> None:
+    rc = main(["fedaux", "flower-app", f"data.dataset={shards}", "rounds=5", "-o", str(tmp_path / "dep")])
+    assert rc == 0
+    text = (tmp_path / "dep" / "app" / "pyproject.toml").read_text()
+    assert "num_features = 16" in text and "num_classes = 4" in text and "data.num_clients = 4" in text
+    assert str(tmp_path) not in text and "rounds = 5" in text

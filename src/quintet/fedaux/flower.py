@@ -399,16 +399,18 @@ def write_flower_app(app_dir: str | Path, cfg: FlowerConfig) -> Path:
 
     Its ``[tool.flwr.app.config]`` holds every hyperparameter of ``cfg`` (``algo.name``, ``rounds``,
     ``algo.alpha``, ...), each overridable with ``flwr run APP --run-config "rounds=50 algo.name='fedavg'"``;
-    ``num_features``/``num_classes`` come from the data when ``cfg`` leaves them 0. The components point at
+    ``num_features``/``num_classes`` (and ``data.num_clients``) come from the data (a shard folder, say) when
+    ``cfg`` leaves them 0. The components point at
     the installed package (``quintet.fedaux.flower:server_app`` / ``client_app``), so every host needs
     ``quintet[fl]`` and no runtime dependency installation; each SuperNode gets its shard through
     ``--node-config "data-path=..."``.
     """
     app = Path(app_dir)
     app.mkdir(parents=True, exist_ok=True)
-    if not (cfg.num_features and cfg.num_classes):
-        _, info = load_data(cfg.data)
+    if not (cfg.num_features and cfg.num_classes):  # e.g. data.dataset=<shard folder>: dims and K from it
+        clients, info = load_data(cfg.data)
         cfg.num_features, cfg.num_classes = info["num_features"], info["num_classes"]
+        cfg.data.num_clients = len(clients)
     lines = [
         "[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
         "[project]", 'name = "quintet-fedaux-app"', 'version = "0.1.0"', "dependencies = []", "",
