@@ -72,3 +72,24 @@ def test_sbm_is_seeded_and_its_shift_moves_the_right_answer_from_fedavg_to_local
     assert len(clients) == 6 and all(
         torch.equal(c.x, d.x) for c, d in zip(clients, sbm_clients(6, 3.0, seed=1234)[0], strict=True)
     )
+
+
+def test_an_ogb_node_property_folder_is_read_without_the_ogb_package(tmp_path: Path) -> None:
+    import gzip
+
+    g, _ = sbm_graph(4, seed=2)
+    raw = tmp_path / "ogbn-toy" / "raw"
+    raw.mkdir(parents=True)
+    one_way = g.edge_index[:, g.edge_index[0] < g.edge_index[1]]  # OGB lists each undirected edge once
+    for name, arr, fmt in (
+        ("node-feat.csv.gz", g.x.numpy(), "%.8g"),
+        ("edge.csv.gz", one_way.t().numpy(), "%d"),
+        ("node-label.csv.gz", g.y.view(-1, 1).numpy(), "%d"),
+    ):
+        with gzip.open(raw / name, "wt") as fh:
+            np.savetxt(fh, arr, fmt=fmt, delimiter=",")
+    loaded = load_graph(tmp_path / "ogbn-toy")
+    assert torch.equal(loaded.edge_index, g.edge_index) and torch.equal(loaded.y, g.y)
+    assert torch.allclose(loaded.x, g.x)
+    res = fedaux.run(tmp_path / "ogbn-toy", num_clients=4, rounds=2, algorithm="fedavg", hidden=8)
+    assert np.isfinite(res.test_at_best_val)

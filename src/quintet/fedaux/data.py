@@ -32,6 +32,7 @@ __all__ = [
     "largest_connected_component",
     "load_clients",
     "load_graph",
+    "load_ogb_folder",
     "louvain_partition",
     "metis_partition",
     "normalize_features",
@@ -242,9 +243,15 @@ def load_graph(path_or_name: str | Path, data_root: str | Path | None = None) ->
         g = load_planetoid(key, data_root)
     else:
         p = Path(key)
+        if p.is_dir() and _ogb_raw_dir(p) is not None:
+            g = load_ogb_folder(p)
+            _check_graph(g, key)
+            g.edge_index = _symmetrise(g.edge_index, g.num_nodes)
+            return g
         if not p.is_file():
             raise FileNotFoundError(
-                f"graph file {p} does not exist (expected .npz or .pt, or a Planetoid name)"
+                f"graph file {p} does not exist (expected .npz or .pt, an OGB node-property folder, "
+                "or a Planetoid name)"
             )
         if p.suffix == ".npz":
             with np.load(p, allow_pickle=False) as z:
@@ -266,6 +273,40 @@ def load_graph(path_or_name: str | Path, data_root: str | Path | None = None) ->
     _check_graph(g, key)
     g.edge_index = _symmetrise(g.edge_index, g.num_nodes)
     return g
+
+
+_OGB_FILES = ("node-feat.csv.gz", "edge.csv.gz", "node-label.csv.gz")
+
+
+def _ogb_raw_dir(folder: Path) -> Path | None:
+    for cand in (folder, folder / "raw"):
+        if all((cand / f).is_file() for f in _OGB_FILES):
+            return cand
+    return None
+
+
+def load_ogb_folder(folder: str | Path) -> Graph:
+    """An OGB node-property folder (``[raw/]node-feat.csv.gz``, ``edge.csv.gz``, ``node-label.csv.gz``; the
+    layout ``ogbn-*`` downloads unpack to) read with numpy, without the ``ogb`` package or any download."""
+    raw = _ogb_raw_dir(Path(folder))
+    if raw is None:
+        raise FileNotFoundError(f"{folder}: no {', '.join(_OGB_FILES)} (directly or in raw/)")
+    arrays = {}
+    for name, dtype in zip(_OGB_FILES, (np.float32, np.int64, np.float64), strict=True):
+        try:
+            arrays[name] = np.atleast_2d(np.loadtxt(raw / name, delimiter=",", dtype=dtype, ndmin=2))
+        except ValueError as exc:
+            raise ValueError(f"{raw / name}: not a numeric CSV ({exc})") from None
+    y = arrays["node-label.csv.gz"][:, 0]
+    if np.isnan(y).any():
+        raise ValueError(f"{raw / 'node-label.csv.gz'}: nodes without a label (NaN); label every node")
+    return Graph(
+        x=torch.from_numpy(arrays["node-feat.csv.gz"]),
+        edge_index=torch.from_numpy(arrays["edge.csv.gz"]).t().contiguous(),
+        y=torch.from_numpy(y.astype(np.int64)),
+        name=Path(folder).name,
+        source_files=[raw / f for f in _OGB_FILES],
+    )
 
 
 def _load_pt_graph(p: Path) -> object:
