@@ -275,6 +275,34 @@ def flower_check(rounds: int = 3) -> dict:
     return out
 
 
+def deploy_check(rounds: int = 3) -> dict:
+    """FedAux on Cora-5 as a loopback deployment with node-local shards (SuperLink + 5 SuperNodes, each
+    reading only its own shard) and in-process: the largest accuracy difference and seconds per round."""
+    from quintet.fedaux.deploy import run_loopback_deployment
+    from quintet.fedaux.flower import FlowerConfig
+    from quintet.fedaux.simulate import DataConfig
+
+    work = ROOT / "benchmarks" / "work" / "fedaux_deploy_check"
+    cfg = FlowerConfig(
+        data=DataConfig(dataset="cora", root=DATA_ROOT, num_clients=5, cache_dir=str(work.parent / "fedaux_cache")),
+        algo=algo_for("fedaux", "cora", 5),
+        rounds=rounds,
+        out=work / "out",
+        wait_s=300.0,
+        round_timeout_s=600.0,
+        progress=False,
+    )
+    dep = run_loopback_deployment(cfg, work / "deploy", timeout_s=1800)
+    clients, info = _clients("cora", 5, cfg.data.metis)
+    ip = simulate(cfg.algo, clients, info["num_classes"], rounds, 0, progress=False)
+    diff = max(float(np.nanmax(np.abs(dep.val_acc - ip.val_acc))), float(np.nanmax(np.abs(dep.test_acc - ip.test_acc))))
+    out = {"cell": "cora-5", "method": "fedaux", "rounds": rounds, "max_abs_diff": diff * 100,
+           "deploy_s_per_round": dep.seconds / rounds, "inprocess_s_per_round": ip.seconds / rounds,
+           "models_saved": dep.models_saved}  # fmt: skip
+    atomic_save_json(CELLS / "deploy_check.json", out)
+    return out
+
+
 def timing(dataset: str = "cora", k: int = 10, repeats: int = 2) -> dict:
     """Seconds per 100-round run of every method on one cell, measured in this one process with the methods
     interleaved (``repeats`` passes, median), so that the ratios to FedAvg share the machine's load. The
@@ -507,6 +535,10 @@ def _issue25_studies() -> dict:
         out["fedavg_collapse_cora10"] = collapse
     if hetero:
         out["heterogeneity_sweep"] = hetero
+    dc = CELLS / "deploy_check.json"
+    if dc.is_file():
+        out["node_local_deploy_max_abs_diff"] = load_json(dc)["max_abs_diff"]
+        out["node_local_deploy_check"] = load_json(dc)
     ms, dp = CELLS / "message_sizes.json", CELLS / "dp_cost.json"
     if ms.is_file():
         out["bytes_per_client_per_round"] = load_json(ms)
@@ -958,6 +990,7 @@ STUDIES = {
     "dp": lambda: dp_cost(),
     "heterogeneity": lambda: heterogeneity_sweep(),
     "message_sizes": lambda: message_sizes(),
+    "deploy_check": lambda: deploy_check(),
 }
 
 
@@ -1012,6 +1045,9 @@ def _parser() -> argparse.ArgumentParser:
         "--heterogeneity", action="store_true", help="SBM sweep: the 4 methods as the community shift grows"
     )
     parser.add_argument("--message-sizes", action="store_true", help="bytes per client per round, Cora-10")
+    parser.add_argument(
+        "--deploy-check", action="store_true", help="loopback deployment with node-local shards vs in-process, Cora-5"
+    )
     parser.add_argument("--dp", action="store_true", help="FedAux on Cora-10 with client-level DP (2 noise levels)")
     return parser
 
