@@ -245,11 +245,11 @@ def load_client_models(out_dir: Path | str) -> dict[int, torch.nn.Module]:
 
     Raises:
         FileNotFoundError: no ``models/client_*.pt`` in ``out_dir``.
-        ValueError: a file that is not a model written by :func:`save_client_models`.
+        ValueError: a file that is not a model written by :func:`~quintet.fedaux.loop.save_client_model`.
     """
     files = sorted((Path(out_dir) / MODELS_DIR).glob("client_*.pt"))
     if not files:
-        raise FileNotFoundError(f"no {MODELS_DIR}/client_*.pt in {out_dir} (written by `quintet fedaux run`)")
+        raise FileNotFoundError(f"no {MODELS_DIR}/client_*.pt in {out_dir} (written by `quintet fedaux run`, `flower-sim` or `deploy-local`)")
     models: dict[int, torch.nn.Module] = {}
     for path in files:
         try:
