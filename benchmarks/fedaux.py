@@ -527,9 +527,25 @@ def message_sizes(dataset: str = "cora", k: int = 10) -> dict:
     return out
 
 
+def _final_round_table() -> dict:
+    """Per cell and method: test accuracy at the best-validation round beside the last round's (mean ± std)."""
+    table: dict = {}
+    for ds in DATASETS:
+        for k in CLIENTS:
+            for m in METHODS:
+                cells = [load_json(p) for p in (cell_path(ds, k, m, s, metis=MAIN_METIS) for s in SEEDS) if p.is_file()]
+                if cells:
+                    table.setdefault(ds, {}).setdefault(str(k), {})[m] = {
+                        "test_at_best_val": _mean_std([c["test_at_best_val"] for c in cells]),
+                        "final_test": _mean_std([c["final_test"] for c in cells]),
+                        "best_rounds": [c["best_round"] for c in cells],
+                    }
+    return table
+
+
 def _issue25_studies() -> dict:
     """The FedAvg-collapse, heterogeneity, message-size and DP studies that have cells (keys of fedaux.json)."""
-    out = {}
+    out = {"best_val_vs_final_round": _final_round_table()}
     collapse, hetero = _collapse_summary(), _hetero_summary()
     if collapse:
         out["fedavg_collapse_cora10"] = collapse
