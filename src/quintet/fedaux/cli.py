@@ -82,7 +82,8 @@ def _verbs() -> list[Verb]:
         Verb("flower-sim", "the same run on Flower's simulation engine (Ray)", FlowerConfig, _flower_sim, **common),
         Verb("flower-app", "write a Flower app folder (<out>/app) for a SuperLink/SuperNode deployment",
              FlowerConfig, _flower_app, **common),
-        Verb("deploy-local", "real deployment on loopback: SuperLink + K SuperNodes + flwr run (logs in <out>/logs)",
+        Verb("deploy-local", "real deployment on loopback: shards, then SuperLink + K SuperNodes each reading only "
+             "its shard + flwr run (shards, app and logs in <out>/logs; models in <out>/models)",
              FlowerConfig, _deploy_local, **common),
     ]  # fmt: skip
 
