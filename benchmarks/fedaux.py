@@ -275,6 +275,34 @@ def flower_check(rounds: int = 3) -> dict:
     return out
 
 
+def deploy_check(rounds: int = 3) -> dict:
+    """FedAux on Cora-5 as a loopback deployment with node-local shards (SuperLink + 5 SuperNodes, each
+    reading only its own shard) and in-process: the largest accuracy difference and seconds per round."""
+    from quintet.fedaux.deploy import run_loopback_deployment
+    from quintet.fedaux.flower import FlowerConfig
+    from quintet.fedaux.simulate import DataConfig
+
+    work = ROOT / "benchmarks" / "work" / "fedaux_deploy_check"
+    cfg = FlowerConfig(
+        data=DataConfig(dataset="cora", root=DATA_ROOT, num_clients=5, cache_dir=str(work.parent / "fedaux_cache")),
+        algo=algo_for("fedaux", "cora", 5),
+        rounds=rounds,
+        out=work / "out",
+        wait_s=300.0,
+        round_timeout_s=600.0,
+        progress=False,
+    )
+    dep = run_loopback_deployment(cfg, work / "deploy", timeout_s=1800)
+    clients, info = _clients("cora", 5, cfg.data.metis)
+    ip = simulate(cfg.algo, clients, info["num_classes"], rounds, 0, progress=False)
+    diff = max(float(np.nanmax(np.abs(dep.val_acc - ip.val_acc))), float(np.nanmax(np.abs(dep.test_acc - ip.test_acc))))
+    out = {"cell": "cora-5", "method": "fedaux", "rounds": rounds, "max_abs_diff": diff * 100,
+           "deploy_s_per_round": dep.seconds / rounds, "inprocess_s_per_round": ip.seconds / rounds,
+           "models_saved": dep.models_saved}  # fmt: skip
+    atomic_save_json(CELLS / "deploy_check.json", out)
+    return out
+
+
 def timing(dataset: str = "cora", k: int = 10, repeats: int = 2) -> dict:
     """Seconds per 100-round run of every method on one cell, measured in this one process with the methods
     interleaved (``repeats`` passes, median), so that the ratios to FedAvg share the machine's load. The
@@ -347,6 +375,213 @@ def mask_decay(dataset: str = "cora", k: int = 10, seed: int = 0) -> dict:
     }
     atomic_save_json(CELLS / "mask_decay.json", out)
     return out
+
+
+#: rounds at which the FedAvg-collapse study records its curves
+COLLAPSE_ROUNDS = (1, 2, 3, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
+#: FedAvg variants of the collapse study: the protocol (FED-PUB's FedAvg settings: Adam lr 0.01, weight
+#: decay 1e-6, dropout 0.5, 1 full-batch local epoch per round, 100 rounds) and one change each
+COLLAPSE_VARIANTS: dict[str, dict] = {
+    "protocol": {},
+    "lr_0.001": {"lr": 0.001},
+    "weight_decay_5e-4": {"weight_decay": 5e-4},
+    "dropout_0": {"dropout": 0.0},
+    "local_epochs_2": {"local_epochs": 2},
+    "local_epochs_3": {"local_epochs": 3},
+    "local_epochs_5": {"local_epochs": 5},
+}
+
+
+def _collapse_run(clients: list, info: dict, overrides: dict, seed: int) -> dict:
+    """One FedAvg run with the share of predictions that are the global majority class, by round."""
+    from quintet.fedaux.algorithms import build_model
+
+    algo = AlgoConfig(name="fedavg", **overrides)
+    major = int(torch.bincount(torch.cat([c.y for c in clients])).argmax())
+    model = build_model(algo, clients[0].x.shape[1], info["num_classes"]).eval()
+    share: dict[int, float] = {}
+
+    def record(rnd: int, local: dict) -> None:
+        if rnd not in COLLAPSE_ROUNDS:
+            return
+        fr = []
+        for c in clients:
+            model.load_state_dict({k[6:]: v for k, v in local[c.client_id].items() if k.startswith("model/")})
+            with torch.no_grad():
+                fr.append(float((model(c.features(), c.gcn_adjacency()).argmax(1) == major).float().mean()))
+        share[rnd] = round(float(np.mean(fr)), 4)
+
+    res = simulate(algo, clients, info["num_classes"], ROUNDS, seed, progress=False, on_round=record)
+    mt, loss = np.nanmean(res.test_acc, 1) * 100, np.nanmean(res.train_loss, 1)
+    return {
+        "best_round": res.best_round,
+        "test_at_best_val": round(res.test_at_best_val, 2),
+        "final_test": round(res.final_test, 2),
+        "test_by_round": {r: round(float(mt[r - 1]), 2) for r in COLLAPSE_ROUNDS},
+        "train_loss_by_round": {r: round(float(loss[r - 1]), 4) for r in COLLAPSE_ROUNDS},
+        "share_predicting_global_majority_by_round": share,
+    }
+
+
+def fedavg_collapse(dataset: str = "cora", k: int = 10) -> dict:
+    """Why FedAvg's best round is its first on Cora-10: each setting of the protocol changed alone, 3 seeds."""
+    clients, info = _clients(dataset, k, MAIN_METIS)
+    path = CELLS / "fedavg_collapse.json"
+    out = load_json(path) if path.is_file() else {}
+    for name, overrides in COLLAPSE_VARIANTS.items():
+        for seed in SEEDS:
+            key = f"{name}/s{seed}"
+            if key not in out:
+                out[key] = _collapse_run(clients, info, overrides, seed)
+                atomic_save_json(path, out)
+                print(f"fedavg {key}: {out[key]['test_at_best_val']} at round {out[key]['best_round']}", flush=True)
+    return out
+
+
+#: DP settings of the cost study (FedAux, Cora-10): (clip C, noise multiplier z); C = 1 is about a sixth of
+#: one Adam step's update norm at d' = 256 (≈ lr·√params ≈ 5.8), so clipping alone already slows training
+DP_LEVELS: dict[str, tuple[float, float]] = {"clip_only": (1.0, 0.0), "z1": (1.0, 1.0), "z5": (1.0, 5.0)}
+
+
+def dp_cost(dataset: str = "cora", k: int = 10, seeds: tuple[int, ...] = (0,)) -> dict:
+    """FedAux with client-level DP at two noise levels (and clipping alone): accuracy and ε (δ = 1e-5)."""
+    clients, info = _clients(dataset, k, MAIN_METIS)
+    path = CELLS / "dp_cost.json"
+    out = load_json(path) if path.is_file() else {}
+    for name, (clip, z) in DP_LEVELS.items():
+        for seed in seeds:
+            key = f"{name}/s{seed}"
+            if key in out:
+                continue
+            algo = algo_for("fedaux", dataset, k)
+            algo.dp_clip, algo.dp_noise = clip, z
+            res = simulate(algo, clients, info["num_classes"], ROUNDS, seed, progress=False)
+            out[key] = {"clip": clip, "noise_multiplier": z, "epsilon": res.dp_epsilon, "delta": algo.dp_delta,
+                        "test_at_best_val": round(res.test_at_best_val, 2), "best_round": res.best_round,
+                        "final_test": round(res.final_test, 2), "seconds": round(res.seconds, 1)}  # fmt: skip
+            atomic_save_json(path, out)
+            print(f"dp {key}: {out[key]}", flush=True)
+    return out
+
+
+#: the synthetic heterogeneity sweep: SBM with 6 communities (one per client), class-mean shift per community
+HETERO_SHIFTS = (0.0, 0.5, 1.0, 2.0, 3.0)
+HETERO_METHODS = ("local", "fedavg", "fedpub", "fedaux")
+
+
+def heterogeneity_sweep(seeds: tuple[int, ...] = SEEDS) -> dict:
+    """Local / FedAvg / FED-PUB / FedAux as the communities' feature shift grows (50 rounds x 3 epochs)."""
+    from quintet.fedaux.data import sbm_clients
+
+    path = CELLS / "heterogeneity_sweep.json"
+    out = load_json(path) if path.is_file() else {}
+    for shift in HETERO_SHIFTS:
+        clients, info = sbm_clients(6, shift, seed=1234)
+        for m in HETERO_METHODS:
+            for seed in seeds:
+                key = f"shift{shift:g}/{m}/s{seed}"
+                if key in out:
+                    continue
+                algo = AlgoConfig(name=m, hidden=32, local_epochs=3)  # type: ignore[arg-type]
+                res = simulate(algo, clients, info["num_classes"], 50, seed, progress=False)
+                out[key] = {"test_at_best_val": round(res.test_at_best_val, 2), "final_test": round(res.final_test, 2),
+                            "best_round": res.best_round}  # fmt: skip
+                atomic_save_json(path, out)
+                print(f"sbm {key}: {out[key]}", flush=True)
+    return out
+
+
+def _hetero_summary() -> dict | None:
+    path = CELLS / "heterogeneity_sweep.json"
+    if not path.is_file():
+        return None
+    runs = load_json(path)
+    table: dict = {}
+    for shift in HETERO_SHIFTS:
+        for m in HETERO_METHODS:
+            cells = [runs[f"shift{shift:g}/{m}/s{s}"] for s in SEEDS if f"shift{shift:g}/{m}/s{s}" in runs]
+            if cells:
+                table.setdefault(f"{shift:g}", {})[m] = {
+                    "test_at_best_val": _mean_std([c["test_at_best_val"] for c in cells]),
+                    "final_test": _mean_std([c["final_test"] for c in cells]),
+                    "seeds": len(cells),
+                }
+    return {"graph": "SBM, 6 communities x 100 nodes, 4 classes, 16 features", "rounds": 50, "local_epochs": 3,
+            "hidden": 32, "by_shift": table}  # fmt: skip
+
+
+def message_sizes(dataset: str = "cora", k: int = 10) -> dict:
+    """Bytes one client sends and receives per round, by method (float32 arrays, the main grid's widths)."""
+    from quintet.fedaux.algorithms import expected_upload, initial_state, shared_keys
+
+    _, info = _clients(dataset, k, MAIN_METIS)
+    out = {}
+    for m in METHODS:
+        algo = algo_for(m, dataset, k)
+        init = initial_state(algo, info["num_features"], info["num_classes"], 0)
+        up = sum(int(np.prod(s)) for s in expected_upload(algo, init).values()) * 4 if m != "local" else 0
+        down = sum(init[n].numel() for n in shared_keys(algo, list(init))) * 4 if m != "local" else 0
+        out[m] = {"upload_bytes": up, "download_bytes": down,
+                  "round1_download_bytes": sum(v.numel() for v in init.values()) * 4}  # fmt: skip
+    atomic_save_json(CELLS / "message_sizes.json", {"cell": f"{dataset}-{k}", "per_client_per_round": out})
+    return out
+
+
+def _final_round_table() -> dict:
+    """Per cell and method: test accuracy at the best-validation round beside the last round's (mean ± std)."""
+    table: dict = {}
+    for ds in DATASETS:
+        for k in CLIENTS:
+            for m in METHODS:
+                cells = [load_json(p) for p in (cell_path(ds, k, m, s, metis=MAIN_METIS) for s in SEEDS) if p.is_file()]
+                if cells:
+                    table.setdefault(ds, {}).setdefault(str(k), {})[m] = {
+                        "test_at_best_val": _mean_std([c["test_at_best_val"] for c in cells]),
+                        "final_test": _mean_std([c["final_test"] for c in cells]),
+                        "best_rounds": [c["best_round"] for c in cells],
+                    }
+    return table
+
+
+def _issue25_studies() -> dict:
+    """The FedAvg-collapse, heterogeneity, message-size and DP studies that have cells (keys of fedaux.json)."""
+    out = {"best_val_vs_final_round": _final_round_table()}
+    collapse, hetero = _collapse_summary(), _hetero_summary()
+    if collapse:
+        out["fedavg_collapse_cora10"] = collapse
+    if hetero:
+        out["heterogeneity_sweep"] = hetero
+    dc = CELLS / "deploy_check.json"
+    if dc.is_file():
+        out["node_local_deploy_max_abs_diff"] = load_json(dc)["max_abs_diff"]
+        out["node_local_deploy_check"] = load_json(dc)
+    ms, dp = CELLS / "message_sizes.json", CELLS / "dp_cost.json"
+    if ms.is_file():
+        out["bytes_per_client_per_round"] = load_json(ms)
+    if dp.is_file():  # FedAux Cora-10; the no-DP reference is the main table's fedaux cell
+        out["dp"] = load_json(dp)
+    return out
+
+
+def _collapse_summary() -> dict | None:
+    path = CELLS / "fedavg_collapse.json"
+    if not path.is_file():
+        return None
+    runs = load_json(path)
+    summary = {}
+    for name, overrides in COLLAPSE_VARIANTS.items():
+        cells = [runs[f"{name}/s{s}"] for s in SEEDS if f"{name}/s{s}" in runs]
+        if not cells:
+            continue
+        summary[name] = {
+            "changed": overrides,
+            "test_at_best_val": _mean_std([c["test_at_best_val"] for c in cells]),
+            "best_rounds": [c["best_round"] for c in cells],
+            "final_test": _mean_std([c["final_test"] for c in cells]),
+            "seeds": len(cells),
+            "seed0": cells[0],
+        }
+    return {"cell": "cora-10", "protocol": "FED-PUB FedAvg settings", "variants": summary}
 
 
 def report() -> dict:
@@ -442,6 +677,7 @@ def report() -> dict:
     tm = CELLS / "timing.json"
     if tm.is_file():  # one process, methods interleaved (--timing); the cells' seconds mix machine loads
         out["seconds_per_run_vs_fedavg"] = load_json(tm)
+    out.update(_issue25_studies())
     fc = CELLS / "flower_check.json"
     if fc.is_file():
         out["flower_vs_inprocess_max_abs_diff"] = load_json(fc)["max_abs_diff"]
@@ -761,7 +997,20 @@ def _plot(curves: dict) -> None:
     del keys
 
 
-def main() -> int:
+#: one-shot studies: flag (argparse dest) -> the function that runs it
+STUDIES = {
+    "flower_check": lambda: flower_check(),
+    "timing": lambda: timing(),
+    "mask_decay": lambda: mask_decay(),
+    "fedavg_collapse": lambda: fedavg_collapse(),
+    "dp": lambda: dp_cost(),
+    "heterogeneity": lambda: heterogeneity_sweep(),
+    "message_sizes": lambda: message_sizes(),
+    "deploy_check": lambda: deploy_check(),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -803,19 +1052,33 @@ def main() -> int:
         action="store_true",
         help="FED-PUB's 1e-3*sum|mask| per round on Cora-10 next to the official run's logged loss",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--fedavg-collapse",
+        action="store_true",
+        help="FedAvg on Cora-10 with each protocol setting changed alone (lr, weight decay, dropout, epochs)",
+    )
+    parser.add_argument(
+        "--heterogeneity", action="store_true", help="SBM sweep: the 4 methods as the community shift grows"
+    )
+    parser.add_argument("--message-sizes", action="store_true", help="bytes per client per round, Cora-10")
+    parser.add_argument(
+        "--deploy-check", action="store_true", help="loopback deployment with node-local shards vs in-process, Cora-5"
+    )
+    parser.add_argument("--dp", action="store_true", help="FedAux on Cora-10 with client-level DP (2 noise levels)")
+    return parser
+
+
+def main() -> int:
+    args = _parser().parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     if not DATA_ROOT.is_dir():
         print(f"benchmark data not found at {DATA_ROOT}", file=sys.stderr)
         return 2
     CELLS.mkdir(parents=True, exist_ok=True)
-    if args.flower_check:
-        print(flower_check())
-    if args.timing:
-        print(timing())
-    if args.mask_decay:
-        print(mask_decay())
+    for flag, study in STUDIES.items():
+        if getattr(args, flag):
+            print(study())
     if args.ablation:
         for seed in SEEDS:
             for m in ABLATIONS:
@@ -850,14 +1113,12 @@ def main() -> int:
                     report()
     modes = (
         args.report_only,
-        args.flower_check,
         args.ablation,
         args.widths,
         args.alphas,
         args.apv_norm,
         args.head_init,
-        args.timing,
-        args.mask_decay,
+        *(getattr(args, flag) for flag in STUDIES),
     )
     if not any(modes):
         # seed-major order: after the first third every cell has one seed, so a cut-short run is still useful.

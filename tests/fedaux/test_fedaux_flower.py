@@ -148,7 +148,7 @@ def test_bad_replies_are_rejected_and_a_vanished_client_does_not_stop_the_server
         (2, 104): "vanish",
     }
     grid = FakeGrid(cfg, faults)
-    with caplog.at_level("WARNING", logger="quintet.fedaux.flower"):
+    with caplog.at_level("WARNING", logger="quintet.fedaux.loop"):
         res = run_server(cfg, grid, info["num_features"], info["num_classes"])
     assert "non-finite" in caplog.text and "wrong parameter keys" in caplog.text and "shape" in caplog.text
     assert "partition-id" in caplog.text and "boom" in caplog.text
@@ -170,19 +170,69 @@ def test_flower_simulation_engine_matches_in_process(tmp_path: Path) -> None:
     res = flower_simulate(cfg)
     clients, info = load_data(cfg.data)
     ref = simulate(cfg.algo, clients, info["num_classes"], 2, 0, progress=False)
-    assert np.abs(res.test_acc - ref.test_acc).max() < 1e-6
+    assert np.array_equal(res.test_acc, ref.test_acc)
+    assert sorted(p.name for p in (cfg.out / "models").glob("client_*.pt")) == [
+        f"client_{i}.pt" for i in range(4)
+    ]
 
 
 @pytest.mark.integration
 def test_loopback_deployment_superlink_supernodes_flwr_run(tmp_path: Path) -> None:
-    """The documented recipe: flower-superlink + 4 flower-supernode + flwr run, all on 127.0.0.1."""
+    """flower-superlink + 4 flower-supernode + flwr run on 127.0.0.1, each node holding only its shard: the
+    whole graph's location is made unreadable after partitioning, so no process but the partitioner saw it."""
     pytest.importorskip("ray")
-    from quintet.fedaux.deploy import run_loopback_deployment
+    from quintet.fedaux.deploy import run_loopback_deployment, write_partition
 
     cfg = _cfg(tmp_path, rounds=2)
     cfg.wait_s = 120.0
-    res = run_loopback_deployment(cfg, tmp_path / "deploy", timeout_s=500)
+    write_partition(cfg, tmp_path / "shards")
     clients, info = load_data(cfg.data)
     ref = simulate(cfg.algo, clients, info["num_classes"], 2, 0, progress=False)
-    assert np.abs(res.test_acc - ref.test_acc).max() < 1e-6
-    assert (tmp_path / "deploy" / "app" / "pyproject.toml").is_file()
+    cfg.data.dataset = str(tmp_path / "deleted_graph.npz")
+    res = run_loopback_deployment(cfg, tmp_path / "deploy", timeout_s=500, shards=tmp_path / "shards")
+    assert np.array_equal(res.test_acc, ref.test_acc)  # bit-equal
+    app = (tmp_path / "deploy" / "app" / "pyproject.toml").read_text()
+    assert str(tmp_path) not in app and 'algo.name = "fedaux"' in app and "node_local = true" in app
+    models = sorted(p.name for p in (cfg.out / "models").glob("client_*.pt"))
+    assert models == [f"client_{i}.pt" for i in range(4)] and res.models_saved == 4
+
+
+@pytest.mark.integration
+def test_loopback_deployment_survives_a_supernode_killed_mid_run(tmp_path: Path) -> None:
+    """Real processes: SuperNode 3 is killed (SIGKILL, by its PID) once it has received its round-2 message;
+    the server finishes the run with the other three, records client 3's missing rounds as holes, and the
+    three survivors save their personalised models."""
+    import os
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    pytest.importorskip("ray")
+    from quintet.fedaux.deploy import run_loopback_deployment, write_partition
+
+    cfg = _cfg(tmp_path, rounds=3)
+    cfg.wait_s, cfg.round_timeout_s = 120.0, 90.0  # a ClientApp process starts slowly on a loaded machine
+    write_partition(cfg, tmp_path / "shards")
+    work = tmp_path / "deploy"
+    result: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault("res", run_loopback_deployment(cfg, work, 500, tmp_path / "shards"))
+    )
+    thread.start()
+    log, killed, deadline = work / "supernode3.log", None, time.monotonic() + 300
+    while killed is None and time.monotonic() < deadline and thread.is_alive():
+        if log.is_file() and log.read_text(errors="ignore").count("Received successfully") >= 2:
+            pids = subprocess.run(
+                ["pgrep", "-f", str(tmp_path / "shards" / "client_3.pt")], capture_output=True, text=True
+            )
+            for pid in map(int, pids.stdout.split()):
+                os.kill(pid, signal.SIGKILL)  # the SuperNode this test's deployment started
+                killed = pid
+        time.sleep(0.2)
+    thread.join(timeout=600)
+    res = result["res"]
+    assert killed is not None
+    assert np.isfinite(res.test_acc[:, :3]).all() and np.isnan(res.test_acc[-1, 3])
+    models = sorted(p.name for p in (cfg.out / "models").glob("client_*.pt"))
+    assert models == ["client_0.pt", "client_1.pt", "client_2.pt"] and res.models_saved == 3

@@ -27,7 +27,7 @@ fedaux     MaskedGCN + APV + kernel   masks (``local_masks=True``)    softmax(α
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,17 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quintet.fedaux.aggregation import (
-    cosine_similarity_matrix,
-    personalised_mix,
-    similarity_weights,
-    size_weights,
-    weighted_average,
-)
-from quintet.fedaux.data import ClientData, gcn_norm_adjacency
-from quintet.fedaux.models import APV_KEY, FedAuxNet, GCNNet
+from quintet.fedaux.data import ClientData
+from quintet.fedaux.models import APV_KEY, FedAuxNet
+from quintet.fedaux.privacy import clip_and_noise
+from quintet.fedaux.strategies import FE_KEY, STRATEGIES, strategy_for
 
 __all__ = [
+    "FE_KEY",
     "METHODS",
     "AlgoConfig",
     "ClientResult",
@@ -59,9 +55,7 @@ __all__ = [
 ]
 
 Method = Literal["local", "fedavg", "fedprox", "fedper", "fedpub", "fedaux"]
-METHODS: tuple[str, ...] = ("local", "fedavg", "fedprox", "fedper", "fedpub", "fedaux")
-#: upload key of FED-PUB's functional embedding
-FE_KEY = "functional_embedding"
+METHODS: tuple[str, ...] = tuple(STRATEGIES)
 
 
 @dataclass
@@ -98,6 +92,10 @@ class AlgoConfig:
             1 × C matrix) or ``kaiming`` (torch's nn.Linear weight, zero bias; the first implementation).
             The plain-GCN baselines always use ``kaiming`` (the official GCN's classifier is nn.Linear).
             Chosen on mean validation accuracy over the 6 benchmark cells for both methods (docs/fedaux.md).
+        dp_clip / dp_noise / dp_delta: client-level differential privacy of the uploads
+            (:mod:`quintet.fedaux.privacy`): each round's update of every uploaded tensor is clipped to L2
+            norm ``dp_clip`` (0: off) and N(0, (dp_noise·dp_clip)²) noise is added; the run reports ε at
+            ``dp_delta``.
     """
 
     name: Method = "fedaux"
@@ -121,6 +119,9 @@ class AlgoConfig:
     fedpub_prox: float = 1e-3
     proxy_seed: int = 1234
     head_init: Literal["kaiming", "fedpub"] = "fedpub"
+    dp_clip: float = 0.0
+    dp_noise: float = 0.0
+    dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
@@ -133,6 +134,13 @@ class AlgoConfig:
             raise ValueError(f"unknown apv_norm {self.apv_norm!r}; valid: none, unit")
         if self.head_init not in ("kaiming", "fedpub"):
             raise ValueError(f"unknown head_init {self.head_init!r}; valid: kaiming, fedpub")
+        if self.dp_clip < 0 or self.dp_noise < 0 or not 0 < self.dp_delta < 1:
+            raise ValueError("dp_clip and dp_noise must be >= 0 and dp_delta in (0, 1)")
+        if self.dp_clip > 0 and self.name in ("local", "fedpub"):
+            raise ValueError(
+                f"dp_clip is not available for {self.name}: local uploads nothing, and FED-PUB's functional "
+                "embedding is computed from the un-noised model; use fedavg, fedprox, fedper or fedaux"
+            )
 
 
 @dataclass
@@ -158,51 +166,17 @@ def derive_seed(seed: int, client_id: int, rnd: int) -> int:
 
 def build_model(cfg: AlgoConfig, in_dim: int, num_classes: int) -> nn.Module:
     """The network of ``cfg.name`` (plain GCN for local/fedavg/fedprox/fedper, masked for fedpub/fedaux)."""
-    if cfg.name == "fedaux":
-        official = cfg.variant == "official"
-        return FedAuxNet(
-            in_dim,
-            cfg.hidden,
-            num_classes,
-            cfg.num_layers,
-            masked=True,
-            dropout=cfg.dropout,
-            kernel=cfg.kernel,
-            score="cosine" if official else "paper",
-            sigma=cfg.sigma,
-            apv_init="uniform" if official else "gaussian",
-            conv_kernel=cfg.conv_kernel,
-            chunk_size=cfg.chunk_size,
-            apv_norm=cfg.apv_norm,
-            head_init=cfg.head_init,
-        )
-    masked = cfg.name == "fedpub"
-    return GCNNet(
-        in_dim,
-        cfg.hidden,
-        num_classes,
-        cfg.num_layers,
-        masked=masked,
-        dropout=cfg.dropout,
-        head_init=cfg.head_init if masked else "kaiming",
-    )
+    return strategy_for(cfg).build_model(in_dim, num_classes)
 
 
 def local_keys(cfg: AlgoConfig, names: list[str]) -> set[str]:
     """Parameter names that never leave the client."""
-    if cfg.name == "local":
-        return set(names)
-    if cfg.name == "fedper":
-        return {n for n in names if n.startswith("head.")}
-    if cfg.name == "fedpub" or (cfg.name == "fedaux" and cfg.local_masks):
-        return {n for n in names if n.endswith(".mask")}
-    return set()
+    return strategy_for(cfg).local_keys(names)
 
 
 def shared_keys(cfg: AlgoConfig, names: list[str]) -> list[str]:
     """Parameter names that are uploaded and mixed (sorted)."""
-    loc = local_keys(cfg, names)
-    return sorted(n for n in names if n not in loc)
+    return strategy_for(cfg).shared_keys(names)
 
 
 def initial_state(cfg: AlgoConfig, in_dim: int, num_classes: int, seed: int) -> dict[str, torch.Tensor]:
@@ -252,44 +226,77 @@ def _cached_model(cfg: AlgoConfig, in_dim: int, num_classes: int) -> nn.Module:
     return model
 
 
-def _proxy_graph(seed: int, in_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """FED-PUB's proxy input: 5 blocks of 100 nodes, p_in=0.1, p_out=0, N(0,1) features (seeded)."""
-    import networkx as nx
-
-    g = nx.random_partition_graph([100] * 5, 0.1, 0.0, seed=seed)
-    ei = torch.tensor(list(g.edges()), dtype=torch.long).t()
-    ei = torch.cat([ei, ei.flip(0)], 1)
-    x = torch.randn(500, in_dim, generator=torch.Generator().manual_seed(seed))
-    return x, gcn_norm_adjacency(ei, 500)
-
-
-_PROXY_CACHE: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-
-
 def _accuracy(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
     if not bool(mask.any()):
         return float("nan")
     return float((logits[mask].argmax(1) == y[mask]).float().mean())
 
 
-def _regulariser(cfg: AlgoConfig, model: nn.Module, anchor: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    reg = torch.zeros(())
-    params = dict(model.named_parameters())
-    if cfg.name == "fedprox" and anchor:
-        for k, a in anchor.items():
-            reg = reg + 0.5 * cfg.mu * (params[k] - a).pow(2).sum()
-    if cfg.name == "fedpub":
-        for k, p in params.items():
-            if k.endswith(".mask") and cfg.fedpub_l1 > 0:
-                reg = reg + cfg.fedpub_l1 * p.abs().sum()
-            elif (
-                cfg.fedpub_prox > 0
-                and anchor
-                and k in anchor
-                and (k.endswith(".weight") or k.endswith("bias"))
-            ):
-                reg = reg + cfg.fedpub_prox * (p - anchor[k]).norm(2)
-    return reg
+def _evaluate(model: nn.Module, data: ClientData, adj: torch.Tensor) -> dict[str, float]:
+    logits = model(data.features(), adj)
+    return {
+        "train_acc": _accuracy(logits, data.y, data.train_mask),
+        "val_acc": _accuracy(logits, data.y, data.val_mask),
+        "test_acc": _accuracy(logits, data.y, data.test_mask),
+        "num_train": float(data.train_mask.sum()),
+        "num_val": float(data.val_mask.sum()),
+        "num_test": float(data.test_mask.sum()),
+    }
+
+
+def _merged_state(
+    template: Mapping[str, torch.Tensor],
+    received: Mapping[str, torch.Tensor],
+    local_state: Mapping[str, torch.Tensor] | None,
+    client_id: int,
+    rnd: int,
+) -> dict[str, torch.Tensor]:
+    """The client's own parameters (``local_state``) overwritten by what the server sent, checked."""
+    state: dict[str, torch.Tensor] = {}
+    if local_state is not None:
+        state = {k[len("model/") :]: v for k, v in local_state.items() if k.startswith("model/")}
+        unknown = set(state) - set(template)
+        if unknown:
+            raise ValueError(f"client {client_id}: local state has unknown keys {sorted(unknown)[:3]}")
+    for k, v in received.items():
+        if k not in template:
+            raise ValueError(f"client {client_id}: received unknown parameter {k!r}")
+        if tuple(v.shape) != tuple(template[k].shape):
+            raise ValueError(
+                f"client {client_id}: {k} has shape {tuple(v.shape)}, model has {tuple(template[k].shape)}"
+            )
+        state[k] = v.to(template[k].dtype)
+    missing = set(template) - set(state)
+    if missing:
+        raise ValueError(
+            f"client {client_id}: round {rnd} lacks parameters {sorted(missing)[:3]} "
+            "(no local state and no full model received)"
+        )
+    return state
+
+
+def _train_epochs(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    data: ClientData,
+    adj: torch.Tensor,
+    epochs: int,
+    regulariser: Callable[[], torch.Tensor],
+    project: Callable[[], None],
+) -> float:
+    """Full-batch cross-entropy on the training nodes (+ the strategy's term); the last epoch's loss."""
+    model.train()
+    loss_val = float("nan")
+    for _ in range(epochs):
+        opt.zero_grad(set_to_none=True)
+        logits = model(data.features(), adj)
+        loss = F.cross_entropy(logits[data.train_mask], data.y[data.train_mask])
+        total = loss + regulariser()
+        total.backward()
+        opt.step()
+        project()
+        loss_val = float(loss.detach())
+    return loss_val
 
 
 def client_round(
@@ -313,34 +320,15 @@ def client_round(
         rnd: round number (1-based), used for seeding.
         seed: run seed.
     """
+    strategy = strategy_for(cfg)
     model = _cached_model(cfg, data.x.shape[1], num_classes)
     names = [n for n, _ in model.named_parameters()]
     for p in model.parameters():
         p.grad = None
-    template = model.state_dict()
-    state: dict[str, torch.Tensor] = {}
-    if local_state is not None:
-        state = {k[len("model/") :]: v for k, v in local_state.items() if k.startswith("model/")}
-        unknown = set(state) - set(template)
-        if unknown:
-            raise ValueError(f"client {data.client_id}: local state has unknown keys {sorted(unknown)[:3]}")
-    for k, v in received.items():
-        if k not in template:
-            raise ValueError(f"client {data.client_id}: received unknown parameter {k!r}")
-        if tuple(v.shape) != tuple(template[k].shape):
-            raise ValueError(
-                f"client {data.client_id}: {k} has shape {tuple(v.shape)}, model has {tuple(template[k].shape)}"
-            )
-        state[k] = v.to(template[k].dtype)
-    missing = set(template) - set(state)
-    if missing:
-        raise ValueError(
-            f"client {data.client_id}: round {rnd} lacks parameters {sorted(missing)[:3]} "
-            "(no local state and no full model received)"
-        )
-    model.load_state_dict(state)
+    model.load_state_dict(_merged_state(model.state_dict(), received, local_state, data.client_id, rnd))
     project = model.project_apv if isinstance(model, FedAuxNet) else (lambda: None)
     project()  # the server's mix of unit APVs is shorter than 1: back onto the sphere
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.dp_clip > 0 else {}
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     if local_state is not None:
         _restore_optimizer(opt, local_state)
@@ -348,39 +336,18 @@ def client_round(
     torch.manual_seed(derive_seed(seed, data.client_id, rnd))
 
     adj = data.gcn_adjacency()
-    model.train()
-    loss_val = float("nan")
-    for _ in range(cfg.local_epochs):
-        opt.zero_grad(set_to_none=True)
-        logits = model(data.features(), adj)
-        loss = F.cross_entropy(logits[data.train_mask], data.y[data.train_mask])
-        total = loss + _regulariser(cfg, model, anchor)
-        total.backward()
-        opt.step()
-        project()
-        loss_val = float(loss.detach())
-
+    loss_val = _train_epochs(
+        model, opt, data, adj, cfg.local_epochs, lambda: strategy.regulariser(model, anchor), project
+    )
     model.eval()
     with torch.no_grad():
-        logits = model(data.features(), adj)
-        metrics = {
-            "train_loss": loss_val,
-            "train_acc": _accuracy(logits, data.y, data.train_mask),
-            "val_acc": _accuracy(logits, data.y, data.val_mask),
-            "test_acc": _accuracy(logits, data.y, data.test_mask),
-            "num_train": float(data.train_mask.sum()),
-            "num_val": float(data.val_mask.sum()),
-            "num_test": float(data.test_mask.sum()),
-        }
+        metrics = {"train_loss": loss_val, **_evaluate(model, data, adj)}
         full = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        upload = {k: full[k] for k in shared_keys(cfg, names)}
-        if cfg.name == "fedpub":
-            key = (cfg.proxy_seed, data.x.shape[1])
-            if key not in _PROXY_CACHE:
-                _PROXY_CACHE[key] = _proxy_graph(*key)
-            px, padj = _PROXY_CACHE[key]
-            assert isinstance(model, GCNNet)
-            upload[FE_KEY] = model.gnn.embed(px, padj).mean(0)
+        upload = {k: full[k] for k in strategy.shared_keys(names)}
+        upload.update(strategy.extra_upload(model, data.x.shape[1]))
+        if cfg.dp_clip > 0:
+            gen = torch.Generator().manual_seed(derive_seed(seed, data.client_id, rnd) + 1)
+            upload, metrics["update_norm"] = clip_and_noise(start, upload, cfg.dp_clip, cfg.dp_noise, gen)
     if not all(math.isfinite(float(v.sum())) for v in upload.values()):
         metrics["non_finite_upload"] = 1.0
     new_local = {f"model/{k}": v for k, v in full.items()}
@@ -393,38 +360,17 @@ def client_round(
 
 def expected_upload(cfg: AlgoConfig, init: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     """Keys and shapes a valid upload must have (used to reject malformed replies)."""
-    shapes = {k: tuple(init[k].shape) for k in shared_keys(cfg, list(init))}
-    if cfg.name == "fedpub":
-        shapes[FE_KEY] = (cfg.hidden,)
-    return shapes
+    return strategy_for(cfg).expected_upload(init)
 
 
 def server_aggregate(
     cfg: AlgoConfig, uploads: Mapping[int, Mapping[str, torch.Tensor]], sizes: Mapping[int, float]
 ) -> tuple[dict[int, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-    """Downloads for the clients that replied, plus diagnostics (e.g. the mixing matrix).
+    """Downloads for the clients that replied, plus diagnostics (``{"weights": (K, K), "clients": ids}``).
 
     Args:
-        cfg: the method.
+        cfg: the method (its :class:`~quintet.fedaux.strategies.Strategy` does the work).
         uploads: ``{client_id: upload}`` of the valid replies of this round.
         sizes: ``{client_id: number of training nodes}``.
-
-    Returns:
-        ``({client_id: download}, {"weights": (K, K) mixing matrix, "clients": ids})``.
     """
-    ids = sorted(uploads)
-    if cfg.name == "local" or not ids:
-        return {}, {}
-    params = [{k: v for k, v in uploads[c].items() if k != FE_KEY} for c in ids]
-    if cfg.name in ("fedavg", "fedprox", "fedper"):
-        w = size_weights([sizes[c] for c in ids])
-        avg = weighted_average(params, w)
-        return {c: avg for c in ids}, {"weights": w.repeat(len(ids), 1), "clients": torch.tensor(ids)}
-    if cfg.name == "fedpub":
-        vec = torch.stack([uploads[c][FE_KEY] for c in ids])
-        w = similarity_weights(cosine_similarity_matrix(vec), cfg.fedpub_alpha)
-    else:
-        vec = torch.stack([uploads[c][APV_KEY] for c in ids])
-        w = similarity_weights(cosine_similarity_matrix(vec), cfg.alpha)
-    mixed = personalised_mix(params, w)
-    return dict(zip(ids, mixed, strict=True)), {"weights": w, "clients": torch.tensor(ids)}
+    return strategy_for(cfg).aggregate(uploads, sizes)

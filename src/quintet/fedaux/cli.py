@@ -11,15 +11,15 @@ __all__ = ["VERBS"]
 
 
 def _partition(cfg: Any) -> str:
-    from quintet.config import save_config
-    from quintet.fedaux.simulate import load_data
+    from quintet.fedaux.data import write_shards
+    from quintet.fedaux.simulate import load_data, partition_provenance
 
     clients, info = load_data(cfg.data)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg.data, out / "partition_config.yaml")
+    write_shards(clients, info, out, partition_provenance(cfg.data))
     lines = [
         f"{cfg.data.dataset}: {info['num_nodes']} nodes (LCC), {info['num_classes']} classes, {len(clients)} clients"
+        f" -> {len(clients)} shards (client_<id>.pt + partition.json)"
     ]
     for c in clients:
         lines.append(
@@ -52,7 +52,11 @@ def _flower_app(cfg: Any) -> str:
     from quintet.fedaux.flower import write_flower_app
 
     app = write_flower_app(Path(cfg.out) / "app", cfg)
-    return f"Flower app in {app}; start a SuperLink and {cfg.data.num_clients} SuperNodes, then: flwr run {app}"
+    return (
+        f"Flower app in {app} (hyperparameters in its [tool.flwr.app.config]); write the shards with "
+        f"`quintet fedaux partition -o SHARDS`, start a SuperLink and {cfg.data.num_clients} SuperNodes with "
+        f'--node-config "data-path=SHARDS/client_<i>.pt", then: flwr run {app} CONNECTION'
+    )
 
 
 def _deploy_local(cfg: Any) -> str:
@@ -68,16 +72,18 @@ def _verbs() -> list[Verb]:
     from quintet.fedaux.simulate import RunConfig
 
     common = {"out": "out", "seed": "seed", "flags": {"--data": "data.root", "--rounds": "rounds"}}
+    part_example = "quintet fedaux partition --data ../shared/data/planetoid data.num_clients=10 -o shards/cora10"
     example = "quintet fedaux run --data ../shared/data/planetoid data.num_clients=10 algo.name=fedaux -o runs/cora10"
     return [
-        Verb("partition", "build (and cache) the client partitions and print their sizes", RunConfig,
-             _partition, **common),
+        Verb("partition", "cut the graph into clients and write one shard per client (client_<id>.pt) into <out>",
+             RunConfig, _partition, example=part_example, **common),
         Verb("run", "deterministic in-process federated run: metrics.csv, clients.csv, curves.png, models/",
              RunConfig, _run, example=example, **common),
         Verb("flower-sim", "the same run on Flower's simulation engine (Ray)", FlowerConfig, _flower_sim, **common),
         Verb("flower-app", "write a Flower app folder (<out>/app) for a SuperLink/SuperNode deployment",
              FlowerConfig, _flower_app, **common),
-        Verb("deploy-local", "real deployment on loopback: SuperLink + K SuperNodes + flwr run (logs in <out>/logs)",
+        Verb("deploy-local", "real deployment on loopback: shards, then SuperLink + K SuperNodes each reading only "
+             "its shard + flwr run (shards, app and logs in <out>/logs; models in <out>/models)",
              FlowerConfig, _deploy_local, **common),
     ]  # fmt: skip
 

@@ -27,15 +27,19 @@ __all__ = [
     "ClientData",
     "Graph",
     "build_clients",
+    "graph_from_pyg",
     "induced_subgraph",
     "largest_connected_component",
     "load_clients",
     "load_graph",
+    "load_ogb_folder",
     "louvain_partition",
     "metis_partition",
     "normalize_features",
     "overlapping_partition",
     "random_split",
+    "sbm_clients",
+    "sbm_graph",
     "synthetic_community_graph",
 ]
 
@@ -239,9 +243,15 @@ def load_graph(path_or_name: str | Path, data_root: str | Path | None = None) ->
         g = load_planetoid(key, data_root)
     else:
         p = Path(key)
+        if p.is_dir() and _ogb_raw_dir(p) is not None:
+            g = load_ogb_folder(p)
+            _check_graph(g, key)
+            g.edge_index = _symmetrise(g.edge_index, g.num_nodes)
+            return g
         if not p.is_file():
             raise FileNotFoundError(
-                f"graph file {p} does not exist (expected .npz or .pt, or a Planetoid name)"
+                f"graph file {p} does not exist (expected .npz or .pt, an OGB node-property folder, "
+                "or a Planetoid name)"
             )
         if p.suffix == ".npz":
             with np.load(p, allow_pickle=False) as z:
@@ -250,14 +260,7 @@ def load_graph(path_or_name: str | Path, data_root: str | Path | None = None) ->
                     raise ValueError(f"{p}: missing array(s) {sorted(missing)}; need x, edge_index, y")
                 d = {k: torch.from_numpy(np.asarray(z[k])) for k in ("x", "edge_index", "y")}
         elif p.suffix == ".pt":
-            try:
-                d = torch.load(p, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise ValueError(
-                    f"{p}: not a dict of tensors loadable with weights_only=True ({exc})"
-                ) from exc
-            if not isinstance(d, dict) or not {"x", "edge_index", "y"} <= set(d):
-                raise ValueError(f"{p}: expected a dict with tensors x, edge_index, y")
+            d = _graph_dict(_load_pt_graph(p), p)
         else:
             raise ValueError(f"{p}: unsupported graph file type {p.suffix!r} (use .npz or .pt)")
         g = Graph(
@@ -272,8 +275,98 @@ def load_graph(path_or_name: str | Path, data_root: str | Path | None = None) ->
     return g
 
 
+_OGB_FILES = ("node-feat.csv.gz", "edge.csv.gz", "node-label.csv.gz")
+
+
+def _ogb_raw_dir(folder: Path) -> Path | None:
+    for cand in (folder, folder / "raw"):
+        if all((cand / f).is_file() for f in _OGB_FILES):
+            return cand
+    return None
+
+
+def load_ogb_folder(folder: str | Path) -> Graph:
+    """An OGB node-property folder (``[raw/]node-feat.csv.gz``, ``edge.csv.gz``, ``node-label.csv.gz``; the
+    layout ``ogbn-*`` downloads unpack to) read with numpy, without the ``ogb`` package or any download."""
+    raw = _ogb_raw_dir(Path(folder))
+    if raw is None:
+        raise FileNotFoundError(f"{folder}: no {', '.join(_OGB_FILES)} (directly or in raw/)")
+    arrays = {}
+    for name, dtype in zip(_OGB_FILES, (np.float32, np.int64, np.float64), strict=True):
+        try:
+            arrays[name] = np.atleast_2d(np.loadtxt(raw / name, delimiter=",", dtype=dtype, ndmin=2))
+        except ValueError as exc:
+            raise ValueError(f"{raw / name}: not a numeric CSV ({exc})") from None
+    y = arrays["node-label.csv.gz"][:, 0]
+    if np.isnan(y).any():
+        raise ValueError(f"{raw / 'node-label.csv.gz'}: nodes without a label (NaN); label every node")
+    return Graph(
+        x=torch.from_numpy(arrays["node-feat.csv.gz"]),
+        edge_index=torch.from_numpy(arrays["edge.csv.gz"]).t().contiguous(),
+        y=torch.from_numpy(y.astype(np.int64)),
+        name=Path(folder).name,
+        source_files=[raw / f for f in _OGB_FILES],
+    )
+
+
+def _load_pt_graph(p: Path) -> object:
+    """``torch.load`` with ``weights_only=True``; PyG's ``Data`` classes are the only globals allowed."""
+    safe: list = []
+    try:
+        from torch_geometric.data import Data
+        from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
+        from torch_geometric.data.storage import GlobalStorage
+
+        safe = [Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]
+    except ImportError:  # torch_geometric is optional for dict files
+        pass
+    try:
+        with torch.serialization.safe_globals(safe):
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"{p}: not a graph loadable with weights_only=True (a dict of tensors x, edge_index, y, a PyG Data, "
+            f"or a PyG InMemoryDataset file; {type(exc).__name__})"
+        ) from exc
+
+
+def _graph_dict(obj: object, where: object) -> dict[str, torch.Tensor]:
+    """``{"x", "edge_index", "y"}`` from a dict, a PyG ``Data``/``InMemoryDataset`` or its processed file."""
+    if isinstance(obj, tuple) and obj and isinstance(obj[0], dict):  # InMemoryDataset's (data, slices, ...)
+        obj = obj[0]
+    try:
+        from torch_geometric.data import Dataset
+
+        if isinstance(obj, Dataset):
+            if len(obj) != 1:
+                raise ValueError(f"{where}: a dataset of {len(obj)} graphs; pass one graph (dataset[0])")
+            obj = obj[0]
+    except ImportError:
+        pass
+    if not isinstance(obj, dict) and hasattr(obj, "to_dict"):
+        obj = obj.to_dict()  # a PyG Data
+    if not isinstance(obj, dict) or not {"x", "edge_index", "y"} <= set(obj):
+        raise ValueError(f"{where}: expected tensors x, edge_index and y (node features, edges, labels)")
+    d = {k: torch.as_tensor(obj[k]) for k in ("x", "edge_index", "y")}
+    if d["y"].ndim == 2 and d["y"].shape[1] == 1:
+        d["y"] = d["y"].flatten()  # OGB-style (N, 1) labels
+    return d
+
+
+def graph_from_pyg(data: object, name: str = "pyg") -> Graph:
+    """A :class:`Graph` from a PyG ``Data`` (or a one-graph ``InMemoryDataset``), checked and symmetrised."""
+    d = _graph_dict(data, name)
+    g = Graph(x=d["x"].float(), edge_index=d["edge_index"].long(), y=d["y"].long(), name=name)
+    _check_graph(g, name)
+    g.edge_index = _symmetrise(g.edge_index, g.num_nodes)
+    return g
+
+
 def _check_graph(g: Graph, where: str) -> None:
     n = g.num_nodes
+    if not bool(torch.isfinite(g.x).all()):
+        bad = int((~torch.isfinite(g.x)).any(1).sum())
+        raise ValueError(f"{where}: {bad} node(s) have NaN or inf features; fix or drop them before training")
     if g.x.ndim != 2 or g.y.shape != (n,):
         raise ValueError(
             f"{where}: x must be (N,F) and y (N,), got {tuple(g.x.shape)} and {tuple(g.y.shape)}"
@@ -284,6 +377,11 @@ def _check_graph(g: Graph, where: str) -> None:
         raise ValueError(f"{where}: edge_index refers to nodes outside [0, {n})")
     if (g.y < 0).any():
         raise ValueError(f"{where}: labels must be non-negative integers")
+    ei = g.edge_index
+    if ei.numel() and bool((ei[0] == ei[1]).any()):
+        raise ValueError(f"{where}: the graph has self-loops; remove them (torch_geometric.utils.remove_self_loops)")
+    if ei.numel() and torch.unique(ei[0] * n + ei[1]).numel() != ei.shape[1]:
+        raise ValueError(f"{where}: the graph has duplicate edges; coalesce it (torch_geometric.utils.coalesce)")
 
 
 def _symmetrise(edge_index: torch.Tensor, n: int) -> torch.Tensor:
@@ -603,3 +701,192 @@ def synthetic_clients(seed: int = 0, **kwargs: int | float) -> tuple[list[Client
         "num_classes": g.num_classes,
         "num_nodes": g.num_nodes,
     }
+
+
+# ----------------------------------------------------------------------------------------------- shards
+
+#: format tag of a client shard file (one client's subgraph, written by ``quintet fedaux partition``)
+SHARD_FORMAT = "quintet-fedaux-shard-v1"
+#: the partition's manifest beside the shards
+MANIFEST = "partition.json"
+
+
+def _content_hash(client: dict[str, torch.Tensor], meta: dict[str, object]) -> str:
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for k in sorted(client):
+        t = client[k].contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_shards(
+    clients: list[ClientData], info: dict[str, int], folder: str | Path, provenance: dict[str, object]
+) -> list[Path]:
+    """One file per client (``client_<id>.pt``: subgraph, features, labels, split, fingerprint, provenance)
+    plus ``partition.json`` listing them; every file written atomically, stale shards removed."""
+    from quintet.io import atomic_save_json
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"num_features": int(info["num_features"]), "num_classes": int(info["num_classes"])}
+    meta["num_clients"] = len(clients)
+    rows, paths = [], []
+    for c in clients:
+        blob = c.to_dict()
+        fp = _content_hash(blob, meta)
+        path = out / f"client_{c.client_id}.pt"
+        atomic_torch_save(path, {"format": SHARD_FORMAT, "client": blob, **meta, "fingerprint": fp,
+                                 "provenance": provenance})  # fmt: skip
+        paths.append(path)
+        rows.append({"file": path.name, "client_id": c.client_id, "fingerprint": fp, "nodes": c.num_nodes,
+                     "train": int(c.train_mask.sum()), "val": int(c.val_mask.sum()), "test": int(c.test_mask.sum())})  # fmt: skip
+    for stale in set(out.glob("client_*.pt")) - set(paths):
+        stale.unlink()
+    atomic_save_json(
+        out / MANIFEST, {"format": SHARD_FORMAT, **meta, "provenance": provenance, "shards": rows}
+    )
+    return paths
+
+
+def check_client(c: ClientData, where: str, num_features: int, num_classes: int) -> None:
+    """Refuse a client subgraph that cannot be trained on; ``ValueError`` naming ``where`` and the fix."""
+    n = c.num_nodes
+    if c.x.ndim != 2 or c.x.shape[1] != num_features:
+        raise ValueError(
+            f"{where}: features are {tuple(c.x.shape)}, the partition has {num_features} per node"
+        )
+    if not bool(torch.isfinite(c.x).all()):
+        raise ValueError(f"{where}: features hold NaN or inf; clean the graph and partition it again")
+    for name in ("y", "train_mask", "val_mask", "test_mask", "node_ids"):
+        if tuple(getattr(c, name).shape) != (n,):
+            raise ValueError(f"{where}: {name} has shape {tuple(getattr(c, name).shape)}, expected ({n},)")
+    if n and (int(c.y.min()) < 0 or int(c.y.max()) >= num_classes):
+        raise ValueError(
+            f"{where}: labels outside [0, {num_classes}); the shard does not belong to this partition"
+        )
+    ei = c.edge_index
+    if ei.ndim != 2 or ei.shape[0] != 2 or (ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= n)):
+        raise ValueError(f"{where}: edge_index is not (2, E) over nodes [0, {n})")
+    if bool((ei[0] == ei[1]).any()):
+        raise ValueError(f"{where}: the graph has self-loops; remove them (GCN adds its own)")
+    if torch.unique(ei[0] * max(n, 1) + ei[1]).numel() != ei.shape[1]:
+        raise ValueError(f"{where}: the graph has duplicate edges; coalesce it")
+    if not bool(c.train_mask.any()):
+        raise ValueError(f"{where}: client {c.client_id} has no training node; partition into fewer clients")
+
+
+def load_shard(path: str | Path) -> tuple[ClientData, dict[str, int]]:
+    """Read and verify one shard (``weights_only``; fingerprint, finiteness, graph and split checks).
+
+    Returns:
+        The client and ``{"num_features", "num_classes", "num_clients"}`` of its partition.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"shard {p} does not exist (write shards with `quintet fedaux partition -o DIR`)"
+        )
+    try:
+        blob = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"{p}: not a shard file loadable with weights_only=True ({type(exc).__name__})"
+        ) from exc
+    if not isinstance(blob, dict) or blob.get("format") != SHARD_FORMAT:
+        raise ValueError(f"{p}: not a {SHARD_FORMAT} file; write it with `quintet fedaux partition`")
+    meta = {k: int(blob[k]) for k in ("num_features", "num_classes", "num_clients")}
+    if _content_hash(blob["client"], meta) != blob.get("fingerprint"):
+        raise ValueError(
+            f"{p}: content does not match its fingerprint (corrupted or edited); partition again"
+        )
+    client = ClientData.from_dict(blob["client"])
+    check_client(client, str(p), meta["num_features"], meta["num_classes"])
+    return client, meta
+
+
+def load_shards(folder: str | Path) -> tuple[list[ClientData], dict[str, int]]:
+    """All shards listed in ``folder/partition.json``, checked for one feature width and class count."""
+    from quintet.io import load_json
+
+    man_path = Path(folder) / MANIFEST
+    if not man_path.is_file():
+        raise FileNotFoundError(
+            f"{man_path} does not exist (write shards with `quintet fedaux partition -o DIR`)"
+        )
+    manifest = load_json(man_path)
+    clients, metas = [], []
+    for row in manifest["shards"]:
+        c, meta = load_shard(Path(folder) / row["file"])
+        clients.append(c)
+        metas.append((Path(folder) / row["file"], meta))
+    first = metas[0][1]
+    for path, meta in metas[1:]:
+        for key in ("num_features", "num_classes", "num_clients"):
+            if meta[key] != first[key]:
+                raise ValueError(f"{path}: {key}={meta[key]} but {metas[0][0].name} has {first[key]}; "
+                                 "use shards of one partition")  # fmt: skip
+    if sorted(c.client_id for c in clients) != list(range(first["num_clients"])):
+        raise ValueError(f"{man_path}: the shards are not clients 0..{first['num_clients'] - 1}; partition again")
+    clients.sort(key=lambda c: c.client_id)
+    num_nodes = sum(c.num_nodes for c in clients)
+    return clients, {
+        "num_features": first["num_features"],
+        "num_classes": first["num_classes"],
+        "num_nodes": num_nodes,
+    }
+
+
+def sbm_graph(
+    num_communities: int = 4,
+    nodes_per_community: int = 100,
+    num_classes: int = 4,
+    num_features: int = 16,
+    feature_shift: float = 1.0,
+    p_in: float = 0.08,
+    p_out: float = 0.002,
+    noise: float = 1.0,
+    seed: int = 0,
+) -> tuple[Graph, list[torch.Tensor]]:
+    """A seeded stochastic block model whose communities shift their features: heterogeneity you can dial.
+
+    Community c (one client) holds ``nodes_per_community`` nodes with uniformly drawn labels. Edges: inside a
+    community with probability ``p_in`` × (0.2 for different labels, 1.8 for the same label; homophily),
+    across communities with ``p_out``, plus a ring that keeps each community connected. Features:
+    ``mean[y] + feature_shift · shift_c[y] + noise · ε``: one global class→mean map and one class→shift map
+    per community, both N(0, 1.5²) per entry, ε ~ N(0, I). At ``feature_shift=0`` all clients share one
+    distribution (one global model is right); as it grows, a class looks different in every community (a
+    concept shift) and personalised models should win. Returns the graph and its natural partition (community = client).
+    """
+    if num_communities < 1 or nodes_per_community < 2 or num_classes < 2:
+        raise ValueError("sbm_graph needs >= 1 community, >= 2 nodes per community and >= 2 classes")
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.randn(num_classes, num_features, generator=gen) * 1.5
+    m, n = nodes_per_community, num_communities * nodes_per_community
+    xs, ys, parts, edges = [], [], [], []
+    for c in range(num_communities):
+        y = torch.randint(0, num_classes, (m,), generator=gen)
+        shift = torch.randn(num_classes, num_features, generator=gen) * 1.5 * feature_shift
+        xs.append((means + shift)[y] + noise * torch.randn(m, num_features, generator=gen))
+        ys.append(y)
+        parts.append(torch.arange(c * m, (c + 1) * m))
+        prob = p_in * (0.2 + 1.6 * (y[:, None] == y[None, :]).float())
+        i, j = torch.triu(torch.rand(m, m, generator=gen) < prob, 1).nonzero(as_tuple=True)
+        ring = torch.arange(m)
+        edges += [torch.stack([i, j]) + c * m, torch.stack([ring, (ring + 1) % m]) + c * m]
+    i, j = torch.triu(torch.rand(n, n, generator=gen) < p_out, 1).nonzero(as_tuple=True)
+    ei = _symmetrise(torch.cat([*edges, torch.stack([i, j])], 1), n)
+    g = Graph(x=torch.cat(xs), edge_index=ei, y=torch.cat(ys), name=f"sbm{seed}_shift{feature_shift:g}")
+    return g, parts
+
+
+def sbm_clients(
+    num_communities: int = 4, feature_shift: float = 1.0, seed: int = 0, **kwargs: float
+) -> tuple[list[ClientData], dict[str, int]]:
+    """Clients of :func:`sbm_graph` (one per community) with a seeded 20/40/40 split (raw features)."""
+    g, parts = sbm_graph(num_communities, feature_shift=feature_shift, seed=seed, **kwargs)  # type: ignore[arg-type]
+    clients = make_clients(g, parts, random_split(g.num_nodes, seed))
+    return clients, {"num_features": int(g.x.shape[1]), "num_classes": g.num_classes, "num_nodes": g.num_nodes}

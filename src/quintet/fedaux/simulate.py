@@ -13,34 +13,48 @@ import contextlib
 import csv
 import io
 import math
-import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
 from quintet.config import save_config
-from quintet.fedaux.algorithms import AlgoConfig, build_model, client_round, initial_state, server_aggregate
-from quintet.fedaux.data import ClientData, build_clients, synthetic_clients
-from quintet.io import atomic_save_json, atomic_torch_save, atomic_write_bytes, atomic_write_text
+from quintet.fedaux.algorithms import AlgoConfig, build_model
+from quintet.fedaux.data import (
+    MANIFEST,
+    ClientData,
+    build_clients,
+    load_shards,
+    sbm_clients,
+    synthetic_clients,
+)
+from quintet.fedaux.loop import (
+    MODELS_DIR,
+    ClientContext,
+    InProcessTransport,
+    LoopSpec,
+    SimResult,
+    run_rounds,
+    summarise_rounds,
+)
+from quintet.io import atomic_save_json, atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "DataConfig",
     "RunConfig",
     "SimResult",
+    "clear_client_models",
     "load_client_models",
     "load_data",
+    "partition_provenance",
     "run",
-    "save_client_models",
     "simulate",
     "summarise_rounds",
 ]
-
-#: folder (inside ``out``) of the per-client personalised models written by :func:`run`
-MODELS_DIR = "models"
 
 
 @dataclass
@@ -48,7 +62,10 @@ class DataConfig:
     """Where the graph comes from and how it is cut into clients.
 
     Attributes:
-        dataset: ``cora`` | ``citeseer`` | ``synthetic`` | a path to an ``.npz``/``.pt`` graph.
+        dataset: ``cora`` | ``citeseer`` | ``synthetic`` | ``sbm`` (:func:`~quintet.fedaux.data.sbm_graph`,
+            one community per client, seeded by ``split_seed``) | a path to an ``.npz``/``.pt`` graph | a folder of
+            client shards written by ``quintet fedaux partition`` (its ``partition.json``; the partition
+            keys below are then not used).
         root: folder with the Planetoid raw files (``ind.cora.*``); nothing is downloaded.
         partition: ``metis`` (disjoint), ``overlapping`` (FED-PUB) or ``louvain``.
         num_clients: K (for ``overlapping``: 5 × number of communities).
@@ -58,6 +75,8 @@ class DataConfig:
             FED-PUB's partition script calls it) or ``pymetis`` (pymetis's default: recursive
             bisection for K <= 8, seeded by ``split_seed``).
         cache_dir: partition cache (keyed by a fingerprint); empty string disables it.
+        sbm_shift: ``sbm`` only: how far each community moves every class's feature mean (0: one shared
+            distribution; 3: a class looks different in every community).
     """
 
     dataset: str = "cora"
@@ -67,6 +86,7 @@ class DataConfig:
     split_seed: int = 1234
     metis: Literal["fedpub", "pymetis"] = "fedpub"
     cache_dir: str = "~/.cache/quintet/fedaux"
+    sbm_shift: float = 1.0
 
 
 @dataclass
@@ -96,54 +116,6 @@ class RunConfig:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
 
 
-@dataclass
-class SimResult:
-    """Per-round metrics and the protocol's headline number.
-
-    Attributes:
-        val_acc / test_acc: (T, K) per-round per-client accuracies (after local training).
-        train_loss: (T, K).
-        best_round: 1-based round with the highest mean validation accuracy.
-        test_at_best_val: mean client test accuracy at ``best_round`` (the reported metric, %).
-        final_test: mean client test accuracy at the last round (%).
-        seconds: wall time.
-        weights: the last mixing matrix (if any).
-        mix_max: (T,) largest entry of each round's mixing matrix (NaN for methods without one); 1/K
-            everywhere means the server's weights are uniform.
-        best_states: ``{client_id: state_dict}`` of every client's model at ``best_round`` (after its local
-            training, as evaluated there), the personalised models the reported metric belongs to.
-    """
-
-    val_acc: np.ndarray
-    test_acc: np.ndarray
-    train_loss: np.ndarray
-    best_round: int
-    test_at_best_val: float
-    final_test: float
-    seconds: float
-    weights: np.ndarray | None = None
-    mix_max: np.ndarray | None = None
-    best_states: dict[int, dict[str, torch.Tensor]] | None = None
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "best_round": self.best_round,
-            "test_at_best_val": self.test_at_best_val,
-            "val_at_best": float(np.nanmean(self.val_acc[self.best_round - 1]) * 100),
-            "final_test": self.final_test,
-            "rounds": int(self.val_acc.shape[0]),
-            "clients": int(self.val_acc.shape[1]),
-            "seconds": self.seconds,
-            "mix_weight_max": float(self.weights.max()) if self.weights is not None else None,
-            "mix_weight_min": float(self.weights.min()) if self.weights is not None else None,
-            "mix_weight_max_any_round": (
-                float(np.nanmax(self.mix_max))
-                if self.mix_max is not None and np.isfinite(self.mix_max).any()
-                else None
-            ),
-        }
-
-
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Temporarily set ``torch.set_num_threads(n)`` (``n <= 0`` leaves it unchanged)."""
@@ -156,19 +128,12 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def summarise_rounds(val_acc: np.ndarray, test_acc: np.ndarray) -> tuple[int, float, float]:
-    """(best round 1-based, mean test % at the best mean-val round, final mean test %).
-
-    Ties in validation accuracy go to the earliest round.
-    """
-    mv = np.nanmean(val_acc, axis=1)
-    mt = np.nanmean(test_acc, axis=1)
-    best = int(np.nanargmax(mv))
-    return best + 1, float(mt[best] * 100), float(mt[-1] * 100)
-
-
 def load_data(cfg: DataConfig) -> tuple[list[ClientData], dict[str, int]]:
-    """Build (or load from the cache) the clients of ``cfg``."""
+    """Build (or load from the cache, or from a folder of shards) the clients of ``cfg``."""
+    if (Path(cfg.dataset) / MANIFEST).is_file():
+        return load_shards(cfg.dataset)
+    if cfg.dataset == "sbm":
+        return sbm_clients(cfg.num_clients, cfg.sbm_shift, seed=cfg.split_seed)
     if cfg.dataset == "synthetic":
         if cfg.num_clients < 2 or cfg.num_clients % 2:
             raise ValueError(
@@ -186,6 +151,22 @@ def load_data(cfg: DataConfig) -> tuple[list[ClientData], dict[str, int]]:
     )
 
 
+def partition_provenance(cfg: DataConfig) -> dict[str, object]:
+    """Where a partition comes from: the data keys and the sha256 of the source files."""
+    from quintet.fedaux.data import PLANETOID_SHA256
+    from quintet.io import file_sha256
+
+    name = cfg.dataset.lower()
+    if name in ("cora", "citeseer", "pubmed"):
+        sources = {k: v for k, v in PLANETOID_SHA256.items() if k.startswith(f"ind.{name}.")}
+    elif Path(cfg.dataset).is_file():
+        sources = {Path(cfg.dataset).name: file_sha256(cfg.dataset)}
+    else:
+        sources = {}
+    keys = {k: v for k, v in asdict(cfg).items() if k not in ("root", "cache_dir")}
+    return {**keys, "source_sha256": sources, "split": "20/40/40 (train/val/test)"}
+
+
 def simulate(
     algo: AlgoConfig,
     clients: list[ClientData],
@@ -195,64 +176,35 @@ def simulate(
     progress: bool = True,
     desc: str | None = None,
     on_round: Callable[[int, dict[int, dict[str, torch.Tensor]]], None] | None = None,
+    model_dir: Path | None = None,
 ) -> SimResult:
     """Run ``rounds`` rounds of ``algo`` over ``clients`` in this process (deterministic under ``seed``).
 
-    ``on_round(rnd, local_states)``, if given, is called after every round's local training with each
-    client's local state (``model/...`` parameters and ``opt/...`` Adam moments); it must not modify them.
+    The round loop is :func:`~quintet.fedaux.loop.run_rounds`, the one Flower runs use, over an
+    :class:`~quintet.fedaux.loop.InProcessTransport`. ``on_round(rnd, local_states)``, if given, is called
+    after every round's local training with each client's local state (``model/...`` parameters and
+    ``opt/...`` Adam moments); it must not modify them. With ``model_dir`` every client saves its model of
+    the best round there (``client_<id>.pt``); ``best_states`` of the result holds them either way.
     """
-    from tqdm.auto import tqdm
-
-    t0 = time.perf_counter()
-    k = len(clients)
-    init = initial_state(algo, clients[0].x.shape[1], num_classes, seed)
-    downloads: dict[int, dict[str, torch.Tensor]] = {c.client_id: init for c in clients}
-    local: dict[int, dict[str, torch.Tensor] | None] = {c.client_id: None for c in clients}
-    sizes = {c.client_id: float(c.train_mask.sum()) for c in clients}
-    val = np.zeros((rounds, k))
-    test = np.zeros((rounds, k))
-    loss = np.zeros((rounds, k))
-    mix_max = np.full(rounds, np.nan)
-    weights = None
-    best_val, best_states = -math.inf, None
-    bar = tqdm(range(1, rounds + 1), desc=desc or algo.name, disable=not progress, leave=False)
-    for rnd in bar:
-        uploads = {}
-        for i, c in enumerate(clients):
-            res = client_round(
-                algo, c, num_classes, downloads.get(c.client_id, {}), local[c.client_id], rnd, seed
-            )
-            local[c.client_id] = res.local_state
-            uploads[c.client_id] = res.upload
-            val[rnd - 1, i] = res.metrics["val_acc"]
-            test[rnd - 1, i] = res.metrics["test_acc"]
-            loss[rnd - 1, i] = res.metrics["train_loss"]
-        if on_round is not None:
-            on_round(rnd, {cid: st for cid, st in local.items() if st is not None})
-        mean_val = float(np.nanmean(val[rnd - 1])) if np.isfinite(val[rnd - 1]).any() else -math.inf
-        if best_states is None or mean_val > best_val:  # ties keep the earliest round, as summarise_rounds
-            best_val = mean_val
-            best_states = {
-                cid: {k[len("model/") :]: v for k, v in st.items() if k.startswith("model/")}
-                for cid, st in local.items()
-                if st is not None
-            }
-        new, diag = server_aggregate(algo, uploads, sizes)
-        downloads = new
-        if "weights" in diag:
-            weights = diag["weights"].numpy()
-            mix_max[rnd - 1] = float(weights.max())
-        bar.set_postfix(
-            val=f"{np.nanmean(val[rnd - 1]) * 100:.1f}", test=f"{np.nanmean(test[rnd - 1]) * 100:.1f}"
-        )
-    best, at_best, final = summarise_rounds(val, test)
-    return SimResult(
-        val, test, loss, best, at_best, final, time.perf_counter() - t0, weights, mix_max, best_states
-    )
+    contexts = [ClientContext(algo, c, num_classes, model_dir) for c in clients]
+    transport = InProcessTransport(contexts, on_round)
+    spec = LoopSpec(
+        algo, len(clients), int(clients[0].x.shape[1]), num_classes, rounds, seed, progress=progress,
+        desc=desc or algo.name,
+    )  # fmt: skip
+    res = run_rounds(spec, transport)
+    res.best_states = transport.best_states()
+    return res
 
 
 def write_outputs(result: SimResult, out_dir: Path, title: str) -> None:
     """metrics.csv (per round means), clients.csv (long format), curves.png and summary.json, atomically."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a round nobody answered has no mean: NaN
+        _write_outputs(result, out_dir, title)
+
+
+def _write_outputs(result: SimResult, out_dir: Path, title: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -280,37 +232,10 @@ def write_outputs(result: SimResult, out_dir: Path, title: str) -> None:
     plot_curves({title: result}, out_dir / "curves.png")
 
 
-def save_client_models(
-    result: SimResult, algo: AlgoConfig, in_dim: int, num_classes: int, out_dir: Path
-) -> list[Path]:
-    """Write each client's model at the best round to ``out_dir/models/client_<id>.pt`` (atomically), and
-    remove client files an earlier run left there, so that the folder holds exactly this run's models.
-
-    Each file is a dict of plain tensors and numbers (loadable with ``weights_only=True``): ``state_dict``,
-    ``client_id``, ``round``, ``in_dim``, ``num_classes`` and the method's ``algo`` config.
-    """
-    if not result.best_states:
-        return []
-    folder = Path(out_dir) / MODELS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for cid, state in sorted(result.best_states.items()):
-        path = folder / f"client_{cid}.pt"
-        atomic_torch_save(
-            path,
-            {
-                "state_dict": state,
-                "client_id": int(cid),
-                "round": int(result.best_round),
-                "in_dim": int(in_dim),
-                "num_classes": int(num_classes),
-                "algo": asdict(algo),
-            },
-        )
-        paths.append(path)
-    for stale in set(folder.glob("client_*.pt")) - set(paths):  # an earlier run into this out_dir
+def clear_client_models(out_dir: Path) -> None:
+    """Remove ``models/client_*.pt`` an earlier run left in ``out_dir`` (the folder then holds this run's)."""
+    for stale in (Path(out_dir) / MODELS_DIR).glob("client_*.pt"):
         stale.unlink()
-    return paths
 
 
 def load_client_models(out_dir: Path | str) -> dict[int, torch.nn.Module]:
@@ -320,11 +245,11 @@ def load_client_models(out_dir: Path | str) -> dict[int, torch.nn.Module]:
 
     Raises:
         FileNotFoundError: no ``models/client_*.pt`` in ``out_dir``.
-        ValueError: a file that is not a model written by :func:`save_client_models`.
+        ValueError: a file that is not a model written by :func:`~quintet.fedaux.loop.save_client_model`.
     """
     files = sorted((Path(out_dir) / MODELS_DIR).glob("client_*.pt"))
     if not files:
-        raise FileNotFoundError(f"no {MODELS_DIR}/client_*.pt in {out_dir} (written by `quintet fedaux run`)")
+        raise FileNotFoundError(f"no {MODELS_DIR}/client_*.pt in {out_dir} (written by `quintet fedaux run`, `flower-sim` or `deploy-local`)")
     models: dict[int, torch.nn.Module] = {}
     for path in files:
         try:
@@ -370,10 +295,12 @@ def run(cfg: RunConfig) -> SimResult:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    clear_client_models(out)
     with torch_threads(cfg.threads):
-        res = simulate(cfg.algo, clients, info["num_classes"], cfg.rounds, cfg.seed, cfg.progress)
+        res = simulate(
+            cfg.algo, clients, info["num_classes"], cfg.rounds, cfg.seed, cfg.progress, model_dir=out / MODELS_DIR
+        )
     write_outputs(res, out, f"{cfg.algo.name} on {cfg.data.dataset} ({len(clients)} clients)")
-    save_client_models(res, cfg.algo, clients[0].x.shape[1], info["num_classes"], out)
     if not math.isfinite(res.test_at_best_val):
         raise RuntimeError("the run produced non-finite accuracies")
     return res
