@@ -193,3 +193,21 @@ def test_an_index_file_lists_inputs(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"bad\.txt: lists in/missing\.cif"):
         list(discover([tmp_path / "bad.txt"]))
     assert d.is_dir()
+
+
+def test_finish_steps_reuse_the_steps_the_data_records_for_the_same_oracle() -> None:
+    from ase.calculators.emt import EMT
+
+    from quintet.atomistic.pipeline import finish_steps, steps_summary
+
+    a = _cu(2)
+    a.rattle(0.05, seed=2)
+    fin = Finisher("emt", fmax=0.05, steps=200, calc=EMT())
+    rows = [{"id": "x"}, {"id": "y"}, {"id": "z"}]
+    meta = {"x": {"oracle": "emt", "steps": "7"}, "y": {"oracle": "chgnet", "steps": "9"}}
+    finish_steps(rows, [(a, a), (a, a), (a, a)], fin, meta, progress=False)
+    assert rows[0]["unrelaxed_steps"] == 7 and rows[0]["unrelaxed_steps_from"] == "meta.csv"
+    assert rows[1]["unrelaxed_steps_from"] == "oracle" and rows[1]["unrelaxed_steps"] == rows[1]["finish_steps"] > 0
+    assert rows[2]["unrelaxed_steps_from"] == "oracle"
+    summary = steps_summary(rows)
+    assert summary["median_unrelaxed_steps"] == rows[1]["finish_steps"] and summary["oracle_structures"] == 3

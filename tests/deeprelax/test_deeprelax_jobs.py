@@ -266,6 +266,12 @@ def test_train_and_eval_verbs_and_clear_config_errors(pair_db: Path, tmp_path: P
     assert best.is_file() and (tmp_path / "run" / "config.yaml").is_file()
     assert main(["deeprelax", "eval", "-m", str(best), *common, f"out={tmp_path / 'ev'}"]) == 0
     assert "coord_mae_ratio_vs_dummy" in capsys.readouterr().out
+    # "predict, then finish" from the CLI: oracle steps from the prediction next to those from the input
+    fin = ["--finish-with", "emt", "--finish-limit", "2", "finish_filter=unitcell", "-o", str(tmp_path / "evf")]
+    assert main(["deeprelax", "eval", "-m", str(best), *common, *fin]) == 0
+    rows = [r for r in _rows(tmp_path / "evf" / "per_structure.csv") if r.get("finish_steps")]
+    assert len(rows) == 2 and all(r["unrelaxed_steps_from"] == "oracle" for r in rows)  # an ASE db records none
+    assert '"median_unrelaxed_steps"' in capsys.readouterr().out
     assert main(["deeprelax", "train", "model.hiden=3"]) == 1
     assert "unknown config key" in capsys.readouterr().err
     assert main(["deeprelax", "eval", "-m", str(tmp_path / "missing.pt"), *common]) == 1

@@ -40,6 +40,7 @@ __all__ = [
     "batches",
     "check_inputs",
     "discover",
+    "finish_steps",
     "finisher_for",
     "in_shard",
     "is_structure_file",
@@ -54,6 +55,7 @@ __all__ = [
     "predict_job",
     "relax_structures",
     "run_predictions",
+    "steps_summary",
     "structure_id",
     "table_name",
     "write_output",
@@ -418,6 +420,46 @@ def predict_job(job: Any, record: Callable[[Any], dict[str, Any]], setup: Callab
         job.inputs, out, predict, table, fmt=job.output_format, finisher=finisher, batch_size=job.batch_size,
         max_atoms=job.max_atoms, desc=desc, progress=getattr(job, "progress", True), shard=shard,
     )  # fmt: skip
+
+
+def finish_steps(
+    rows: list[dict[str, Any]], starts: Iterable[tuple[Any, Any]], finisher: Finisher,
+    meta: dict[str, dict[str, str]] | None = None, progress: bool = True,
+) -> None:  # fmt: skip
+    """The "predict, then finish" metric of an eval verb, in place on ``rows``: for each ``(predicted,
+    unrelaxed)`` pair of ``starts`` (the first rows), the oracle steps from the prediction and from the
+    input. The input's steps come from the data's ``meta.csv`` (``meta[id]["steps"]``, the relaxation that
+    made the label) when it records them for this oracle (its ``oracle`` column, if any, names it), else
+    the oracle runs again."""
+    from tqdm.auto import tqdm
+
+    pairs = list(starts)
+    for row, (pred, unrelaxed) in tqdm(
+        list(zip(rows, pairs, strict=False)), desc=f"{finisher.oracle} finish", unit="structure", disable=not progress
+    ):  # fmt: skip
+        res = finisher(pred)
+        row.update(finish_steps=res.steps, finish_s=round(res.seconds, 3))
+        recorded = (meta or {}).get(str(row.get("id")), {})
+        if recorded.get("oracle", finisher.oracle) == finisher.oracle and recorded.get("steps") not in (None, ""):
+            row.update(unrelaxed_steps=int(float(recorded["steps"])), unrelaxed_steps_from="meta.csv")
+        else:
+            base = finisher(unrelaxed)
+            row.update(unrelaxed_steps=base.steps, unrelaxed_s=round(base.seconds, 3), unrelaxed_steps_from="oracle")
+
+
+def steps_summary(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Median oracle steps from the predictions and from the inputs (rows with both), and their ratio."""
+    import numpy as np
+
+    done = [r for r in rows if r.get("finish_steps") not in (None, "") and r.get("unrelaxed_steps") not in (None, "")]
+    if not done:
+        return {}
+    fin = float(np.median([int(r["finish_steps"]) for r in done]))
+    base = float(np.median([int(r["unrelaxed_steps"]) for r in done]))
+    return {
+        "median_finish_steps": fin, "median_unrelaxed_steps": base,
+        "finish_steps_ratio_vs_unrelaxed": fin / max(base, 1.0), "oracle_structures": float(len(done)),
+    }  # fmt: skip
 
 
 @dataclass

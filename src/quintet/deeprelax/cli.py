@@ -46,7 +46,7 @@ def _verbs() -> list[Verb]:
         Verb(
             "eval", "coordinate/cell/volume/distance errors next to the dummy baseline",
             EvalJob, _evaluate, model="model", ensemble="ensemble", out="out",
-            flags={"--data": "data.root", "--split": "split", **batch},
+            flags={"--data": "data.root", "--split": "split", "--finish-limit": "finish_limit", **finish, **batch},
             example="quintet deeprelax eval -m runs/dr/best.pt --data pairs --split test -o runs/dr/eval",
         ),
         Verb(

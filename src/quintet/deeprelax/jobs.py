@@ -23,7 +23,7 @@ from torch import Tensor
 from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate, plan_batches
 from quintet.atomistic.nn.compile import CompiledModel
-from quintet.atomistic.pipeline import Item
+from quintet.atomistic.pipeline import Item, finish_steps, finisher_for, steps_summary
 from quintet.config import save_config
 from quintet.deeprelax.data import DeepRelaxTransform, check_record, pairs_to_records
 from quintet.deeprelax.graph import DISPLACE
@@ -110,7 +110,12 @@ class TrainJob:
 @dataclass
 class EvalJob:
     """``quintet deeprelax eval``: a trained model file (or an ensemble: ``model`` + ``ensemble``)
-    evaluated on a data split."""
+    evaluated on a data split.
+
+    ``finish_with`` (an oracle) adds the "predict, then finish" metric on the first ``finish_limit``
+    structures: the oracle's steps from the prediction next to its steps from the input, which come from
+    the data's ``meta.csv`` when it records them (``recorded_steps``) instead of relaxing every input again.
+    """
 
     model: str = "runs/deeprelax/best.pt"
     ensemble: list[str] = field(default_factory=list)
@@ -121,6 +126,14 @@ class EvalJob:
     solve: SolveConfig = field(default_factory=SolveConfig)
     out: str = "runs/deeprelax/eval"
     compile: bool = False
+    finish_with: str = "none"
+    finish_limit: int = 20
+    fmax: float = 0.05
+    finish_steps: int = 500
+    finish_cell: bool = True
+    finish_filter: Literal["frechet", "unitcell"] = "frechet"
+    finish_optimizer: Literal["fire", "bfgs"] = "fire"
+    recorded_steps: bool = True
 
 
 @dataclass
@@ -481,6 +494,23 @@ def _evaluation_summary(
     return summary
 
 
+def _eval_finish(job: EvalJob, models: Sequence[Any], ds: Any, rows: list[dict[str, Any]], finisher: Any) -> None:
+    """The oracle steps from the prediction and from the input of the first ``finish_limit`` structures."""
+    from quintet.atomistic.structures import to_ase
+
+    ids = list(getattr(ds, "ids", [])) or [str(r["structure_id"]) for r in rows]
+    for row, pid in zip(rows, ids, strict=False):
+        row["id"] = pid
+
+    def starts() -> Any:
+        for k in range(min(job.finish_limit, len(rows))):
+            rec = {key: ds[k][key] for key in (K.POSITIONS, K.ATOMIC_NUMBERS, K.CELL, K.PBC)}
+            res = relax_ensemble(models, collate([rec]), job.solve)
+            yield to_ase({**rec, K.POSITIONS: res["positions"], K.CELL: res["cell"][0]}), to_ase(rec)
+
+    finish_steps(rows, starts(), finisher, getattr(ds, "meta", None) if job.recorded_steps else None)
+
+
 def evaluate(job: EvalJob) -> dict[str, float]:
     """Evaluate a model file on a split; writes ``metrics.json``, ``per_structure.csv`` and the config."""
     out = Path(job.out)
@@ -491,6 +521,10 @@ def evaluate(job: EvalJob) -> dict[str, float]:
     summary, rows = evaluate_model(
         compiled(models) if job.compile else models, ds, job.batch_size, job.solve, max_atoms=job.max_atoms
     )
+    finisher = finisher_for(job)
+    if finisher is not None:
+        _eval_finish(job, models, ds, rows, finisher)
+        summary.update(steps_summary(rows))
     atomic_save_json(out / "metrics.json", summary)
     atomic_write_csv(out / "per_structure.csv", rows)
     return summary

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from quintet.atomistic import keys as K
 from quintet.atomistic.nn.compile import CompiledModel
-from quintet.atomistic.pipeline import Finisher, oracle_name
+from quintet.atomistic.pipeline import Finisher, oracle_name, steps_summary
 from quintet.config import save_config
 from quintet.definet.model import PRED_POSITIONS, DefiNet
 from quintet.definet.run import DataConfig
@@ -346,15 +346,7 @@ def summarize(rows: Sequence[dict[str, Any]], radii: Sequence[float]) -> dict[st
     out["coord_mae_ratio_vs_dummy"] = out["coord_mae_A"] / out["dummy_coord_mae_A"]
     out["local_mae_A"] = {f"{r:g}": mean(f"local_mae_{r:g}") for r in radii}
     out["dummy_local_mae_A"] = {f"{r:g}": mean(f"dummy_local_mae_{r:g}") for r in radii}
-    steps = [int(r["finish_steps"]) for r in rows if r.get("finish_steps") not in (None, "")]
-    steps0 = [int(r["unrelaxed_steps"]) for r in rows if r.get("unrelaxed_steps") not in (None, "")]
-    if steps:
-        out["median_finish_steps"] = float(np.median(steps))
-        out["median_unrelaxed_steps"] = float(np.median(steps0))
-        out["finish_steps_ratio_vs_unrelaxed"] = out["median_finish_steps"] / max(
-            out["median_unrelaxed_steps"], 1.0
-        )
-        out["oracle_structures"] = len(steps)
+    out.update(steps_summary(rows))
     return out
 
 
@@ -403,25 +395,17 @@ def _finish_rows(
     job: EvalJob, meta: dict[str, dict[str, str]], records: Sequence[dict[str, Tensor]],
     preds: Sequence[np.ndarray], rows: list[dict[str, Any]], progress: bool,
 ) -> None:  # fmt: skip
-    """Oracle steps from the prediction (and from the unrelaxed input, unless the data records them)
-    for the first ``finish_limit`` structures; updates ``rows`` in place."""
-    from tqdm.auto import tqdm
+    """Oracle steps from the prediction and from the input for the first ``finish_limit`` structures."""
+    from quintet.atomistic.pipeline import finish_steps
+
+    def starts() -> Any:
+        for rec, pred in zip(records[: job.finish_limit], preds, strict=False):
+            real = (rec[K.DEFECT] != 2).numpy()
+            cell, pbc, z = rec[K.CELL].double().numpy(), rec[K.PBC].numpy(), rec[K.ATOMIC_NUMBERS].numpy()[real]
+            yield atoms_from(z, pred[real], cell, pbc), atoms_from(z, rec[K.POSITIONS].double().numpy()[real], cell, pbc)
 
     fin = Finisher(job.finish_with, job.fmax, job.finish_steps, cell=False, optimizer=job.finish_optimizer)
-    n = min(job.finish_limit, len(rows))
-    for k in tqdm(range(n), desc=f"{job.finish_with} finish", unit="structure", disable=not progress):
-        rec, pred, row = records[k], preds[k], rows[k]
-        real = (rec[K.DEFECT] != 2).numpy()
-        cell, pbc, z = rec[K.CELL].double().numpy(), rec[K.PBC].numpy(), rec[K.ATOMIC_NUMBERS].numpy()[real]
-        res = fin(atoms_from(z, pred[real], cell, pbc))
-        row.update(finish_steps=res.steps, finish_s=res.seconds)
-        recorded = meta.get(row["id"], {})
-        same_oracle = recorded.get("oracle", job.finish_with) == job.finish_with
-        if job.recorded_steps and same_oracle and recorded.get("steps") not in (None, ""):
-            row.update(unrelaxed_steps=int(float(recorded["steps"])), unrelaxed_steps_from="meta.csv")
-        else:
-            base = fin(atoms_from(z, rec[K.POSITIONS].double().numpy()[real], cell, pbc))
-            row.update(unrelaxed_steps=base.steps, unrelaxed_s=base.seconds, unrelaxed_steps_from="oracle")
+    finish_steps(rows, starts(), fin, meta if job.recorded_steps else None, progress)
 
 
 def dataset_meta(ds: Any) -> dict[str, dict[str, str]]:
