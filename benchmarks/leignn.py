@@ -507,7 +507,7 @@ def e3_plots(e3: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     ax1.set_title(f"equal CPU budget ({e3['budget_s_per_model']:.0f} s each)")
     for name, res in e3["accuracy"].items():
         c = res["curve"]
-        ax2.plot([r["time_s"] for r in c], [r["val_force_mae"] for r in c], label=name)
+        ax2.plot([r["time_s"] for r in c], [r["val_force_mae"] for r in c], "o-", ms=3, label=name)
     ax2.set_yscale("log")
     ax2.set_xlabel("training time (s)")
     ax2.set_ylabel("val force MAE (meV/Å)")

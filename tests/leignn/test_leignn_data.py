@@ -184,3 +184,16 @@ def test_fine_tuning_starts_from_the_model_file_and_checks_elements(
                 model=LEIGNNModelConfig(hidden=16),
             )
         )
+
+
+def test_label_keys_on_an_npz_file_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "md17.npz"
+    np.savez(path, R=np.random.default_rng(0).normal(size=(4, 3, 3)) * 2, z=np.array([8, 1, 1]),
+             E=np.zeros(4), F=np.zeros((4, 3, 3)))  # fmt: skip
+    data = DataConfig(
+        path=str(path), n_train=2, n_val=1, energy_key="REF_energy", split_dir=str(tmp_path / "s")
+    )
+    with pytest.raises(ValueError, match=r"md17\.npz: npz files are read by their arrays R, z, E, F"):
+        load_splits(data, 4.0, None, torch.float32)
+    ok = DataConfig(path=str(path), n_train=2, n_val=1, split_dir=str(tmp_path / "s"))
+    assert len(load_splits(ok, 4.0, None, torch.float32)["train"]) == 2

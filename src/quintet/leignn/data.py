@@ -174,6 +174,11 @@ def _npz_frames(
 
     if stress:
         raise ValueError(f"{path}: MD17-style npz files carry no stress; set loss.stress_weight=0")
+    if (cfg.energy_key, cfg.forces_key) != ("energy", "forces"):
+        raise ValueError(
+            f"{path}: npz files are read by their arrays R, z, E, F; data.energy_key / data.forces_key "
+            "apply to extxyz / ASE db files (leave them at energy / forces)"
+        )
     ds = TrajectoryDataset(path, dtype=dtype, energy_scale=cfg.energy_scale)
     out = []
     for k, rec in enumerate(ds.records):
