@@ -443,7 +443,7 @@ def fedavg_collapse(dataset: str = "cora", k: int = 10) -> dict:
 DP_LEVELS: dict[str, tuple[float, float]] = {"clip_only": (1.0, 0.0), "z1": (1.0, 1.0), "z5": (1.0, 5.0)}
 
 
-def dp_cost(dataset: str = "cora", k: int = 10, seeds: tuple[int, ...] = (0,)) -> dict:
+def dp_cost(dataset: str = "cora", k: int = 10, seeds: tuple[int, ...] = SEEDS) -> dict:
     """FedAux with client-level DP at two noise levels (and clipping alone): accuracy and ε (δ = 1e-5)."""
     clients, info = _clients(dataset, k, MAIN_METIS)
     path = CELLS / "dp_cost.json"
