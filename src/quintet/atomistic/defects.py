@@ -184,15 +184,35 @@ def label_defects(
         ValueError: empty input, mismatched cells, an interstitial/adatom (no site within ``tol``),
             two atoms on one site, or a host whose sites are mostly unmatched.
     """
-    from ase.data import chemical_symbols
-
     numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
     positions = np.asarray(positions, dtype=float).reshape(-1, 3)
     pnum = np.asarray(pristine_numbers, dtype=np.int64).reshape(-1)
     ppos = np.asarray(pristine_positions, dtype=float).reshape(-1, 3)
     cell = np.asarray(cell, dtype=float).reshape(3, 3)
-    pcell = np.asarray(pristine_cell, dtype=float).reshape(3, 3)
-    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    _check_label_inputs(numbers, positions, pnum, cell, np.asarray(pristine_cell, dtype=float).reshape(3, 3),
+                        tol, cell_tol, name)  # fmt: skip
+    dist = minimum_image_distances(positions, ppos, cell, np.asarray(pbc, dtype=bool).reshape(3))
+    site = dist.argmin(axis=1)
+    best = dist[np.arange(len(site)), site]
+    _check_unmatched(numbers, positions, best, tol, name)
+    counts = np.bincount(site, minlength=pnum.size)
+    _check_occupancy(numbers, positions, pnum, site, counts, tol, name)
+    vac = np.flatnonzero(counts == 0)
+    labels = np.where(pnum[site] == numbers, PRISTINE, SUBSTITUTION).astype(np.int64)
+    return DefectLabels(
+        labels=np.concatenate([labels, np.full(vac.size, VACANCY, dtype=np.int64)]),
+        numbers=np.concatenate([numbers, pnum[vac]]),
+        positions=np.concatenate([positions, ppos[vac]], axis=0),
+        site_of_atom=site.astype(np.int64),
+        vacancy_sites=vac.astype(np.int64),
+        match_distance=best,
+    )
+
+
+def _check_label_inputs(
+    numbers: np.ndarray, positions: np.ndarray, pnum: np.ndarray, cell: np.ndarray, pcell: np.ndarray,
+    tol: float, cell_tol: float, name: str,
+) -> None:  # fmt: skip
     if tol <= 0:
         raise ValueError(f"tolerance must be positive, got {tol}")
     if numbers.size == 0:
@@ -208,48 +228,48 @@ def label_defects(
             f"{cell_tol} Å); defect cell rows {np.round(cell, 3).tolist()}, pristine "
             f"{np.round(pcell, 3).tolist()}. Is the supercell size right?"
         )
-    dist = minimum_image_distances(positions, ppos, cell, pbc)
-    site = dist.argmin(axis=1)
-    best = dist[np.arange(len(site)), site]
+
+
+def _check_unmatched(numbers: np.ndarray, positions: np.ndarray, best: np.ndarray, tol: float, name: str) -> None:
+    """Atoms with no pristine site within ``tol``: interstitials/adatoms, or the wrong host."""
+    from ase.data import chemical_symbols
+
     far = np.flatnonzero(best > tol)
-    if far.size:
-        listed = "; ".join(
-            f"{_describe(int(i), chemical_symbols[numbers[i]], positions[i])}: nearest site {best[i]:.3f} Å away"
-            for i in far[:5]
-        )
-        more = f" and {far.size - 5} more" if far.size > 5 else ""
-        if far.size > 0.5 * numbers.size:
-            raise ValueError(
-                f"{name}: {far.size} of {numbers.size} atoms match no pristine site within {tol} Å — the "
-                f"host does not match this structure ({listed}{more})"
-            )
+    if not far.size:
+        return
+    listed = "; ".join(
+        f"{_describe(int(i), chemical_symbols[numbers[i]], positions[i])}: nearest site {best[i]:.3f} Å away"
+        for i in far[:5]
+    )
+    more = f" and {far.size - 5} more" if far.size > 5 else ""
+    if far.size > 0.5 * numbers.size:
         raise ValueError(
-            f"{name}: interstitials/adatoms are not supported: {listed}{more} (tolerance {tol} Å)"
+            f"{name}: {far.size} of {numbers.size} atoms match no pristine site within {tol} Å — the "
+            f"host does not match this structure ({listed}{more})"
         )
-    counts = np.bincount(site, minlength=pnum.size)
+    raise ValueError(f"{name}: interstitials/adatoms are not supported: {listed}{more} (tolerance {tol} Å)")
+
+
+def _check_occupancy(
+    numbers: np.ndarray, positions: np.ndarray, pnum: np.ndarray, site: np.ndarray, counts: np.ndarray,
+    tol: float, name: str,
+) -> None:  # fmt: skip
+    """No site holds two atoms, and most sites are occupied (else the host is the wrong one)."""
+    from ase.data import chemical_symbols
+
     doubled = np.flatnonzero(counts > 1)
     if doubled.size:
         s = int(doubled[0])
-        atoms = np.flatnonzero(site == s)
-        who = ", ".join(_describe(int(i), chemical_symbols[numbers[i]], positions[i]) for i in atoms)
+        who = ", ".join(_describe(int(i), chemical_symbols[numbers[i]], positions[i]) for i in np.flatnonzero(site == s))
         raise ValueError(
             f"{name}: {who} all sit on pristine site {s} ({chemical_symbols[pnum[s]]}); "
             f"{doubled.size} site(s) are doubly occupied (interstitial or tolerance {tol} Å too large)"
         )
-    vac = np.flatnonzero(counts == 0)
-    if vac.size > 0.5 * pnum.size:
+    vac = int((counts == 0).sum())
+    if vac > 0.5 * pnum.size:
         raise ValueError(
-            f"{name}: {vac.size} of {pnum.size} pristine sites are empty — the host does not match this structure"
+            f"{name}: {vac} of {pnum.size} pristine sites are empty — the host does not match this structure"
         )
-    labels = np.where(pnum[site] == numbers, PRISTINE, SUBSTITUTION).astype(np.int64)
-    return DefectLabels(
-        labels=np.concatenate([labels, np.full(vac.size, VACANCY, dtype=np.int64)]),
-        numbers=np.concatenate([numbers, pnum[vac]]),
-        positions=np.concatenate([positions, ppos[vac]], axis=0),
-        site_of_atom=site.astype(np.int64),
-        vacancy_sites=vac.astype(np.int64),
-        match_distance=best,
-    )
 
 
 def label_atoms(unrelaxed: Any, pristine: Any, tol: float = 0.3, name: str = "structure") -> DefectLabels:
