@@ -47,3 +47,12 @@ def test_the_checker_sees_imports(tmp_path: Path) -> None:
     mod = tmp_path / "m.py"
     mod.write_text("import quintet.definet.model\ndef f():\n    from quintet.leignn import run\n")
     assert _imports(mod) == {"definet", "leignn"}
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    found = []
+    for p in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("quintet"):
+                found += [f"{p.relative_to(SRC)}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert [f for f in found if not f.endswith(".__version__")] == []
