@@ -168,3 +168,31 @@ def test_compiled_md_matches_eager_forces_and_stress(
         )
     )  # fmt: skip
     assert res.steps_done == 20 and not res.stopped_early
+
+
+def test_predict_verb_writes_energy_forces_and_stress_to_extxyz(
+    trained: tuple[Path, LEIGNNJob], emt_file: Path, tmp_path: Path
+) -> None:
+    """``quintet leignn predict`` through the shared pipeline: one ``<id>_<k>.extxyz`` per frame with the
+    model's energy, forces and stress, equal to the ASE calculator's; a rerun resumes."""
+    import ase.io
+
+    from quintet.cli import main
+    from quintet.io import read_csv
+
+    path, _ = trained
+    frames = ase.io.read(emt_file, index=":3")
+    ase.io.write(tmp_path / "three.extxyz", frames)
+    assert main(["leignn", "predict", str(tmp_path / "three.extxyz"), "-m", str(path), "-o", str(tmp_path / "p")]) == 0
+    rows = read_csv(tmp_path / "p" / "predictions.csv")
+    assert [r["id"] for r in rows] == ["three_0", "three_1", "three_2"]
+    calc = LEIGNNCalculator.from_checkpoint(path)
+    for row, atoms in zip(rows, frames, strict=True):
+        got = ase.io.read(tmp_path / "p" / row["output"])
+        atoms.calc = calc
+        assert got.get_potential_energy() == pytest.approx(atoms.get_potential_energy(), abs=1e-5)
+        np.testing.assert_allclose(got.get_forces(), atoms.get_forces(), atol=1e-5)
+        np.testing.assert_allclose(got.get_stress(), atoms.get_stress(), atol=1e-6)
+        assert float(row["energy_eV"]) == pytest.approx(atoms.get_potential_energy(), abs=1e-5)
+    assert main(["leignn", "predict", str(tmp_path / "three.extxyz"), "-m", str(path), "-o", str(tmp_path / "p")]) == 0
+    assert len(read_csv(tmp_path / "p" / "predictions.csv")) == 3

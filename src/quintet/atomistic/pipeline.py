@@ -400,7 +400,7 @@ def open_table(job: Any, record: dict[str, Any]) -> tuple[PredictionTable, tuple
 def finisher_for(job: Any) -> Finisher | None:
     """The finish a predict job asks for (``finish_with``, ``fmax``, ``finish_steps``, ``finish_optimizer``;
     ``finish_cell``/``finish_filter`` where the system relaxes cells), or ``None``."""
-    if oracle_name(job.finish_with) is None:
+    if oracle_name(getattr(job, "finish_with", "none")) is None:
         return None
     cell, cell_filter = getattr(job, "finish_cell", False), getattr(job, "finish_filter", "frechet")
     return Finisher(job.finish_with, job.fmax, job.finish_steps, cell, cell_filter, job.finish_optimizer)

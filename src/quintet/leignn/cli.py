@@ -36,9 +36,17 @@ def _md(job: Any) -> Any:
     return res
 
 
+def _predict(job: Any) -> str:
+    from quintet.leignn.predict import predict
+
+    return f"predictions: {predict(job)}"
+
+
 def _verbs() -> list[Verb]:
+    from quintet.atomistic.pipeline import merge_verb
     from quintet.leignn.export import ExportJob
     from quintet.leignn.md import LEIGNNMDJob
+    from quintet.leignn.predict import PredictJob as LEIGNNPredictJob
     from quintet.leignn.run import EvalConfig, LEIGNNJob
 
     return [
@@ -53,6 +61,11 @@ def _verbs() -> list[Verb]:
         Verb("export", "TorchScript file that runs without quintet (plain torch.jit.load), for MD codes",
              ExportJob, _export, model="model", out="out",
              example="quintet leignn export -m runs/aspirin/best.pt -o model.pt"),
+        Verb("predict", "energy, forces and stress of every structure in files/folders/globs -> <id>.extxyz",
+             LEIGNNPredictJob, _predict, inputs="inputs", model="model", out="out", device="device",
+             flags={"--shard": "shard", "--batch-size": "batch_size"},
+             example="quintet leignn predict frames.extxyz -m runs/aspirin/best.pt -o predicted"),
+        merge_verb("leignn"),
         Verb("md", "NVE / NVT (Langevin, Nosé-Hoover, Berendsen) / NPT MD through ASE", LEIGNNMDJob, _md,
              inputs="structure", model="model", out="md.out", device="device", seed="md.seed",
              flags={"--compile": "compile"}, exit_code=lambda res: 1 if res.stopped_early else 0,
