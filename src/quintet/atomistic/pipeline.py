@@ -18,22 +18,26 @@ from __future__ import annotations
 import contextlib
 import glob
 import re
+import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quintet.io import atomic_write_csv, check_resume_record, read_csv
+from quintet.io import atomic_write_csv, check_resume_record, read_csv, remove_stale_temps
 
 __all__ = [
     "FINISH_ORACLES",
     "OUTPUT_FORMATS",
+    "Domain",
     "Finisher",
     "Item",
     "PredictionTable",
     "batches",
     "check_inputs",
+    "clean_on_failure",
     "discover",
     "is_structure_file",
     "iter_structures",
@@ -113,13 +117,17 @@ class Item:
     atoms: Any
 
 
-def iter_structures(files: Iterable[Path], skip: set[str] | frozenset[str] = frozenset()) -> Iterator[Item]:
-    """Read each file (validated) and yield its structures; a multi-frame file gives ``<stem>_<k>``.
+def iter_structures(
+    files: Iterable[Path], skip: set[str] | frozenset[str] = frozenset(), min_distance: float | None = None
+) -> Iterator[Item]:
+    """Read each file (validated; atoms closer than ``min_distance`` Å, default
+    :data:`~quintet.atomistic.structures.MIN_DISTANCE`, refused) and yield its structures; a multi-frame
+    file gives ``<stem>_<k>``.
 
     Ids in ``skip`` (already done) are not yielded. Two inputs with the same id are an error that
     names both files (their outputs would collide).
     """
-    from quintet.atomistic.structures import read_structures
+    from quintet.atomistic.structures import MIN_DISTANCE, read_structures
 
     owner: dict[str, str] = {}
     for f in files:
@@ -127,7 +135,7 @@ def iter_structures(files: Iterable[Path], skip: set[str] | frozenset[str] = fro
         if sid in skip and not _multi_frame(f):
             owner[sid] = str(f)
             continue
-        frames = read_structures(f)
+        frames = read_structures(f, min_distance=MIN_DISTANCE if min_distance is None else min_distance)
         for k, atoms in enumerate(frames):
             fid = sid if len(frames) == 1 else f"{sid}_{k}"
             if fid in owner:
@@ -320,6 +328,70 @@ def check_inputs(inputs: Sequence[str], out: Path) -> None:
             )
 
 
+@dataclass(frozen=True)
+class Domain:
+    """What a model was trained on (``extra["domain"]`` of its file, written by the train jobs): input
+    outside it gets ``in_domain=False`` and a ``domain_reason``. ``elements`` is ``None`` for model files
+    written before domains were recorded (``in_domain`` is then left empty)."""
+
+    elements: frozenset[str] | None
+    source: str = "model"
+
+    @classmethod
+    def of(cls, files: Sequence[dict[str, Any]], source: str = "model") -> Domain:
+        """The domain of one model file or of an ensemble (the elements every member saw)."""
+        sets = [(f.get("extra") or {}).get("domain", {}).get("elements") for f in files]
+        if not sets or any(e is None for e in sets):
+            return cls(None, source)
+        return cls(frozenset.intersection(*(frozenset(e) for e in sets)), source)
+
+    def columns(self, atoms: Any) -> dict[str, Any]:
+        """``{"in_domain": True/False/"", "domain_reason": "..."}`` for one input structure."""
+        if self.elements is None:
+            return {"in_domain": "", "domain_reason": "the model file records no training domain (an older file)"}
+        unseen = sorted(set(atoms.get_chemical_symbols()) - self.elements)
+        if unseen:
+            return {"in_domain": False, "domain_reason": f"elements {' '.join(unseen)} not in the training set"}
+        return {"in_domain": True, "domain_reason": ""}
+
+    def check_all(self, items: Iterable[Item]) -> None:
+        """``--strict``: refuse the first input outside the domain (called before anything is predicted)."""
+        if self.elements is None:
+            raise ValueError(
+                f"{self.source}: the model file records no training domain (an older file), so --strict cannot "
+                "check the inputs; retrain it, or drop --strict"
+            )
+        for item in items:
+            cols = self.columns(item.atoms)
+            if cols["in_domain"] is False:
+                raise ValueError(
+                    f"{item.source}: outside the domain of {self.source} ({cols['domain_reason']}); "
+                    "drop --strict to predict it anyway (flagged in_domain=False)"
+                )
+
+
+@contextlib.contextmanager
+def clean_on_failure(out: Path) -> Iterator[None]:
+    """Run a predict verb's body; when it fails before any prediction reached ``predictions.csv``, remove
+    every file and folder it created in ``out`` (``out`` too if it created it). A kill or Ctrl-C keeps
+    everything (a rerun resumes)."""
+    out = Path(out)
+    existed = out.is_dir()
+    before = set(out.iterdir()) if existed else set()
+    table = out / "predictions.csv"
+    stamp = table.stat().st_mtime_ns if table.is_file() else None
+    try:
+        yield
+    except Exception:
+        if (table.stat().st_mtime_ns if table.is_file() else None) == stamp:
+            if not existed:
+                shutil.rmtree(out, ignore_errors=True)
+            elif out.is_dir():
+                for p in set(out.iterdir()) - before:
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        raise
+
+
 #: ``predict(chunk)`` of a system: for each item, the predicted ``Atoms`` and its table columns
 PredictChunk = Callable[[list[Item]], list[tuple[Any, dict[str, Any]]]]
 
@@ -335,12 +407,23 @@ def run_predictions(
     max_atoms: int | None = None,
     desc: str = "predict",
     progress: bool = True,
+    min_distance: float | None = None,
+    domain: Domain | None = None,
+    strict: bool = False,
 ) -> Path:
-    """Drive a predict verb end to end (see the module docstring); returns the table's path."""
+    """Drive a predict verb end to end (see the module docstring); returns the table's path.
+
+    With a ``domain``, each row gets ``in_domain``/``domain_reason`` and a warning names the inputs outside
+    it; ``strict`` refuses them all before anything is predicted (inputs are read twice then).
+    """
     from tqdm.auto import tqdm
 
     check_inputs(inputs, out)
-    items = iter_structures(discover(inputs), skip=table.done)
+    remove_stale_temps(out)  # a killed run's half-written files
+    if strict and domain is not None:
+        domain.check_all(iter_structures(discover(inputs), skip=table.done, min_distance=min_distance))
+    items = iter_structures(discover(inputs), skip=table.done, min_distance=min_distance)
+    outside = 0
     if table.done:
         print(f"resuming: {len(table.done)} structures already in {table.path}")
     bar = tqdm(desc=desc, unit="structure", disable=not progress)
@@ -351,6 +434,9 @@ def run_predictions(
         rows = []
         for item, (atoms, cols) in zip(chunk, results, strict=True):
             row = {"id": item.id, "source": item.source, "n_atoms": len(item.atoms), **cols}
+            if domain is not None:
+                row.update(domain.columns(item.atoms))
+                outside += row["in_domain"] is False
             row["predict_s"] = round(dt, 6)
             row["output"] = write_output(out, item.id, atoms, fmt)
             if finisher is not None:
@@ -360,6 +446,14 @@ def run_predictions(
         bar.update(len(chunk))
     bar.close()
     table.flush()
+    if outside:
+        print(
+            f"warning: {outside} structure(s) outside the domain of {domain.source if domain else 'the model'} "
+            f"(in_domain=False in {table.path}); their predictions are extrapolations",
+            file=sys.stderr,
+        )
+    if domain is not None and domain.elements is None:
+        print(f"note: {domain.source} records no training domain; in_domain is left empty", file=sys.stderr)
     return table.path
 
 

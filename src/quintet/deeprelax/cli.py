@@ -50,7 +50,7 @@ def _verbs() -> list[Verb]:
         Verb(
             "predict", "relax CIF/POSCAR/extxyz files in one shot (optionally finish with a calculator)",
             PredictJob, _predict, inputs="inputs", model="model", ensemble="ensemble", out="out",
-            flags={**finish, "--format": "output_format", **batch},
+            flags={**finish, "--format": "output_format", "--strict": "strict", **batch},
             example="quintet deeprelax predict 'unrelaxed/*.cif' -m runs/dr/best.pt -o relaxed --finish-with chgnet",
         ),
     ]  # fmt: skip

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate, plan_batches
+from quintet.atomistic.datasets import training_domain
 from quintet.atomistic.nn.compile import CompiledModel
 from quintet.atomistic.pipeline import Item
 from quintet.config import from_dict, save_config
@@ -150,6 +151,9 @@ class PredictJob:
             carries the per-atom uncertainty as the array ``uncertainty_A``, and ``spread_A`` for an ensemble).
         compile: run the networks through ``torch.compile`` (:class:`~quintet.atomistic.nn.CompiledModel`):
             a one-off compile on the first batch (tens of seconds), then a faster forward pass; for large jobs.
+        strict: refuse (before predicting anything) inputs with elements the model was not trained on;
+            without it they are predicted and flagged ``in_domain=False`` in ``predictions.csv``.
+        min_distance: inputs with two atoms closer than this (Å) are refused.
     """
 
     model: str = "runs/deeprelax/best.pt"
@@ -168,6 +172,8 @@ class PredictJob:
     resume: bool = True
     output_format: Literal["cif", "poscar", "extxyz"] = "cif"
     compile: bool = False
+    strict: bool = False
+    min_distance: float = 0.5
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -355,7 +361,8 @@ def train(job: TrainJob) -> Path:
             )
         model.load_state_dict(init.state_dict())
     task = DeepRelaxTask(model, job.loss)
-    res = fit(task, train_ds, val_ds, job.train, out, collate_fn=collate)
+    extra = {"domain": training_domain(train_ds)}
+    res = fit(task, train_ds, val_ds, job.train, out, collate_fn=collate, extra=extra)
     return res.best_path
 
 
@@ -517,12 +524,26 @@ def _predict_record(job: PredictJob) -> dict[str, Any]:
     return {"models": [file_sha256(p) for p in [job.model, *job.ensemble]], **settings}
 
 
+def check_bonded(atoms: Any, cutoff: float, source: str) -> None:
+    """DeepRelax predicts from bonds: a structure with no two atoms (periodic images included) within the
+    model's ``cutoff`` has no graph (a lone atom in a large cell); refuse it naming ``source``."""
+    from ase.neighborlist import neighbor_list
+
+    if len(neighbor_list("i", atoms, cutoff, self_interaction=False)) == 0:
+        raise ValueError(
+            f"{source}: no two atoms within the model's {cutoff} Å cutoff (isolated atoms in a "
+            f"{atoms.cell.volume:.0f} Å^3 cell); DeepRelax needs bonded atoms: give a denser structure"
+        )
+
+
 def relax_items(models: Sequence[Any], items: Sequence[Item], solve: SolveConfig, fmt: str = "cif") -> list[tuple[Any, dict[str, Any]]]:
     """One batch of the predict pipeline: each input's relaxed ``Atoms`` and its table columns
     (structure uncertainty, largest per-atom uncertainty, cell uncertainty, ensemble spread, residuals)."""
     from quintet.atomistic.structures import to_ase
 
     recs = [_record_from_atoms(it.atoms, it.source) for it in items]
+    for it in items:
+        check_bonded(it.atoms, max(m.cfg.cutoff for m in models), it.source)
     res = relax_ensemble(models, collate(recs), solve)
     starts = np.concatenate([[0], np.cumsum([len(r[K.POSITIONS]) for r in recs])])
     out = []
@@ -560,9 +581,11 @@ def predict(job: PredictJob) -> Path:
             (recorded in ``predict_run.json``).
     """
     from quintet.atomistic.pipeline import (
+        Domain,
         Finisher,
         PredictionTable,
         check_inputs,
+        clean_on_failure,
         oracle_name,
         run_predictions,
     )
@@ -574,17 +597,21 @@ def predict(job: PredictJob) -> Path:
         finisher = Finisher(
             job.finish_with, job.fmax, job.finish_steps, job.finish_cell, job.finish_filter, job.finish_optimizer
         )
-    models: Sequence[Any] = load_ensemble([job.model, *job.ensemble])
+    loaded = [load_deeprelax(p) for p in [job.model, *job.ensemble]]
+    models: Sequence[Any] = [m for m, _ in loaded]
+    check_ensemble(models)
+    domain = Domain.of([d for _, d in loaded], source=str(job.model))
     if job.compile:
         models = compiled(models)
-    out.mkdir(parents=True, exist_ok=True)
-    table = PredictionTable(out, _predict_record(job), resume=job.resume)
-    save_config(job, out / "config.yaml")
-    return run_predictions(
-        job.inputs, out, lambda chunk: relax_items(models, chunk, job.solve, job.output_format), table,
-        fmt=job.output_format, finisher=finisher, batch_size=job.batch_size, max_atoms=job.max_atoms,
-        desc="deeprelax predict",
-    )  # fmt: skip
+    with clean_on_failure(out):
+        out.mkdir(parents=True, exist_ok=True)
+        table = PredictionTable(out, _predict_record(job), resume=job.resume)
+        save_config(job, out / "config.yaml")
+        return run_predictions(
+            job.inputs, out, lambda chunk: relax_items(models, chunk, job.solve, job.output_format), table,
+            fmt=job.output_format, finisher=finisher, batch_size=job.batch_size, max_atoms=job.max_atoms,
+            desc="deeprelax predict", min_distance=job.min_distance, domain=domain, strict=job.strict,
+        )  # fmt: skip
 
 
 def relax(

@@ -134,6 +134,9 @@ class PredictJob:
         resume: skip structures already listed in ``predictions.csv``, when ``predict_run.json`` shows the
             same model, host and output settings (else ``ValueError``: resuming would mix two runs).
         progress: progress bars.
+        strict: refuse (before predicting anything) inputs with elements the model was not trained on;
+            without it they are predicted and flagged ``in_domain=False`` in ``predictions.csv``.
+        min_distance: inputs with two atoms closer than this (Å) are refused.
     """
 
     model: str = "runs/definet/best.pt"
@@ -153,6 +156,8 @@ class PredictJob:
     resume: bool = True
     progress: bool = True
     compile: bool = False
+    strict: bool = False
+    min_distance: float = 0.5
 
 
 def atoms_from(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> Any:
@@ -206,9 +211,11 @@ def predict(job: PredictJob) -> Path:
     """
     from quintet.atomistic.defects import load_host
     from quintet.atomistic.pipeline import (
+        Domain,
         Finisher,
         PredictionTable,
         check_inputs,
+        clean_on_failure,
         oracle_name,
         run_predictions,
     )
@@ -219,18 +226,22 @@ def predict(job: PredictJob) -> Path:
     finisher = None
     if oracle_name(job.finish_with) is not None:
         finisher = Finisher(job.finish_with, job.fmax, job.finish_steps, cell=False, optimizer=job.finish_optimizer)
-    model: Any = load_definet(job.model)[0]
+    loaded = load_definet(job.model)
+    model: Any = loaded[0]
+    file = loaded[1]
     if job.compile:
         model = CompiledModel(model)
     host = load_host(job.pristine, job.unit_cell, job.supercell)
-    out.mkdir(parents=True, exist_ok=True)
-    table = PredictionTable(out, _predict_record(job), resume=job.resume)
-    save_config(job, out / "config.yaml")
-    return run_predictions(
-        job.inputs, out, lambda chunk: defect_items(model, host, chunk, job.tol, job.max_atoms), table,
-        fmt=job.output_format, finisher=finisher, batch_size=job.batch_size, max_atoms=job.max_atoms,
-        desc="definet predict", progress=job.progress,
-    )  # fmt: skip
+    with clean_on_failure(out):
+        out.mkdir(parents=True, exist_ok=True)
+        table = PredictionTable(out, _predict_record(job), resume=job.resume)
+        save_config(job, out / "config.yaml")
+        return run_predictions(
+            job.inputs, out, lambda chunk: defect_items(model, host, chunk, job.tol, job.max_atoms), table,
+            fmt=job.output_format, finisher=finisher, batch_size=job.batch_size, max_atoms=job.max_atoms,
+            desc="definet predict", progress=job.progress, min_distance=job.min_distance,
+            domain=Domain.of([file], source=str(job.model)), strict=job.strict,
+        )  # fmt: skip
 
 
 def relax(
