@@ -1,21 +1,13 @@
 """Shared inputs of the fault suite: a tiny DeepRelax model (with its training domain), clean structures,
-and helpers that run the CLI in this process or in a subprocess that can be killed."""
+and ``cli_error``, which runs the CLI in this process and checks it failed cleanly."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-
-import quintet
-
-SRC = Path(quintet.__file__).resolve().parents[1]
-CLI = "import sys; from quintet.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 @pytest.fixture
@@ -33,19 +25,6 @@ def cli_error(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], str]:
         return err
 
     return run
-
-
-def spawn(argv: list[str], cwd: Path) -> subprocess.Popen[bytes]:
-    """``quintet argv`` in a subprocess (this checkout's sources), output discarded."""
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "QUINTET_CACHE": str(cwd / "cache")}
-    return subprocess.Popen(
-        [sys.executable, "-c", CLI, *argv], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (relative path -> bytes)."""
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="session")
