@@ -101,3 +101,46 @@ def test_defect_training_sets_record_their_labels(tmp_path: Path) -> None:
     assert main(["data", "defect-pairs", f"out={tmp_path}", "supercell=[2,2,2]", "n=2", "relax_host=false"]) == 0
     dom = training_domain(RelaxPairDataset(tmp_path / "Cu", layout="2dmd"))
     assert "Cu" in dom["elements"] and 0 in dom["defect_labels"] and len(dom["defect_labels"]) >= 2
+
+
+@pytest.fixture(scope="module")
+def definet_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A DefiNet model trained a few steps on synthetic MoS2 defects; returns (model file, host folder)."""
+    from quintet.definet.model import DefiNetConfig
+    from quintet.definet.run import DataConfig, TrainJob, train
+    from quintet.definet.synthetic import write_2dmd
+    from quintet.train import TrainConfig
+
+    root = tmp_path_factory.mktemp("defects")
+    write_2dmd(root, "MoS2", 10, seed=0)
+    job = TrainJob(
+        data=DataConfig(root=str(root)),
+        model=DefiNetConfig(hidden=8, num_layers=1, num_rbf=8, cutoff=4.5, max_neighbors=None),
+        train=TrainConfig(max_epochs=1, steps_per_epoch=2, batch_size=4, early_stop_patience=None, progress=False),
+        out=str(root / "run"),
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QUINTET_CACHE", str(root / "cache"))
+        return train(job).best_path, root / "MoS2"
+
+
+def test_definet_flags_substitutions_by_unseen_elements(definet_model, tmp_path: Path, cli_error) -> None:
+    import ase.io
+
+    model, host = definet_model
+    dom = torch.load(model, weights_only=True)["extra"]["domain"]
+    assert {"Mo", "S"} <= set(dom["elements"]) and 0 in dom["defect_labels"]
+    src = sorted((host / "CIF").glob("*_unrelaxed.cif"))[0]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    atoms = ase.io.read(src)
+    write_structure(folder / "seen.cif", atoms)
+    atoms[0].symbol = "Au"  # a substitution by an element the model never saw
+    write_structure(folder / "unseen.cif", atoms)
+    argv = ["definet", "predict", str(folder), "-m", str(model), "--pristine", str(host / "MoS2_pristine_supercell.cif")]
+    assert main([*argv, "-o", str(tmp_path / "o")]) == 0
+    rows = _rows(tmp_path / "o" / "predictions.csv")
+    assert rows["seen"]["in_domain"] == "True"
+    assert rows["unseen"]["in_domain"] == "False" and "Au" in rows["unseen"]["domain_reason"]
+    err = cli_error([*argv, "-o", str(tmp_path / "strict"), "--strict"])
+    assert "unseen.cif: outside the domain" in err and not (tmp_path / "strict").exists()

@@ -79,7 +79,7 @@ def _finish(argv: list[str], cwd: Path) -> None:
 def test_predict_killed_then_rerun_matches_an_uninterrupted_run(model: Path, tmp_path: Path) -> None:
     src = tmp_path / "in"
     src.mkdir()
-    for k in range(40):
+    for k in range(24):
         cu = bulk("Cu", "fcc", a=3.55 + 0.004 * k, cubic=True)
         cu.rattle(0.05, seed=k)
         write_structure(src / f"s{k:02d}.cif", cu)
@@ -111,7 +111,7 @@ def test_expand_killed_then_rerun_matches_an_uninterrupted_run(tmp_path: Path) -
 
 def test_relax_pairs_killed_then_rerun_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     argv = lambda out: [
-        "data", "relax-pairs", "--oracle", "emt", f"out={out}", "n=16", "prototypes=[Cu:fcc:3.61]", "elements=[]",
+        "data", "relax-pairs", "--oracle", "emt", f"out={out}", "n=10", "prototypes=[Cu:fcc:3.61]", "elements=[]",
         "substitute_fraction=0.0", "cell_filter=unitcell", "seed=5",
     ]  # fmt: skip
     _finish(argv(tmp_path / "ref"), tmp_path)
