@@ -144,3 +144,11 @@ def test_definet_flags_substitutions_by_unseen_elements(definet_model, tmp_path:
     assert rows["unseen"]["in_domain"] == "False" and "Au" in rows["unseen"]["domain_reason"]
     err = cli_error([*argv, "-o", str(tmp_path / "strict"), "--strict"])
     assert "unseen.cif: outside the domain" in err and not (tmp_path / "strict").exists()
+
+
+def test_the_one_call_api_flags_the_domain_too(model: Path) -> None:
+    from quintet.deeprelax import relax
+
+    cu, ni = relax([bulk("Cu", "fcc", a=3.62, cubic=True), bulk("Ni", "fcc", a=3.52, cubic=True)], model=model)
+    assert cu.info["in_domain"] is True and ni.info["in_domain"] is False
+    assert ni.info["domain_reason"] == "elements Ni not in the training set"

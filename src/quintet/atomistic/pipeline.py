@@ -458,11 +458,16 @@ def run_predictions(
 
 
 def relax_structures(
-    structures: Any, predict: PredictChunk, batch_size: int, max_atoms: int | None, source: str = "structure"
+    structures: Any,
+    predict: PredictChunk,
+    batch_size: int,
+    max_atoms: int | None,
+    source: str = "structure",
+    domain: Domain | None = None,
 ) -> Any:
     """The one-call APIs' shared body: ASE ``Atoms`` or pymatgen structures (one or a sequence) in, the
     same type out, each carrying its table columns (``atoms.info`` / ``Structure.properties``) and its
-    per-atom arrays (``atoms.arrays`` / site properties)."""
+    per-atom arrays (``atoms.arrays`` / site properties); with a ``domain``, ``in_domain``/``domain_reason`` too."""
     from quintet.atomistic.structures import as_atoms, check_atoms, like
 
     single = not isinstance(structures, list | tuple)
@@ -474,8 +479,10 @@ def relax_structures(
         kinds.append(kind)
     results: list[Any] = []
     for chunk in batches(items, batch_size, max_atoms):
-        for atoms, cols in predict(chunk):
+        for item, (atoms, cols) in zip(chunk, predict(chunk), strict=True):
             atoms.info.update(cols)
+            if domain is not None:
+                atoms.info.update(domain.columns(item.atoms))
             results.append(atoms)
     out = [_with_properties(like(a, kind), a) for a, kind in zip(results, kinds, strict=True)]
     return out[0] if single else out

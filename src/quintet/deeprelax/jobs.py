@@ -635,14 +635,17 @@ def relax(
         solve: coordinate-solve settings.
         batch_size, max_atoms: batch bounds.
     """
-    from quintet.atomistic.pipeline import relax_structures
+    from quintet.atomistic.pipeline import Domain, relax_structures
     from quintet.models import default_model
 
     name = model if model is not None else default_model("deeprelax")
     if name is None:
         raise ValueError("no model given and no pretrained DeepRelax model is installed: pass model=<best.pt>")
-    models = load_ensemble([name, *ensemble])
+    loaded = [load_deeprelax(p) for p in [name, *ensemble]]
+    models = [m for m, _ in loaded]
+    check_ensemble(models)
     solve = solve or SolveConfig()
     return relax_structures(
-        structures, lambda chunk: relax_items(models, chunk, solve, "extxyz"), batch_size, max_atoms
-    )
+        structures, lambda chunk: relax_items(models, chunk, solve, "extxyz"), batch_size, max_atoms,
+        domain=Domain.of([d for _, d in loaded], source=str(name)),
+    )  # fmt: skip

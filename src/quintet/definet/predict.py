@@ -262,7 +262,7 @@ def relax(
         model: a model file or pretrained name (default: the shipped DefiNet model).
         tol: site-matching tolerance of the defect labelling, Å.
     """
-    from quintet.atomistic.pipeline import relax_structures
+    from quintet.atomistic.pipeline import Domain, relax_structures
     from quintet.atomistic.structures import as_atoms, read_structure
     from quintet.definet.run import load_definet
     from quintet.models import default_model
@@ -270,9 +270,12 @@ def relax(
     name = model if model is not None else default_model("definet")
     if name is None:
         raise ValueError("no model given and no pretrained DefiNet model is installed: pass model=<best.pt>")
-    net = load_definet(name)[0]
+    net, file = load_definet(name)
     host = read_structure(pristine) if isinstance(pristine, str | Path) else as_atoms(pristine, "pristine")[0]
-    return relax_structures(structures, lambda chunk: defect_items(net, host, chunk, tol, max_atoms), batch_size, max_atoms)
+    return relax_structures(
+        structures, lambda chunk: defect_items(net, host, chunk, tol, max_atoms), batch_size, max_atoms,
+        domain=Domain.of([file], source=str(name)),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
