@@ -9,7 +9,7 @@ EXTRAS ?= all
 STAMP   = $(VENV)/.installed-$(EXTRAS)
 export NO_ALBUMENTATIONS_UPDATE=1 FLWR_TELEMETRY_ENABLED=0 RAY_USAGE_STATS_ENABLED=0 HF_HUB_OFFLINE=1 MPLBACKEND=Agg
 
-.PHONY: install demo test test-integration lint bench clean
+.PHONY: install demo test test-integration faults lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: install
 # The default suite: unit tests on data the tests make (integration tests are deselected).
 test: install
 	$(PY) -m pytest -q -n 2 -m "not integration" tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# The fault suite alone (bad inputs, domain, leftovers, kill -9/resume); `make test` runs it too (it is under tests/).
+faults: install
+	$(PY) -m pytest -q -n 2 tests/faults
 
 # Integration tests on ../shared/data (skip with a reason when it is absent).
 test-integration: install

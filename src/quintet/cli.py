@@ -250,6 +250,7 @@ def _runner(verb: Verb) -> Callable[[argparse.Namespace], int]:
         if args.print_config:
             print(yaml.safe_dump(config_to_dict(job), sort_keys=False), end="")
             return 0
+        _check_out(verb, job)
         result = verb.run(job)
         if isinstance(result, Mapping):
             print(json.dumps(result, indent=2, default=str))
@@ -260,6 +261,16 @@ def _runner(verb: Verb) -> Callable[[argparse.Namespace], int]:
         return verb.exit_code(result) if verb.exit_code else 0
 
     return run
+
+
+def _check_out(verb: Verb, job: Any) -> None:
+    """An output path under a file (or a file where a folder is meant) is refused before the verb runs."""
+    from quintet.io import check_output_path
+
+    key = verb.out or ("out" if hasattr(job, "out") else None)
+    value = _get(job, key) if key else None
+    if isinstance(value, str | os.PathLike) and str(value):
+        check_output_path(value, key)  # type: ignore[arg-type]
 
 
 def _get(job: Any, dotted: str) -> Any:

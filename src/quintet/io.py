@@ -24,11 +24,13 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_csv",
     "atomic_write_text",
+    "check_output_path",
     "check_resume_record",
     "file_sha256",
     "fingerprint",
     "load_json",
     "read_csv",
+    "remove_stale_temps",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -169,6 +171,37 @@ def file_sha256(path: PathLike) -> str:
     except FileNotFoundError:
         raise FileNotFoundError(f"no such file: {path}") from None
     return h.hexdigest()
+
+
+def remove_stale_temps(folder: PathLike) -> int:
+    """Delete the temporary files an interrupted atomic write leaves (``.<name>.<random>.tmp``,
+    ``.<name>.copy.tmp``) anywhere under ``folder``; call it when a resumed run starts. Returns the count."""
+    n = 0
+    root = Path(folder)
+    if root.is_dir():
+        for p in root.rglob(".*.tmp"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+def check_output_path(path: PathLike, key: str = "out") -> Path:
+    """Refuse, before anything is written, an output path that lies under a file, or that is an existing
+    file where a folder is meant (a path without a suffix). Returns the path.
+
+    Raises:
+        ValueError: naming the key, the file in the way and the fix.
+    """
+    p = Path(path)
+    for above in (p, *p.parents):
+        if not above.exists():
+            continue
+        if above.is_dir() or (above == p and p.suffix):
+            break
+        where = "is a file" if above == p else f"lies under the file {above}"
+        raise ValueError(f"{key}={path}: the output {where}; give a folder path (-o/--out) that is not inside a file")
+    return p
 
 
 def check_resume_record(folder: PathLike, record: dict[str, Any], name: str = "run.json", resuming: bool = True) -> None:

@@ -193,14 +193,16 @@ def test_custom_pairs_records_unwrapped(tmp_path: Path) -> None:
     assert int(rec[K.STRUCTURE_ID]) == 2 and ds.meta["p2"]["n_atoms"] == "4"
 
 
-def test_custom_pairs_split_and_dataloader(tmp_path: Path) -> None:
+def test_custom_pairs_split_and_dataloader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUINTET_CACHE", str(tmp_path / "cache"))
     _custom_pairs(tmp_path, n=10)
     train = RelaxPairDataset(tmp_path, split="train", seed=1)
     val = RelaxPairDataset(tmp_path, split="val", seed=1)
     test = RelaxPairDataset(tmp_path, split="test", seed=1)
     assert (len(train), len(val), len(test)) == (8, 1, 1)
     assert not set(train.ids) & (set(val.ids) | set(test.ids))
-    assert (tmp_path / "split.json").is_file()
+    assert (D.split_cache_dir(tmp_path) / "split.json").is_file()  # splits go to the cache, never into the data
+    assert not (tmp_path / "split.json").exists()
     loader = DataLoader(train, batch_size=4, collate_fn=collate, shuffle=False)
     batch = next(iter(loader))
     assert batch[K.POSITIONS].shape == (16, 3) and batch[K.RELAXED_CELL].shape == (4, 3, 3)
@@ -362,11 +364,13 @@ def test_trajectory_formats_agree(tmp_path: Path) -> None:
     assert len(both) == 9 and both.ids[6] == "w:0"
 
 
-def test_trajectory_split_and_bad_npz(tmp_path: Path) -> None:
+def test_trajectory_split_and_bad_npz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUINTET_CACHE", str(tmp_path / "cache"))
     write_structure(tmp_path / "t.extxyz", _frames(10))
     tr = TrajectoryDataset(tmp_path / "t.extxyz", split="train")
     te = TrajectoryDataset(tmp_path / "t.extxyz", split="test")
-    assert len(tr) == 8 and len(te) == 1 and (tmp_path / "t_splits" / "split.json").is_file()
+    assert len(tr) == 8 and len(te) == 1 and (D.split_cache_dir(tmp_path / "t_splits") / "split.json").is_file()
+    assert not (tmp_path / "t_splits").exists()
     np.savez(tmp_path / "bad.npz", R=np.zeros((2, 3, 3)))
     with pytest.raises(ValueError, match=r"bad\.npz: MD17-style npz needs keys R and z"):
         TrajectoryDataset(tmp_path / "bad.npz")

@@ -161,7 +161,7 @@ def test_nan_close_atoms_singular_cell_empty(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="NaN"):
         check_atoms(nan, "nan.xyz")
     close = Atoms("Cu2", positions=[[0, 0, 0], [0.05, 0, 0]], cell=[4, 4, 4], pbc=True)
-    with pytest.raises(ValueError, match=r"close\.cif: atoms 0 and 1 are 0\.0500 Å apart"):
+    with pytest.raises(ValueError, match=r"close\.cif: atoms 0 \(Cu\) and 1 \(Cu\) are 0\.0500 Å apart"):
         check_atoms(close, "close.cif")
     # an atom close to its own periodic image (tiny cell vector) is caught too
     with pytest.raises(ValueError, match=r"singular|apart"):
@@ -176,7 +176,7 @@ def test_nan_close_atoms_singular_cell_empty(tmp_path: Path) -> None:
     check_atoms(slab, "slab")
     # the same problems found in files name the file and frame
     write_structure(tmp_path / "f.extxyz", [molecule("H2O"), close])
-    with pytest.raises(ValueError, match=r"f\.extxyz \(frame 1\): atoms 0 and 1"):
+    with pytest.raises(ValueError, match=r"f\.extxyz \(frame 1\): atoms 0 \(Cu\) and 1"):
         read_structures(tmp_path / "f.extxyz")
 
 

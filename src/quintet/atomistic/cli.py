@@ -108,19 +108,23 @@ def data_info(cfg: InfoConfig) -> dict[str, Any]:
 
 def data_split(cfg: SplitConfig) -> dict[str, int]:
     """Write (or reuse) the seeded split files of a data set; returns the split sizes."""
-    from quintet.atomistic.datasets import SPLITS, RelaxPairDataset, TrajectoryDataset
+    from quintet.atomistic.datasets import SPLITS, RelaxPairDataset, TrajectoryDataset, writable_dir
 
     path = Path(cfg.path)
     layout = _guess_layout(path) if cfg.layout == "auto" else cfg.layout
+    trajectory = layout in ("file", "trajectory")
+    split_dir = cfg.split_dir or (  # this verb writes beside the data on purpose (others use the cache)
+        writable_dir(path.parent, "splits") / f"{path.stem}_splits" if trajectory else writable_dir(path, "splits")
+    )
     counts = {}
     for s in SPLITS:
-        if layout in ("file", "trajectory"):
+        if trajectory:
             ds: Any = TrajectoryDataset(
-                path, split=s, split_dir=cfg.split_dir, fractions=cfg.fractions, seed=cfg.seed
+                path, split=s, split_dir=split_dir, fractions=cfg.fractions, seed=cfg.seed
             )
         else:
             ds = RelaxPairDataset(
-                path, layout=layout, split=s, split_dir=cfg.split_dir, fractions=cfg.fractions, seed=cfg.seed
+                path, layout=layout, split=s, split_dir=split_dir, fractions=cfg.fractions, seed=cfg.seed
             )
         counts[s] = len(ds)
     return counts

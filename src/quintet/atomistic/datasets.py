@@ -22,7 +22,7 @@ import io
 import os
 import stat
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,15 +36,19 @@ from quintet.atomistic.structures import from_ase, read_structure, read_structur
 from quintet.io import atomic_save_json, atomic_torch_save, atomic_write_text, fingerprint, load_json
 
 __all__ = [
+    "MAX_PAIR_DISPLACEMENT",
     "SPLITS",
     "RelaxPairDataset",
     "TrajectoryDataset",
+    "check_pair_order",
     "default_cache_dir",
     "load_or_make_splits",
     "make_splits",
     "pair_record",
     "pristine_supercell",
     "read_pair",
+    "split_cache_dir",
+    "training_domain",
     "unwrap_to_nearest",
     "writable_dir",
 ]
@@ -53,7 +57,7 @@ PathLike = str | os.PathLike[str]
 Record = dict[str, torch.Tensor]
 Transform = Callable[[Record], Record]
 SPLITS = ("train", "val", "test")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: pairs are checked for atom correspondence (check_pair_order)
 
 
 def default_cache_dir() -> Path:
@@ -208,48 +212,63 @@ def load_or_make_splits(
     data_fingerprint: str,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
+    write_dir: PathLike | None = None,
 ) -> dict[str, list[str]]:
-    """Read the split files in ``split_dir`` or (re)make them.
+    """Read the split files in ``split_dir`` (then ``write_dir``) or make them in ``write_dir``.
 
     - ``split.json`` present with the same fingerprint, seed and fractions: the csvs are reused.
     - csvs present without ``split.json``: splits shipped with the data, used as they are (ids not
       in ``ids`` are an error).
-    - otherwise (none, or a stale fingerprint): a new seeded split is written, with a message.
+    - otherwise (none, or a stale fingerprint): a new seeded split is written to ``write_dir``
+      (default ``split_dir``), with a message.
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}``.
     """
-    split_dir = Path(split_dir)
+    want = {"fingerprint": data_fingerprint, "seed": int(seed), "fractions": [float(f) for f in fractions]}
+    target = Path(write_dir if write_dir is not None else split_dir)
+    for folder in dict.fromkeys([Path(split_dir), target]):
+        found = _existing_splits(ids, folder, want)
+        if found is not None:
+            return found
+    _info(f"writing a seeded {list(fractions)} split (seed {seed}) to {target}")
+    splits = make_splits(ids, fractions, seed)
+    target.mkdir(parents=True, exist_ok=True)
+    for s in SPLITS:
+        _write_id_csv(target / f"{s}.csv", splits[s])
+    atomic_save_json(target / "split.json", {**want, "counts": {s: len(v) for s, v in splits.items()}})
+    return splits
+
+
+def _existing_splits(ids: Sequence[str], split_dir: Path, want: dict[str, Any]) -> dict[str, list[str]] | None:
+    """The splits in ``split_dir`` when they fit (see :func:`load_or_make_splits`), else ``None``."""
     files = {s: split_dir / f"{s}.csv" for s in SPLITS}
     meta_path = split_dir / "split.json"
-    want = {"fingerprint": data_fingerprint, "seed": int(seed), "fractions": [float(f) for f in fractions]}
     if meta_path.is_file():
         meta = load_json(meta_path)
         if all(meta.get(k) == v for k, v in want.items()) and all(f.is_file() for f in files.values()):
             return {s: _read_id_csv(f) for s, f in files.items()}
         _info(
             f"split files in {split_dir} were made for other data or settings "
-            f"(fingerprint {meta.get('fingerprint')} seed {meta.get('seed')}, now {data_fingerprint} seed {seed}); "
-            "making new ones"
+            f"(fingerprint {meta.get('fingerprint')} seed {meta.get('seed')}, now {want['fingerprint']} "
+            f"seed {want['seed']}); not using them"
         )
-    elif any(f.is_file() for f in files.values()):
-        known = set(ids)
-        out = {s: _read_id_csv(f) if f.is_file() else [] for s, f in files.items()}
-        for s, lst in out.items():
-            missing = [i for i in lst if i not in known]
-            if missing:
-                raise ValueError(
-                    f"{files[s]}: ids not found in the data: {missing[:5]} ({len(missing)} in all)"
-                )
-        return out
-    else:
-        _info(f"no split files in {split_dir}: writing a seeded {list(fractions)} split (seed {seed})")
-    splits = make_splits(ids, fractions, seed)
-    split_dir.mkdir(parents=True, exist_ok=True)
-    for s, f in files.items():
-        _write_id_csv(f, splits[s])
-    atomic_save_json(meta_path, {**want, "counts": {s: len(v) for s, v in splits.items()}})
-    return splits
+        return None
+    if not any(f.is_file() for f in files.values()):
+        return None
+    known = set(ids)
+    out = {s: _read_id_csv(f) if f.is_file() else [] for s, f in files.items()}
+    for s, lst in out.items():
+        missing = [i for i in lst if i not in known]
+        if missing:
+            raise ValueError(f"{files[s]}: ids not found in the data: {missing[:5]} ({len(missing)} in all)")
+    return out
+
+
+def split_cache_dir(root: Path) -> Path:
+    """Where new split files of the data folder ``root`` are written: under :func:`default_cache_dir`,
+    never inside the data (a command never writes into its input data)."""
+    return default_cache_dir() / "splits" / f"{root.name}-{fingerprint(str(root.resolve()), length=10)}"
 
 
 def writable_dir(root: Path, kind: str) -> Path:
@@ -272,21 +291,7 @@ _writable_dir = writable_dir  # older name, used by other systems
 
 
 def _read_npz_frames(path: Path, energy_scale: float) -> list[dict[str, np.ndarray]]:
-    try:
-        data = np.load(path)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read as npz ({exc})") from exc
-    missing = [k for k in ("R", "z") if k not in data.files]
-    if missing:
-        raise ValueError(f"{path}: MD17-style npz needs keys R and z (and E, F); missing {missing}")
-    R = np.asarray(data["R"], dtype=float)
-    z = np.asarray(data["z"]).astype(np.int64).reshape(-1)
-    if R.ndim == 2:
-        R = R[None]
-    if R.ndim != 3 or R.shape[1:] != (len(z), 3):
-        raise ValueError(f"{path}: R has shape {R.shape}, expected (frames, {len(z)}, 3)")
-    E = np.asarray(data["E"], dtype=float).reshape(len(R)) if "E" in data.files else None
-    F = np.asarray(data["F"], dtype=float).reshape(R.shape) if "F" in data.files else None
+    R, z, E, F = _npz_arrays(path)
     frames = []
     for k in range(len(R)):
         fr = {"pos": R[k], "z": z}
@@ -296,6 +301,45 @@ def _read_npz_frames(path: Path, energy_scale: float) -> list[dict[str, np.ndarr
             fr["forces"] = F[k] * energy_scale
         frames.append(fr)
     return frames
+
+
+def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``R, z, E, F`` of an MD17-style npz, checked: plain numeric arrays (never pickles), shapes, finite."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k]) for k in ("R", "z", "E", "F") if k in data.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise ValueError(
+                f"{path}: holds Python objects (pickled arrays), which quintet never loads; "
+                "save plain numeric arrays R, z, E, F (np.savez)"
+            ) from None
+        raise ValueError(f"{path}: not a readable npz file ({exc}); re-save it with np.savez") from None
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable npz file ({type(exc).__name__}: {exc}); re-save it with np.savez") from None
+    missing = [k for k in ("R", "z") if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: MD17-style npz needs keys R and z (and E, F); missing {missing}")
+    bad = [k for k, v in arrays.items() if not np.issubdtype(v.dtype, np.number)]
+    if bad:
+        raise ValueError(f"{path}: arrays {bad} are not numeric ({[str(arrays[k].dtype) for k in bad]})")
+    R = arrays["R"].astype(float)
+    z = arrays["z"].astype(np.int64).reshape(-1)
+    if R.ndim == 2:
+        R = R[None]
+    if R.ndim != 3 or R.shape[1:] != (len(z), 3):
+        raise ValueError(f"{path}: R has shape {R.shape}, expected (frames, {len(z)}, 3)")
+    E = arrays["E"].astype(float).reshape(-1) if "E" in arrays else None
+    F = arrays["F"].astype(float) if "F" in arrays else None
+    if E is not None and E.shape != (len(R),):
+        raise ValueError(f"{path}: E has {E.size} values for {len(R)} frames")
+    if F is not None and F.shape != R.shape:
+        raise ValueError(f"{path}: F has shape {F.shape}, expected {R.shape}")
+    for name, arr in (("R", R), ("E", E), ("F", F)):
+        if arr is not None and not np.all(np.isfinite(arr)):
+            k = int(np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))[0])
+            raise ValueError(f"{path} (frame {k}): non-finite (NaN/inf) {name}; fix or drop that frame")
+    return R, z, E, F
 
 
 class TrajectoryDataset(Dataset):
@@ -309,8 +353,8 @@ class TrajectoryDataset(Dataset):
         energy_scale: multiplies energies and forces (e.g. 0.0433641 for kcal/mol → eV).
         validate: check every frame (NaN, overlapping atoms, ...).
         split: keep only ``"train"``/``"val"``/``"test"`` frames of a seeded on-disk split.
-        split_dir: where the split files live (default: next to the first file if writable,
-            else under :func:`default_cache_dir`).
+        split_dir: where the split files live (default: read from ``<stem>_splits`` beside the first
+            file when there, written under :func:`default_cache_dir`: never into the data).
         fractions: train/val/test fractions of a new split.
         seed: seed of a new split.
 
@@ -371,12 +415,9 @@ class TrajectoryDataset(Dataset):
         if split is not None:
             if split not in SPLITS:
                 raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-            sdir = (
-                Path(split_dir)
-                if split_dir
-                else writable_dir(plist[0].parent, "splits") / f"{plist[0].stem}_splits"
-            )
-            keep = set(load_or_make_splits(ids, sdir, self.fingerprint, fractions, seed)[split])
+            sdir = Path(split_dir) if split_dir else plist[0].parent / f"{plist[0].stem}_splits"
+            wdir = None if split_dir else split_cache_dir(sdir)
+            keep = set(load_or_make_splits(ids, sdir, self.fingerprint, fractions, seed, wdir)[split])
             sel = [k for k, i in enumerate(ids) if i in keep]
             records = [records[k] for k in sel]
             ids = [ids[k] for k in sel]
@@ -433,6 +474,37 @@ def _check_same_atoms(unrelaxed: Any, relaxed: Any, source: str) -> None:
         )
 
 
+#: an atom of a pair that moves farther than this (Å, after carrying the unrelaxed atoms into the relaxed
+#: cell) means the two files do not list the atoms in corresponding order. Real relaxations move atoms far
+#: less (largest seen in the shared bulk-oxide and 2D-defect sets: 1.4 Å); a swap of two neighbours moves
+#: them by a bond length (2-3 Å). Override with ``pair_record(max_displacement=...)``.
+MAX_PAIR_DISPLACEMENT = 2.0
+
+
+def check_pair_order(
+    unrelaxed: Any, relaxed: Any, source: str = "pair", max_displacement: float = MAX_PAIR_DISPLACEMENT
+) -> None:
+    """Raise ``ValueError`` naming ``source`` and the atom when a pair's atoms do not correspond: same
+    count and species order (checked first), and no matched displacement above ``max_displacement`` Å."""
+    _check_same_atoms(unrelaxed, relaxed, source)
+    pbc = np.asarray(unrelaxed.pbc, dtype=bool)
+    cell, rel_cell = np.asarray(unrelaxed.cell[:], dtype=float), np.asarray(relaxed.cell[:], dtype=float)
+    pos = np.asarray(unrelaxed.positions, dtype=float)
+    mapped = _frac(pos, cell, pbc) @ _frac_basis(rel_cell, pbc) if pbc.any() else pos
+    rel = unwrap_to_nearest(mapped, np.asarray(relaxed.positions, dtype=float), rel_cell, pbc)
+    d = np.linalg.norm(rel - mapped, axis=1)
+    if not np.all(np.isfinite(d)):
+        raise ValueError(f"{source}: non-finite (NaN/inf) positions or cell in the pair")
+    k = int(np.argmax(d))
+    if d[k] > max_displacement:
+        sym = unrelaxed.get_chemical_symbols()[k]
+        raise ValueError(
+            f"{source}: atom {k} ({sym}) moves {d[k]:.2f} Å between the unrelaxed and relaxed structure "
+            f"(more than {max_displacement} Å): the two files do not list the atoms in the same order; "
+            "reorder the relaxed file to match the unrelaxed one"
+        )
+
+
 def pair_record(
     unrelaxed: Any,
     relaxed: Any | None,
@@ -440,6 +512,7 @@ def pair_record(
     defect_tol: float = 0.1,
     dtype: torch.dtype | None = None,
     source: str = "pair",
+    max_displacement: float = MAX_PAIR_DISPLACEMENT,
 ) -> Record:
     """Build the record of one relaxation pair.
 
@@ -447,6 +520,9 @@ def pair_record(
     ``RELAXED_POSITIONS`` (unwrapped to the image nearest each unrelaxed atom) and ``RELAXED_CELL``
     when ``relaxed`` is given, and ``DEFECT`` when ``pristine`` is given (vacancy placeholders
     appended with the pristine element, the same position in both structures, label 2).
+
+    Raises:
+        ValueError: the pair's atoms do not correspond (:func:`check_pair_order`, bound ``max_displacement`` Å).
     """
     dtype = dtype or torch.get_default_dtype()
     pos = np.asarray(unrelaxed.positions, dtype=float)
@@ -455,7 +531,7 @@ def pair_record(
     pbc = np.asarray(unrelaxed.pbc, dtype=bool)
     rel_pos = rel_cell = None
     if relaxed is not None:
-        _check_same_atoms(unrelaxed, relaxed, source)
+        check_pair_order(unrelaxed, relaxed, source, max_displacement)
         rel_cell = np.asarray(relaxed.cell[:], dtype=float)
         rel_pos = unwrap_to_nearest(
             pos, np.asarray(relaxed.positions, dtype=float), rel_cell, pbc, ref_cell=cell
@@ -515,8 +591,9 @@ class RelaxPairDataset(Dataset):
         layout: ``"custom"`` or ``"2dmd"``.
         split: ``None`` (all pairs) or ``"train"``/``"val"``/``"test"``.
         transform: applied to every record on access.
-        split_dir: where split files are read/written (default: the data folder if writable, else
-            under :func:`default_cache_dir`). For several 2DMD hosts, one sub-folder per host.
+        split_dir: where split files are read/written (default: read from the data folder when it
+            holds them, written under :func:`default_cache_dir`: never into the data). For several
+            2DMD hosts, one sub-folder per host.
         fractions: train/val/test fractions of a new split.
         seed: seed of a new split.
         defects: label defects (default: ``True`` for ``"2dmd"``).
@@ -552,6 +629,11 @@ class RelaxPairDataset(Dataset):
         ids: Sequence[str] | None = None,
     ) -> None:
         root = Path(root)
+        if root.is_file():
+            raise ValueError(
+                f"{root}: a file, but the data must be a folder of relaxation pairs (CIF/<id>_unrelaxed.cif, "
+                "CIF/<id>_relaxed.cif); pass its folder to --data (key data.root)"
+            )
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: no such data folder")
         if layout not in ("custom", "2dmd"):
@@ -585,10 +667,10 @@ class RelaxPairDataset(Dataset):
             fps.append(gfp)
             if split is not None:
                 if split_dir is None:
-                    sdir = writable_dir(gdir, "splits")
+                    sdir, wdir = gdir, split_cache_dir(gdir)
                 else:
-                    sdir = Path(split_dir) / gname if len(groups) > 1 else Path(split_dir)
-                keep = set(load_or_make_splits([s.id for s in gsources], sdir, gfp, fractions, seed)[split])
+                    sdir, wdir = (Path(split_dir) / gname if len(groups) > 1 else Path(split_dir)), None
+                keep = set(load_or_make_splits([s.id for s in gsources], sdir, gfp, fractions, seed, wdir)[split])
                 gsources = [s for s in gsources if s.id in keep]
             sources.extend(gsources)
         if ids is not None:
@@ -731,6 +813,41 @@ def _read_meta(path: Path) -> dict[str, dict[str, str]]:
         if reader.fieldnames is None or "atoms_id" not in reader.fieldnames:
             raise ValueError(f"{path}: meta.csv needs an 'atoms_id' column (found {reader.fieldnames})")
         return {row["atoms_id"]: dict(row) for row in reader}
+
+
+def training_domain(dataset: Any) -> dict[str, list[Any]]:
+    """A training set's domain of applicability, stored as a model file's ``extra["domain"]``: its
+    elements (symbols, sorted) and, when records carry ``DEFECT`` labels, the labels seen."""
+    from ase.data import chemical_symbols
+
+    zs: set[int] = set()
+    labels: set[int] = set()
+    for rec in _raw_records(dataset):
+        zs.update(int(z) for z in np.unique(np.asarray(rec[K.ATOMIC_NUMBERS])))
+        if K.DEFECT in rec:
+            labels.update(int(v) for v in np.unique(np.asarray(rec[K.DEFECT])))
+    domain: dict[str, list[Any]] = {"elements": [chemical_symbols[z] for z in sorted(zs)]}
+    if labels:
+        domain["defect_labels"] = sorted(labels)
+    return domain
+
+
+def _raw_records(ds: Any) -> Iterator[Mapping[str, Any]]:
+    """The records of a dataset without its transform (parsed arrays when the dataset keeps them)."""
+    from torch.utils.data import ConcatDataset, Subset
+
+    if isinstance(ds, ConcatDataset):
+        for part in ds.datasets:
+            yield from _raw_records(part)
+    elif isinstance(ds, Subset):
+        base = ds.dataset
+        yield from (base.parsed(i) if hasattr(base, "parsed") else base[i] for i in ds.indices)
+    elif hasattr(ds, "parsed"):
+        yield from (ds.parsed(k) for k in range(len(ds)))
+    elif isinstance(getattr(ds, "records", None), list):
+        yield from ds.records
+    else:
+        yield from (ds[k] for k in range(len(ds)))
 
 
 def records_summary(records: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import numpy as np
 
 from quintet.atomistic.structures import check_atoms, read_structure, read_structures, write_structure
 from quintet.config import config_to_dict, save_config
-from quintet.io import atomic_save_json, atomic_write_text, load_json
+from quintet.io import atomic_save_json, atomic_write_text, load_json, remove_stale_temps
 
 __all__ = [
     "ORACLES",
@@ -92,9 +92,16 @@ def get_calculator(name: str, device: str = "cpu") -> Calculator:
     if ":" in name:
         mod, _, cls = name.partition(":")
         try:
-            return getattr(importlib.import_module(mod), cls)()
+            calc = getattr(importlib.import_module(mod), cls)()
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"cannot build calculator {name!r}: {exc}") from exc
+        missing = [m for m in ("get_potential_energy", "get_forces") if not callable(getattr(calc, m, None))]
+        if missing:
+            raise ValueError(
+                f"oracle {name!r}: a {type(calc).__name__} is not an ASE calculator (no {', '.join(missing)}); "
+                "give 'package.module:Class' of an ase.calculators Calculator"
+            )
+        return calc
     raise ValueError(f"unknown oracle {name!r}; choose from {sorted(ORACLES)} or give 'package.module:Class'")
 
 
@@ -140,7 +147,7 @@ def build_structure(spec: str, supercell: Sequence[int] = (1, 1, 1), vacuum: flo
         supercell: repetitions along the three cell vectors (ignored for molecules).
         vacuum: vacuum for 2D layers, Å.
     """
-    from ase.build import bulk, molecule, mx2
+    from ase.build import molecule
 
     path = Path(spec)
     if path.suffix or path.name.upper().startswith(("POSCAR", "CONTCAR")):
@@ -151,26 +158,12 @@ def build_structure(spec: str, supercell: Sequence[int] = (1, 1, 1), vacuum: flo
             raise FileNotFoundError(f"{path}: no such structure file")
     parts = spec.split(":")
     if len(parts) >= 2:
-        name, kind = parts[0], parts[1].lower()
-        a = float(parts[2]) if len(parts) > 2 and parts[2] else None
-        if kind == "mx2":
-            atoms = mx2(name, "2H", a=a or 3.18, thickness=3.19, vacuum=vacuum)
-        elif kind == "perovskite":
-            atoms = _perovskite(name, a or 3.9)
-        elif kind == "graphene":
-            from ase.build import graphene
-
-            atoms = graphene(formula=name, a=a or 2.46, vacuum=vacuum)
-        elif kind in _CRYSTALS:
-            try:
-                atoms = bulk(name, kind, a=a, cubic=kind not in ("hcp", "wurtzite"))
-            except (ValueError, RuntimeError, KeyError):
-                atoms = bulk(name, kind, a=a)
-        else:
-            raise ValueError(
-                f"structure spec {spec!r}: unknown crystal {kind!r}; "
-                f"choose from {[*_CRYSTALS, 'mx2', 'graphene', 'perovskite']}"
-            )
+        try:
+            a = float(parts[2]) if len(parts) > 2 and parts[2] else None
+            atoms = _crystal(parts[0], parts[1].lower(), a, vacuum)
+        except (KeyError, ValueError, RuntimeError, AssertionError) as exc:
+            what = f"unknown element {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+            raise ValueError(f"structure spec {spec!r}: {what} (form: Element:crystal[:a], e.g. Cu:fcc:3.61)") from None
         return atoms.repeat(tuple(int(s) for s in supercell))
     from ase.collections import g2
 
@@ -180,6 +173,25 @@ def build_structure(spec: str, supercell: Sequence[int] = (1, 1, 1), vacuum: flo
         f"structure spec {spec!r} is neither a file, 'Element:crystal[:a]', 'MX2:mx2[:a]', 'BN:graphene[:a]' "
         "nor an ASE g2 molecule name (e.g. CH3CH2OH, H2O)"
     )
+
+
+def _crystal(name: str, kind: str, a: float | None, vacuum: float) -> Any:
+    from ase.build import bulk, mx2
+
+    if kind == "mx2":
+        return mx2(name, "2H", a=a or 3.18, thickness=3.19, vacuum=vacuum)
+    if kind == "perovskite":
+        return _perovskite(name, a or 3.9)
+    if kind == "graphene":
+        from ase.build import graphene
+
+        return graphene(formula=name, a=a or 2.46, vacuum=vacuum)
+    if kind in _CRYSTALS:
+        try:
+            return bulk(name, kind, a=a, cubic=kind not in ("hcp", "wurtzite"))
+        except (ValueError, RuntimeError, KeyError):
+            return bulk(name, kind, a=a)
+    raise ValueError(f"unknown crystal {kind!r}; choose from {[*_CRYSTALS, 'mx2', 'graphene', 'perovskite']}")
 
 
 def _perovskite(formula: str, a: float) -> Any:
@@ -403,7 +415,6 @@ def run_md(cfg: MDConfig, calc: Calculator | None = None, progress: bool = True)
     from tqdm.auto import tqdm
 
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     parts = out.with_name(out.name + ".parts")
     summary_path = out.with_name(out.stem + ".summary.json")
     want = _md_fingerprint(cfg)
@@ -411,6 +422,8 @@ def run_md(cfg: MDConfig, calc: Calculator | None = None, progress: bool = True)
         print(f"{out}: already complete ({load_json(summary_path)['frames']} frames); nothing to do")
         return out
     calc, oracle_name = _calc(calc if calc is not None else cfg.oracle, cfg.device)
+    _md_start(cfg)  # a bad structure spec fails here, before anything is written
+    out.parent.mkdir(parents=True, exist_ok=True)
     _md_parts(cfg, parts, want)
     n_frames = cfg.steps // cfg.stride
     done = sorted(parts.glob("chunk_*.extxyz"))
@@ -750,8 +763,9 @@ def make_relax_pairs(cfg: RelaxPairsConfig, calc: Calculator | None = None, prog
         the output folder.
     """
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     calc, oracle_name = _calc(calc if calc is not None else cfg.oracle, cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)  # a killed run's half-written files
     settings = config_to_dict(cfg)
     settings.pop("out")
     settings.pop("device")

@@ -21,6 +21,8 @@ import glob
 import io
 import os
 import re
+import shutil
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,17 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quintet.io import atomic_write_csv, check_resume_record, read_csv
+from quintet.io import atomic_write_csv, check_resume_record, read_csv, remove_stale_temps
 
 __all__ = [
     "FINISH_ORACLES",
     "OUTPUT_FORMATS",
+    "Domain",
     "Finisher",
     "Item",
     "MergeJob",
     "PredictionTable",
     "batches",
     "check_inputs",
+    "clean_on_failure",
     "discover",
     "finish_steps",
     "finisher_for",
@@ -151,13 +155,17 @@ class Item:
     atoms: Any
 
 
-def iter_structures(files: Iterable[Path], skip: set[str] | frozenset[str] = frozenset()) -> Iterator[Item]:
-    """Read each file (validated) and yield its structures; a multi-frame file gives ``<stem>_<k>``.
+def iter_structures(
+    files: Iterable[Path], skip: set[str] | frozenset[str] = frozenset(), min_distance: float | None = None
+) -> Iterator[Item]:
+    """Read each file (validated; atoms closer than ``min_distance`` Å, default
+    :data:`~quintet.atomistic.structures.MIN_DISTANCE`, refused) and yield its structures; a multi-frame
+    file gives ``<stem>_<k>``.
 
     Ids in ``skip`` (already done) are not yielded. Two inputs with the same id are an error that
     names both files (their outputs would collide).
     """
-    from quintet.atomistic.structures import read_structures
+    from quintet.atomistic.structures import MIN_DISTANCE, read_structures
 
     owner: dict[str, str] = {}
     for f in files:
@@ -165,7 +173,7 @@ def iter_structures(files: Iterable[Path], skip: set[str] | frozenset[str] = fro
         if sid in skip and not _multi_frame(f):
             owner[sid] = str(f)
             continue
-        frames = read_structures(f)
+        frames = read_structures(f, min_distance=MIN_DISTANCE if min_distance is None else min_distance)
         for k, atoms in enumerate(frames):
             fid = sid if len(frames) == 1 else f"{sid}_{k}"
             if fid in owner:
@@ -406,20 +414,26 @@ def finisher_for(job: Any) -> Finisher | None:
     return Finisher(job.finish_with, job.fmax, job.finish_steps, cell, cell_filter, job.finish_optimizer)
 
 
-def predict_job(job: Any, record: Callable[[Any], dict[str, Any]], setup: Callable[[], PredictChunk], desc: str) -> Path:
-    """A predict verb: inputs, shard and finish checked first, then ``setup()`` (load the model), then the
-    output folder opened (:func:`open_table`) and :func:`run_predictions`; nothing is written before the
-    inputs and the model are known to be usable. Returns the table's path."""
+def predict_job(
+    job: Any, record: Callable[[Any], dict[str, Any]], setup: Callable[[], tuple[PredictChunk, Domain | None]],
+    desc: str,
+) -> Path:  # fmt: skip
+    """A predict verb: inputs, shard and finish checked first, then ``setup()`` (load the model: the batch
+    function and the model's training domain), then the output folder opened (:func:`open_table`) and
+    :func:`run_predictions`; nothing is written before the inputs and the model are known to be usable, and
+    a run that fails before its first batch leaves nothing (:func:`clean_on_failure`). Returns the table."""
     out = Path(job.out)
     check_inputs(job.inputs, out)
     parse_shard(job.shard)
     finisher = finisher_for(job)
-    predict = setup()
-    table, shard = open_table(job, record(job))
-    return run_predictions(
-        job.inputs, out, predict, table, fmt=job.output_format, finisher=finisher, batch_size=job.batch_size,
-        max_atoms=job.max_atoms, desc=desc, progress=getattr(job, "progress", True), shard=shard,
-    )  # fmt: skip
+    predict, domain = setup()
+    with clean_on_failure(out):
+        table, shard = open_table(job, record(job))
+        return run_predictions(
+            job.inputs, out, predict, table, fmt=job.output_format, finisher=finisher, batch_size=job.batch_size,
+            max_atoms=job.max_atoms, desc=desc, progress=getattr(job, "progress", True), shard=shard,
+            min_distance=getattr(job, "min_distance", None), domain=domain, strict=getattr(job, "strict", False),
+        )  # fmt: skip
 
 
 def finish_steps(
@@ -530,6 +544,76 @@ def check_inputs(inputs: Sequence[str], out: Path) -> None:
             )
 
 
+@dataclass(frozen=True)
+class Domain:
+    """What a model was trained on (``extra["domain"]`` of its file, written by the train jobs): input
+    outside it gets ``in_domain=False`` and a ``domain_reason``. ``elements`` is ``None`` for model files
+    written before domains were recorded (``in_domain`` is then left empty)."""
+
+    elements: frozenset[str] | None
+    source: str = "model"
+
+    @classmethod
+    def of(cls, files: Sequence[dict[str, Any]], source: str = "model") -> Domain:
+        """The domain of one model file or of an ensemble (the elements every member saw)."""
+        sets = [(f.get("extra") or {}).get("domain", {}).get("elements") for f in files]
+        if not sets or any(e is None for e in sets):
+            return cls(None, source)
+        return cls(frozenset.intersection(*(frozenset(e) for e in sets)), source)
+
+    def columns(self, atoms: Any) -> dict[str, Any]:
+        """``{"in_domain": True/False/"", "domain_reason": "..."}`` for one input structure."""
+        if self.elements is None:
+            return {"in_domain": "", "domain_reason": "the model file records no training domain (an older file)"}
+        unseen = sorted(set(atoms.get_chemical_symbols()) - self.elements)
+        if unseen:
+            return {"in_domain": False, "domain_reason": f"elements {' '.join(unseen)} not in the training set"}
+        return {"in_domain": True, "domain_reason": ""}
+
+    def check_all(self, items: Iterable[Item]) -> None:
+        """``--strict``: refuse the first input outside the domain (called before anything is predicted)."""
+        if self.elements is None:
+            raise ValueError(
+                f"{self.source}: the model file records no training domain (an older file), so --strict cannot "
+                "check the inputs; retrain it, or drop --strict"
+            )
+        for item in items:
+            cols = self.columns(item.atoms)
+            if cols["in_domain"] is False:
+                raise ValueError(
+                    f"{item.source}: outside the domain of {self.source} ({cols['domain_reason']}); "
+                    "drop --strict to predict it anyway (flagged in_domain=False)"
+                )
+
+
+@contextlib.contextmanager
+def clean_on_failure(out: Path) -> Iterator[None]:
+    """Run a predict verb's body; when it fails before any prediction was written, remove every file and
+    folder it created in ``out`` (``out`` too if it created it): its config, run record and empty tables.
+    Once a structure's output exists everything is kept, so a rerun resumes. A kill or Ctrl-C keeps all."""
+    out = Path(out)
+    existed = out.is_dir()
+    before = set(out.iterdir()) if existed else set()
+    try:
+        yield
+    except Exception:
+        new = (set(out.iterdir()) if out.is_dir() else set()) - before
+        if all(_bookkeeping(p) for p in new):
+            if not existed:
+                shutil.rmtree(out, ignore_errors=True)
+            for p in new:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        raise
+
+
+def _bookkeeping(path: Path) -> bool:
+    """A file a predict run writes before its first prediction (config, run record, table, empty folders)."""
+    if path.is_dir():
+        return not any(path.iterdir())
+    return path.name == "predict_run.json" or (path.name.startswith(("config", "predictions")) and
+                                               path.suffix in (".yaml", ".csv"))  # fmt: skip
+
+
 #: ``predict(chunk)`` of a system: for each item, the predicted ``Atoms`` and its table columns
 PredictChunk = Callable[[list[Item]], list[tuple[Any, dict[str, Any]]]]
 
@@ -546,18 +630,28 @@ def run_predictions(
     desc: str = "predict",
     progress: bool = True,
     shard: tuple[int, int] | None = None,
+    min_distance: float | None = None,
+    domain: Domain | None = None,
+    strict: bool = False,
 ) -> Path:
     """Drive a predict verb end to end (see the module docstring); returns the table's path.
 
     The progress bar counts input files first (one cheap listing pass, nothing kept) to show
-    structures/s and an ETA; ``shard=(K, N)`` predicts only shard K's files (:func:`in_shard`)."""
+    structures/s and an ETA; ``shard=(K, N)`` predicts only shard K's files (:func:`in_shard`). With a
+    ``domain``, each row gets ``in_domain``/``domain_reason`` and a warning names the inputs outside it;
+    ``strict`` refuses them all before anything is predicted (inputs are read twice then).
+    """
     from tqdm.auto import tqdm
 
     check_inputs(inputs, out)
+    remove_stale_temps(out)  # a killed run's half-written files
+    if strict and domain is not None:
+        domain.check_all(iter_structures(discover(inputs, shard), skip=table.done, min_distance=min_distance))
     if table.done:
         print(f"resuming: {len(table.done)} structures already in {table.path}")
     total = sum(1 for _ in discover(inputs, shard)) if progress else None
-    items = iter_structures(discover(inputs, shard), skip=table.done)
+    items = iter_structures(discover(inputs, shard), skip=table.done, min_distance=min_distance)
+    outside = 0
     bar = tqdm(total=total, initial=len(table.done), desc=desc, unit="structure", disable=not progress)
     for chunk in batches(items, batch_size, max_atoms):
         t0 = time.perf_counter()
@@ -566,6 +660,9 @@ def run_predictions(
         rows = []
         for item, (atoms, cols) in zip(chunk, results, strict=True):
             row = {"id": item.id, "source": item.source, "n_atoms": len(item.atoms), **cols}
+            if domain is not None:
+                row.update(domain.columns(item.atoms))
+                outside += row["in_domain"] is False
             row["predict_s"] = round(dt, 6)
             row["output"] = write_output(out, item.id, atoms, fmt)
             if finisher is not None:
@@ -575,15 +672,32 @@ def run_predictions(
         bar.update(len(chunk))
     bar.close()
     table.flush()
+    _domain_notes(outside, domain, table.path)
     return table.path
 
 
+def _domain_notes(outside: int, domain: Domain | None, path: Path) -> None:
+    if outside:
+        print(
+            f"warning: {outside} structure(s) outside the domain of {domain.source if domain else 'the model'} "
+            f"(in_domain=False in {path}); their predictions are extrapolations",
+            file=sys.stderr,
+        )
+    if domain is not None and domain.elements is None:
+        print(f"note: {domain.source} records no training domain; in_domain is left empty", file=sys.stderr)
+
+
 def relax_structures(
-    structures: Any, predict: PredictChunk, batch_size: int, max_atoms: int | None, source: str = "structure"
+    structures: Any,
+    predict: PredictChunk,
+    batch_size: int,
+    max_atoms: int | None,
+    source: str = "structure",
+    domain: Domain | None = None,
 ) -> Any:
     """The one-call APIs' shared body: ASE ``Atoms`` or pymatgen structures (one or a sequence) in, the
     same type out, each carrying its table columns (``atoms.info`` / ``Structure.properties``) and its
-    per-atom arrays (``atoms.arrays`` / site properties)."""
+    per-atom arrays (``atoms.arrays`` / site properties); with a ``domain``, ``in_domain``/``domain_reason`` too."""
     from quintet.atomistic.structures import as_atoms, check_atoms, like
 
     single = not isinstance(structures, list | tuple)
@@ -595,8 +709,10 @@ def relax_structures(
         kinds.append(kind)
     results: list[Any] = []
     for chunk in batches(items, batch_size, max_atoms):
-        for atoms, cols in predict(chunk):
+        for item, (atoms, cols) in zip(chunk, predict(chunk), strict=True):
             atoms.info.update(cols)
+            if domain is not None:
+                atoms.info.update(domain.columns(item.atoms))
             results.append(atoms)
     out = [_with_properties(like(a, kind), a) for a, kind in zip(results, kinds, strict=True)]
     return out[0] if single else out

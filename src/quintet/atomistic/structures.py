@@ -9,8 +9,8 @@ A *record* is a ``dict[str, Tensor]`` keyed by :mod:`quintet.atomistic.keys`:
   and ``FIXED`` (N,) when they carry a ``FixAtoms`` constraint.
 
 Files are read with :func:`read_structures`, which validates every structure and names the file and
-the problem on bad input (truncated file, unknown element, NaN/inf, atoms closer than 0.1 Å,
-singular cell, empty structure). :func:`write_structure` writes atomically.
+the problem on bad input (truncated file, unknown element, NaN/inf, atoms closer than 0.5 Å,
+singular cell, empty structure, a CIF cut short). :func:`write_structure` writes atomically.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ __all__ = [
 
 PathLike = str | os.PathLike[str]
 
-#: two atoms closer than this (Å, periodic images included) make a structure invalid
-MIN_DISTANCE = 0.1
+#: two atoms closer than this (Å, periodic images included) make a structure invalid. The shortest real
+#: bond (H-H, 0.74 Å) is well above it; override per call (``min_distance=``) or per verb (key ``min_distance``)
+MIN_DISTANCE = 0.5
 
 _FORMAT_BY_SUFFIX = {
     ".cif": "cif",
@@ -120,6 +121,7 @@ def check_atoms(atoms: Any, source: str = "structure", min_distance: float = MIN
         raise ValueError(
             f"{source}: zero-volume or singular cell (periodic directions {pbc.tolist()}, cell {cell.tolist()})"
         )
+    _check_finite_results(atoms, source)
     if n == 1 and not pbc.any():
         return
     from ase import Atoms
@@ -129,10 +131,23 @@ def check_atoms(atoms: Any, source: str = "structure", min_distance: float = MIN
     i, j, d = neighbor_list("ijd", probe, min_distance, self_interaction=False)
     if len(d):
         k = int(np.argmin(d))
+        sym = atoms.get_chemical_symbols()
+        a, b = int(i[k]), int(j[k])
         raise ValueError(
-            f"{source}: atoms {int(i[k])} and {int(j[k])} are {float(d[k]):.4f} Å apart "
-            f"(closer than {min_distance} Å)"
+            f"{source}: atoms {a} ({sym[a]}) and {b} ({sym[b]}) are {float(d[k]):.4f} Å apart (closer than "
+            f"{min_distance} Å): overlapping or duplicated atoms; fix the file (or lower key min_distance)"
         )
+
+
+def _check_finite_results(atoms: Any, source: str) -> None:
+    """Energy, forces and stress a file carries must be finite numbers (a NaN label poisons training)."""
+    for name, value in _results(atoms).items():
+        try:
+            arr = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            continue
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{source}: non-finite (NaN/inf) {name}; fix or drop this structure")
 
 
 _FORMULA_SUM = re.compile(r"^_chemical_formula_sum\s+(.+)$", re.MULTILINE)
@@ -147,12 +162,47 @@ def _parse_formula(text: str) -> Counter[str]:
     return out
 
 
+_CIF_TOKEN = re.compile(r"'[^']*'|\"[^\"]*\"|\S+")
+
+
+def _atom_site_loop_ok(text: str) -> bool:
+    """False when an ``_atom_site_`` loop holds a number of values that is no multiple of its columns, or
+    ends the file without a final newline (either way the file was cut inside a coordinate line)."""
+    lines = text.splitlines()
+    open_end = not text.endswith(("\n", "\r"))
+    k = 0
+    while k < len(lines):
+        if lines[k].strip().lower() == "loop_":
+            k += 1
+            cols = []
+            while k < len(lines) and lines[k].strip().startswith("_"):
+                cols.append(lines[k].strip().split()[0].lower())
+                k += 1
+            values = 0
+            while k < len(lines) and not lines[k].strip().lower().startswith(("_", "loop_", "data_")):
+                if not lines[k].lstrip().startswith("#"):
+                    values += len(_CIF_TOKEN.findall(lines[k]))
+                k += 1
+            atom_site = bool(cols) and cols[0].startswith("_atom_site_") and not cols[0].startswith("_atom_site_aniso")
+            if atom_site and (values == 0 or values % len(cols) or (open_end and k == len(lines))):
+                return False
+            continue
+        k += 1
+    return True
+
+
 def _check_cif_complete(path: Path, atoms_list: list[Any]) -> None:
-    """Detect CIFs truncated at a line boundary: the atoms read must match ``_chemical_formula_sum``."""
+    """Detect CIFs cut short: every ``_atom_site_`` row complete, and the atoms read matching
+    ``_chemical_formula_sum`` (times 1 or ``_cell_formula_units_Z``). A CIF cut exactly at a line
+    boundary that declares no formula cannot be told from a smaller structure."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return
+    if not _atom_site_loop_ok(text):
+        raise ValueError(
+            f"{path}: truncated CIF: the _atom_site_ loop ends inside a coordinate line; re-export the file"
+        )
     sums = _FORMULA_SUM.findall(text)
     zs = _FORMULA_Z.findall(text)
     if len(sums) != len(atoms_list):

@@ -52,7 +52,7 @@ def _verbs() -> list[Verb]:
         Verb(
             "predict", "relax CIF/POSCAR/extxyz files in one shot (optionally finish with a calculator)",
             PredictJob, _predict, inputs="inputs", model="model", ensemble="ensemble", out="out",
-            flags={**finish, **scale, **batch},
+            flags={**finish, **scale, "--strict": "strict", **batch},
             example="quintet deeprelax predict 'unrelaxed/*.cif' -m runs/dr/best.pt -o relaxed --finish-with chgnet",
         ),
         merge_verb("deeprelax"),

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate, plan_batches
+from quintet.atomistic.datasets import training_domain
 from quintet.atomistic.nn.compile import CompiledModel
 from quintet.atomistic.pipeline import Item, finish_steps, finisher_for, steps_summary
 from quintet.config import save_config
@@ -168,6 +169,9 @@ class PredictJob:
         shard: ``K/N``: predict only shard K of N of the input files (a stable hash of each file name), for
             the tasks of a cluster job array writing into one ``out``; each writes
             ``predictions.shard<K>of<N>.csv`` and ``quintet deeprelax merge -o OUT`` joins them.
+        strict: refuse (before predicting anything) inputs with elements the model was not trained on;
+            without it they are predicted and flagged ``in_domain=False`` in ``predictions.csv``.
+        min_distance: inputs with two atoms closer than this (Å) are refused.
     """
 
     model: str | None = None
@@ -187,6 +191,8 @@ class PredictJob:
     output_format: Literal["cif", "poscar", "extxyz"] = "cif"
     compile: bool = False
     shard: str | None = None
+    strict: bool = False
+    min_distance: float = 0.5
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -370,7 +376,8 @@ def train(job: TrainJob) -> Path:
             )
         model.load_state_dict(init.state_dict())
     task = DeepRelaxTask(model, job.loss)
-    res = fit(task, train_ds, val_ds, job.train, out, collate_fn=collate)
+    extra = {"domain": training_domain(train_ds)}
+    res = fit(task, train_ds, val_ds, job.train, out, collate_fn=collate, extra=extra)
     return res.best_path
 
 
@@ -553,12 +560,26 @@ def _predict_record(job: PredictJob) -> dict[str, Any]:
     return {"models": [file_sha256(resolve_model(p)) for p in [job.model, *job.ensemble]], **settings}
 
 
+def check_bonded(atoms: Any, cutoff: float, source: str) -> None:
+    """DeepRelax predicts from bonds: a structure with no two atoms (periodic images included) within the
+    model's ``cutoff`` has no graph (a lone atom in a large cell); refuse it naming ``source``."""
+    from ase.neighborlist import neighbor_list
+
+    if len(neighbor_list("i", atoms, cutoff, self_interaction=False)) == 0:
+        raise ValueError(
+            f"{source}: no two atoms within the model's {cutoff} Å cutoff (isolated atoms in a "
+            f"{atoms.cell.volume:.0f} Å^3 cell); DeepRelax needs bonded atoms: give a denser structure"
+        )
+
+
 def relax_items(models: Sequence[Any], items: Sequence[Item], solve: SolveConfig, fmt: str = "cif") -> list[tuple[Any, dict[str, Any]]]:
     """One batch of the predict pipeline: each input's relaxed ``Atoms`` and its table columns
     (structure uncertainty, largest per-atom uncertainty, cell uncertainty, ensemble spread, residuals)."""
     from quintet.atomistic.structures import to_ase
 
     recs = [_record_from_atoms(it.atoms, it.source) for it in items]
+    for it in items:
+        check_bonded(it.atoms, max(m.cfg.cutoff for m in models), it.source)
     res = relax_ensemble(models, collate(recs), solve)
     starts = np.concatenate([[0], np.cumsum([len(r[K.POSITIONS]) for r in recs])])
     out = []
@@ -595,15 +616,18 @@ def predict(job: PredictJob) -> Path:
             resuming would mix outputs: the folder's predictions came from other model files or output settings
             (recorded in ``predict_run.json``).
     """
-    from quintet.atomistic.pipeline import predict_job
+    from quintet.atomistic.pipeline import Domain, predict_job
     from quintet.models import choose_model
 
     job.model = choose_model(job.model, "deeprelax")
 
     def setup() -> Any:
-        models: Sequence[Any] = load_ensemble([job.model, *job.ensemble])
+        loaded = [load_deeprelax(p) for p in [job.model, *job.ensemble]]
+        models: Sequence[Any] = [m for m, _ in loaded]
+        check_ensemble(models)
         models = compiled(models) if job.compile else models
-        return lambda chunk: relax_items(models, chunk, job.solve, job.output_format)
+        domain = Domain.of([d for _, d in loaded], source=str(job.model))
+        return (lambda chunk: relax_items(models, chunk, job.solve, job.output_format)), domain
 
     return predict_job(job, _predict_record, setup, "deeprelax predict")
 
@@ -629,11 +653,15 @@ def relax(
         solve: coordinate-solve settings.
         batch_size, max_atoms: batch bounds.
     """
-    from quintet.atomistic.pipeline import relax_structures
+    from quintet.atomistic.pipeline import Domain, relax_structures
     from quintet.models import choose_model
 
-    models = load_ensemble([choose_model(model, "deeprelax"), *ensemble])
+    name = choose_model(model, "deeprelax")
+    loaded = [load_deeprelax(p) for p in [name, *ensemble]]
+    models = [m for m, _ in loaded]
+    check_ensemble(models)
     solve = solve or SolveConfig()
     return relax_structures(
-        structures, lambda chunk: relax_items(models, chunk, solve, "extxyz"), batch_size, max_atoms
-    )
+        structures, lambda chunk: relax_items(models, chunk, solve, "extxyz"), batch_size, max_atoms,
+        domain=Domain.of([d for _, d in loaded], source=str(name)),
+    )  # fmt: skip

@@ -57,7 +57,7 @@ def _verbs() -> list[Verb]:
              out="out", seed="train.seed", device="train.accelerator", flags={"--data": "data.root"},
              example="quintet definet train --data ../shared/data/materials/defects2d -o runs/definet"),
         Verb("predict", "one-shot relaxed structures for defect files/folders", PredictJob, _predict,
-             inputs="inputs", model="model", out="out", flags={**host, **finish, **scale, **batch},
+             inputs="inputs", model="model", out="out", flags={**host, **finish, **scale, "--strict": "strict", **batch},
              example="quintet definet predict my_defects/ -m runs/definet/best.pt --pristine MoS2_supercell.cif"),
         Verb("eval", "coordinate MAE, local MAE near defects and oracle steps vs the dummy", EvalJob, _evaluate,
              model="model", out="out",

@@ -139,6 +139,9 @@ class PredictJob:
         shard: ``K/N``: predict only shard K of N of the input files (a stable hash of each file name), for
             the tasks of a cluster job array writing into one ``out``; ``quintet definet merge -o OUT`` joins
             their tables.
+        strict: refuse (before predicting anything) inputs with elements the model was not trained on;
+            without it they are predicted and flagged ``in_domain=False`` in ``predictions.csv``.
+        min_distance: inputs with two atoms closer than this (Å) are refused.
     """
 
     model: str | None = None
@@ -159,6 +162,8 @@ class PredictJob:
     progress: bool = True
     compile: bool = False
     shard: str | None = None
+    strict: bool = False
+    min_distance: float = 0.5
 
 
 def atoms_from(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> Any:
@@ -211,17 +216,18 @@ def predict(job: PredictJob) -> Path:
             and atoms), a bad ``finish_with``.
     """
     from quintet.atomistic.defects import load_host
-    from quintet.atomistic.pipeline import predict_job
+    from quintet.atomistic.pipeline import Domain, predict_job
     from quintet.definet.run import load_definet
     from quintet.models import choose_model
 
     job.model = choose_model(job.model, "definet")
 
     def setup() -> Any:
-        model: Any = load_definet(job.model)[0]
+        model, file = load_definet(job.model)
         model = CompiledModel(model) if job.compile else model
         host = load_host(job.pristine, job.unit_cell, job.supercell)
-        return lambda chunk: defect_items(model, host, chunk, job.tol, job.max_atoms)
+        predict = lambda chunk: defect_items(model, host, chunk, job.tol, job.max_atoms)
+        return predict, Domain.of([file], source=str(job.model))
 
     return predict_job(job, _predict_record, setup, "definet predict")
 
@@ -244,14 +250,18 @@ def relax(
         model: a model file or pretrained name (default: the shipped DefiNet model).
         tol: site-matching tolerance of the defect labelling, Å.
     """
-    from quintet.atomistic.pipeline import relax_structures
+    from quintet.atomistic.pipeline import Domain, relax_structures
     from quintet.atomistic.structures import as_atoms, read_structure
     from quintet.definet.run import load_definet
     from quintet.models import choose_model
 
-    net = load_definet(choose_model(model, "definet"))[0]
+    name = choose_model(model, "definet")
+    net, file = load_definet(name)
     host = read_structure(pristine) if isinstance(pristine, str | Path) else as_atoms(pristine, "pristine")[0]
-    return relax_structures(structures, lambda chunk: defect_items(net, host, chunk, tol, max_atoms), batch_size, max_atoms)
+    return relax_structures(
+        structures, lambda chunk: defect_items(net, host, chunk, tol, max_atoms), batch_size, max_atoms,
+        domain=Domain.of([file], source=str(name)),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

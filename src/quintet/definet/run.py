@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from quintet.atomistic.datasets import training_domain
 from quintet.config import save_config
 from quintet.definet.model import DefiNet, DefiNetConfig
 from quintet.definet.task import DefiNetTask
@@ -100,6 +101,11 @@ def host_folders(
         FileNotFoundError: ``root`` or a requested host does not exist, or nothing is left.
     """
     root = Path(root)
+    if root.is_file():
+        raise ValueError(
+            f"{root}: a file, but the data must be a host folder (CIF/, meta.csv) or a folder of host folders; "
+            "pass its folder to --data (key data.root)"
+        )
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
     if (root / "CIF").is_dir():
@@ -194,7 +200,7 @@ def train(job: TrainJob) -> FitResult:
         out,
         collate_fn=collate,
         resume=job.resume,
-        extra=task.export_extra(),
+        extra={**task.export_extra(), "domain": training_domain(train_ds)},
     )
 
 

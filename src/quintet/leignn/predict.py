@@ -81,6 +81,6 @@ def predict(job: PredictJob) -> Path:
 
     def setup() -> Any:
         calc = calculator(job.model, job.device)
-        return lambda chunk: _labelled(chunk, calc)
+        return (lambda chunk: _labelled(chunk, calc)), None
 
     return predict_job(job, _record, setup, "leignn predict")

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from quintet.config import config_to_dict, save_config
-from quintet.io import atomic_save_json, atomic_write_bytes, atomic_write_text, load_json
+from quintet.io import atomic_save_json, atomic_write_bytes, atomic_write_text, load_json, remove_stale_temps
 from quintet.medaugment.data import encode_image, list_images, read_image, read_mask
 from quintet.medaugment.policy import Branch, MedAugment
 from quintet.medaugment.volumes import check_label_volume, encode_volume, is_volume, read_volume, split_name
@@ -438,6 +438,7 @@ def expand_dataset(cfg: ExpandConfig, progress: bool = True) -> ExpandResult:
                 "use a new output folder or delete it"
             )
     dst.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(dst)  # left by a killed run; this run rewrites whatever they were for
     atomic_save_json(state, settings)
     save_config(cfg, dst / "medaugment_expand.yaml")
     atomic_save_json(dst / "medaugment_policy.json", cfg.policy().to_dict())

@@ -1,0 +1,107 @@
+"""Clean failure: no partial outputs or temp files survive a failure, and no command writes into its input data.
+
+Functions: :func:`quintet.atomistic.pipeline.clean_on_failure` (``deeprelax predict``, ``definet predict``),
+:func:`quintet.io.remove_stale_temps` (``medaugment expand``, predict verbs, ``data relax-pairs`` on resume),
+:func:`quintet.atomistic.datasets.split_cache_dir` (``deeprelax train``, ``definet train``, ``leignn train``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from quintet.atomistic.structures import write_structure
+from quintet.cli import main
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_predict_leaves_no_config_or_run_record(
+    existing: bool, model: Path, cu_cif: Path, tmp_path: Path, cli_error
+) -> None:
+    bad = cu_cif.parent / "zz_bad.xyz"
+    bad.write_text("2\n\nCu 0 0 0\nCu 0 0 0.2\n")
+    out = tmp_path / "o"
+    if existing:
+        out.mkdir()
+        (out / "mine.txt").write_text("user file")
+    err = cli_error(["deeprelax", "predict", "-m", str(model), str(cu_cif.parent), "-o", str(out), "--strict"])
+    assert "zz_bad.xyz" in err
+    if existing:
+        assert _listing(out) == ["mine.txt"]
+    else:
+        assert not out.exists()
+
+
+def test_a_predict_failing_after_a_batch_keeps_finished_work_and_resumes(
+    model: Path, cu_cif: Path, tmp_path: Path, capsys
+) -> None:
+    from quintet.deeprelax.jobs import PredictJob, predict
+
+    lone = bulk("Cu", "sc", a=20.0)  # no neighbour within the cutoff: refused when its batch runs
+    write_structure(cu_cif.parent / "zz_lone.cif", lone)
+    job = PredictJob(model=str(model), inputs=[str(cu_cif.parent)], out=str(tmp_path / "o"), batch_size=1)
+    with pytest.raises(ValueError, match=r"zz_lone\.cif: no two atoms within the model's 6\.0 Å cutoff"):
+        predict(job)
+    assert (tmp_path / "o" / "cu.cif").is_file()  # the finished structure stays (a rerun resumes)
+    (cu_cif.parent / "zz_lone.cif").unlink()
+    predict(job)
+    assert "resuming: 1 structures" in capsys.readouterr().out
+
+
+def test_training_never_writes_into_its_data(model: Path, cu_pairs: Path, tmp_path: Path, monkeypatch) -> None:
+    """``model`` was trained on ``cu_pairs``: its splits went to the cache, the data folder is as generated."""
+    assert not (cu_pairs / "split.json").exists()
+    assert not any((cu_pairs / f"{s}.csv").exists() for s in ("train", "val", "test"))
+    before = _listing(cu_pairs)
+    monkeypatch.setenv("QUINTET_CACHE", str(tmp_path / "cache"))
+    from quintet.atomistic.datasets import RelaxPairDataset, split_cache_dir
+
+    RelaxPairDataset(cu_pairs, split="train")
+    assert _listing(cu_pairs) == before
+    assert (split_cache_dir(cu_pairs) / "split.json").is_file()
+
+
+def test_definet_train_splits_go_to_the_cache(tmp_path: Path, monkeypatch) -> None:
+    from quintet.definet.run import DataConfig, load_pairs
+
+    assert main(["data", "defect-pairs", f"out={tmp_path / 'data'}", "supercell=[2,2,2]", "n=3", "relax_host=false"]) == 0
+    before = _listing(tmp_path / "data")
+    monkeypatch.setenv("QUINTET_CACHE", str(tmp_path / "cache"))
+    for split in ("train", "val", "test"):
+        load_pairs(DataConfig(root=str(tmp_path / "data")), split)
+    assert _listing(tmp_path / "data") == before
+    assert list((tmp_path / "cache" / "splits").glob("*/split.json"))
+
+
+def test_splits_shipped_with_the_data_are_still_used(cu_pairs: Path, tmp_path: Path) -> None:
+    from quintet.atomistic.datasets import RelaxPairDataset
+
+    data = tmp_path / "data"
+    shutil.copytree(cu_pairs, data)
+    ids = RelaxPairDataset(data).ids
+    (data / "train.csv").write_text("atoms_id\n" + "\n".join(ids[:3]) + "\n")
+    (data / "test.csv").write_text(f"atoms_id\n{ids[3]}\n")
+    assert RelaxPairDataset(data, split="test").ids == [ids[3]]
+
+
+def test_expand_removes_orphan_temp_files_on_rerun(tmp_path: Path) -> None:
+    from quintet.medaugment.data import write_image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        write_image(tmp_path / "in" / c / f"{c}0.png", rng.integers(0, 256, size=(16, 16, 3)).astype(np.uint8))
+    argv = ["medaugment", "expand", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "layout=folder", "num_branches=2"]
+    assert main(argv) == 0
+    orphan = tmp_path / "out" / "a" / ".a0_1.png.abc123.tmp"  # what a kill during an atomic write leaves
+    orphan.write_bytes(b"half")
+    (tmp_path / "out" / ".medaugment" / "done" / ".x.json.q.tmp").write_bytes(b"{")
+    assert main(argv) == 0
+    assert not list((tmp_path / "out").rglob("*.tmp"))
