@@ -12,7 +12,6 @@ depend on how the cell is written scores the same ratio vs the dummy on all thre
 from __future__ import annotations
 
 import csv
-import shutil
 import sys
 from pathlib import Path
 
@@ -29,23 +28,43 @@ def _ids(path: Path) -> list[str]:
 
 def main(folder: Path) -> None:
     test = _ids(folder / "test.csv")
-    for name, fn in (("super", lambda a: a.repeat((2, 1, 1))), ("skew", _skew)):
+    for name, fn in (("super", _super), ("skew", _skew)):
         out = folder.parent / f"{folder.name}_{name}"
         (out / "CIF").mkdir(parents=True, exist_ok=True)
+        kept = []
         for i in test:
-            for k in ("unrelaxed", "relaxed"):
-                atoms = read(folder / "CIF" / f"{i}_{k}.cif")
-                write(out / "CIF" / f"{i}_{k}.cif", fn(atoms))
+            u = read(folder / "CIF" / f"{i}_unrelaxed.cif")
+            r = read(folder / "CIF" / f"{i}_relaxed.cif")
+            fu = u.get_scaled_positions(wrap=False)
+            fr = r.get_scaled_positions(wrap=False)
+            r.set_scaled_positions(fr - np.round(fr - fu))  # relaxed atoms: the image nearest their start
+            u, r = fn(u, r)
+            if np.abs((r.positions - u.positions) @ np.linalg.pinv(r.cell[:])).max() >= 0.45:  # as the loader checks
+                print(f"{name}: {i} left out (an atom moves >= 0.45 of a cell vector: ambiguous image)")
+                continue
+            kept.append(i)
+            write(out / "CIF" / f"{i}_unrelaxed.cif", u)
+            write(out / "CIF" / f"{i}_relaxed.cif", r)
         for split in ("train", "val", "test"):
-            shutil.copyfile(folder / "test.csv", out / f"{split}.csv")
-        print(f"{out}: {len(test)} test pairs")
+            with open(out / f"{split}.csv", "w", newline="") as f:
+                f.write("atoms_id\n" + "".join(f"{i}\n" for i in kept))
+        print(f"{out}: {len(kept)} of {len(test)} test pairs")
 
 
-def _skew(atoms):
-    atoms = atoms.copy()
-    atoms.set_cell(M_SKEW @ atoms.cell[:], scale_atoms=False)
-    atoms.wrap()
-    return atoms
+def _super(u, r):
+    return u.repeat((2, 1, 1)), r.repeat((2, 1, 1))
+
+
+def _skew(u, r):
+    """Same lattice, cell rows a1, a2, a1 + a3; both structures shifted by the unrelaxed atoms' lattice shifts."""
+    u, r = u.copy(), r.copy()
+    u.set_cell(M_SKEW @ u.cell[:], scale_atoms=False)
+    r.set_cell(M_SKEW @ r.cell[:], scale_atoms=False)
+    fu = u.get_scaled_positions(wrap=False)
+    shift = np.floor(fu)
+    u.set_scaled_positions(fu - shift)
+    r.set_scaled_positions(r.get_scaled_positions(wrap=False) - shift)
+    return u, r
 
 
 if __name__ == "__main__":
