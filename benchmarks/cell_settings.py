@@ -39,7 +39,9 @@ def main(folder: Path) -> None:
             fr = r.get_scaled_positions(wrap=False)
             r.set_scaled_positions(fr - np.round(fr - fu))  # relaxed atoms: the image nearest their start
             u, r = fn(u, r)
-            if np.abs((r.positions - u.positions) @ np.linalg.pinv(r.cell[:])).max() >= 0.45:  # as the loader checks
+            if (
+                np.abs((r.positions - u.positions) @ np.linalg.pinv(r.cell[:])).max() >= 0.45
+            ):  # as the loader checks
                 print(f"{name}: {i} left out (an atom moves >= 0.45 of a cell vector: ambiguous image)")
                 continue
             kept.append(i)

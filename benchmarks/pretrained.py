@@ -98,7 +98,15 @@ def history(run: Path) -> dict[str, Any]:
     rows = read_csv(run / "history.csv")
     last = rows[-1]
     ckpt = torch.load(run / "best.pt", weights_only=True, map_location="cpu")
-    n_params = sum(v.numel() for v in ckpt["state_dict"].values() if torch.is_floating_point(v))
+    if ckpt["extra"].get("system") == "definet":
+        from quintet.definet.run import load_definet
+
+        model = load_definet(run / "best.pt")[0]
+    else:
+        from quintet.deeprelax.jobs import load_deeprelax
+
+        model = load_deeprelax(run / "best.pt")[0]
+    n_params = sum(p.numel() for p in model.parameters())
     return {
         "epochs": int(last["epoch"]),
         "optimizer_steps": int(last["step"]),
@@ -209,8 +217,11 @@ def definet_2d() -> tuple[dict[str, Any], dict[str, Any]]:
             "structure_kinds": "1-3 vacancies/substitutions per cell in 2H-MoS2, MoSe2, WSe2 5x5 and hBN 6x6 "
             "monolayer supercells, cell fixed; no interstitials, no bulk, no other hosts or supercell sizes",
         },
-        "training": {**hist, "budget": "4,800 s wall clock (train.max_time_s, time_budget_clock=wall)",
-                     "hardware": HARDWARE},  # fmt: skip
+        "training": {
+            **hist,
+            "budget": "4,800 s wall clock (train.max_time_s, time_budget_clock=wall)",
+            "hardware": HARDWARE,
+        },
         "test": {
             "pooled": pooled,
             "per_host": per_host,
@@ -268,7 +279,9 @@ def deeprelax_bulk() -> tuple[dict[str, Any], dict[str, Any]]:
     by_recipe: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         sid = test_ids[int(r["structure_id"])]
-        by_recipe.setdefault(meta[sid]["recipe"], []).append((float(r["coord_mae_A"]), float(r["dummy_coord_mae_A"])))
+        by_recipe.setdefault(meta[sid]["recipe"], []).append(
+            (float(r["coord_mae_A"]), float(r["dummy_coord_mae_A"]))
+        )
     per_recipe = {
         k: {"structures": len(v), "coord_mae_ratio_vs_dummy": sum(a for a, _ in v) / sum(b for _, b in v)}
         for k, v in sorted(by_recipe.items())
@@ -302,19 +315,35 @@ def deeprelax_bulk() -> tuple[dict[str, Any], dict[str, Any]]:
         f = run / f"eval_test_{name}" / "metrics.json"
         if not f.is_file():
             continue
-        ids = [r["atoms_id"] for r in read_csv(ROOT / "benchmarks" / "work" / f"bulk_all_{name}" / "test.csv")]
-        base = sum(float(plain[i]["coord_mae_A"]) for i in ids) / sum(float(plain[i]["dummy_coord_mae_A"]) for i in ids)
+        ids = [
+            r["atoms_id"] for r in read_csv(ROOT / "benchmarks" / "work" / f"bulk_all_{name}" / "test.csv")
+        ]
+        base = sum(float(plain[i]["coord_mae_A"]) for i in ids) / sum(
+            float(plain[i]["dummy_coord_mae_A"]) for i in ids
+        )
         mm = load_json(f)
         settings[name] = {"structures": len(ids), "coord_mae_ratio_vs_dummy": mm["coord_mae_ratio_vs_dummy"],
                           "plain_ratio_same_structures": base,
                           "cell_setting_ratio": mm["coord_mae_ratio_vs_dummy"] / base,
                           "cell_mae_ratio_vs_dummy": mm["cell_mae_ratio_vs_dummy"]}  # fmt: skip
     lc = []
-    for frac, folder in ((0.25, "deeprelax-bulk-25"), (0.5, "deeprelax-bulk-50"), (1.0, "deeprelax-bulk-600")):
+    for frac, folder in (
+        (0.25, "deeprelax-bulk-25"),
+        (0.5, "deeprelax-bulk-50"),
+        (1.0, "deeprelax-bulk-600"),
+    ):
         f = RUNS / folder / "eval_test" / "metrics.json"
         if f.is_file():
             mm = load_json(f)
-            n = len(read_csv(ROOT / "benchmarks" / "work" / f"bulk_all{'' if frac == 1.0 else f'_{int(frac * 100)}'}" / "train.csv"))
+            n = len(
+                read_csv(
+                    ROOT
+                    / "benchmarks"
+                    / "work"
+                    / f"bulk_all{'' if frac == 1.0 else f'_{int(frac * 100)}'}"
+                    / "train.csv"
+                )
+            )
             lc.append({"fraction": frac, "n_train": n, "budget_wall_s": 600,
                        "coord_mae_ratio_vs_dummy": mm["coord_mae_ratio_vs_dummy"],
                        "cell_mae_ratio_vs_dummy": mm.get("cell_mae_ratio_vs_dummy")})  # fmt: skip
@@ -356,8 +385,11 @@ def deeprelax_bulk() -> tuple[dict[str, Any], dict[str, Any]]:
             "(conventional and primitive cells), wurtzite, rutile, spinel (primitive), layered R-3m (hexagonal cell); "
             "strain up to 3-6 %, rattle 0.05-0.1 A. Not: 2D layers, molecules, defects, alloys of other prototypes",
         },
-        "training": {**hist, "budget": "1,200 s wall clock (train.max_time_s, time_budget_clock=wall)",
-                     "hardware": HARDWARE},  # fmt: skip
+        "training": {
+            **hist,
+            "budget": "1,200 s wall clock (train.max_time_s, time_budget_clock=wall)",
+            "hardware": HARDWARE,
+        },
         "test": {
             "metrics": m,
             "per_recipe": per_recipe,
@@ -403,7 +435,7 @@ def fmt(x: Any, nd: int = 3) -> str:
 
 
 def card_md(card: dict[str, Any], summary: dict[str, Any], rebuild: str) -> str:
-    t, d, tr = card["test"], card["training_data"], card["training"]
+    d, tr = card["training_data"], card["training"]
     lines = [
         f"# {card['name']}",
         "",
@@ -430,7 +462,9 @@ def card_md(card: dict[str, Any], summary: dict[str, Any], rebuild: str) -> str:
     for k, v in summary.items():
         if k in ("coord_mae_ratio_vs_dummy", "notes", "learning_curve"):
             continue
-        lines.append(f"- {k}: {fmt(v) if not isinstance(v, dict) else {kk: round(vv, 3) for kk, vv in v.items()}}")
+        lines.append(
+            f"- {k}: {fmt(v) if not isinstance(v, dict) else {kk: round(vv, 3) for kk, vv in v.items()}}"
+        )
     if summary.get("learning_curve"):
         lines += ["", "Learning curve (test coordinate MAE ratio vs dummy):", "",
                   "| fraction | train pairs | budget (wall s) | ratio |", "|---|---|---|---|"]  # fmt: skip

@@ -101,7 +101,9 @@ def build(gen: Path, oxides: Path, out: Path) -> None:
     pairs = collect(gen, oxides)
     by_id = {p["atoms_id"]: p for p in pairs}
     if (SPLIT / "train.csv").is_file():
-        split = {k: [i for i in _read_ids(SPLIT / f"{k}.csv") if i in by_id] for k in ("train", "val", "test")}
+        split = {
+            k: [i for i in _read_ids(SPLIT / f"{k}.csv") if i in by_id] for k in ("train", "val", "test")
+        }
         listed = {i for v in split.values() for i in v}
         new = [p for p in pairs if p["atoms_id"] not in listed]
         if new:
@@ -122,7 +124,7 @@ def build(gen: Path, oxides: Path, out: Path) -> None:
                 link = folder / "CIF" / f"{p['atoms_id']}_{k}.cif"
                 if not link.exists():
                     link.symlink_to(Path(p[k]).resolve())
-        train = sorted(train_order[: int(round(frac * len(train_order)))])
+        train = sorted(train_order[: round(frac * len(train_order))])
         _write_ids(folder / "train.csv", train)
         _write_ids(folder / "val.csv", split["val"])
         _write_ids(folder / "test.csv", split["test"])
@@ -130,7 +132,9 @@ def build(gen: Path, oxides: Path, out: Path) -> None:
             w = csv.writer(f)
             w.writerow(["atoms_id", "recipe", "formula", "n_atoms", "split"])
             where = {i: k for k, v in split.items() for i in v}
-            w.writerows([p["atoms_id"], p["recipe"], p["formula"], p["n_atoms"], where[p["atoms_id"]]] for p in used)
+            w.writerows(
+                [p["atoms_id"], p["recipe"], p["formula"], p["n_atoms"], where[p["atoms_id"]]] for p in used
+            )
         (folder / "FINGERPRINT").write_text(fp + "\n")
         print(f"{folder}: train {len(train)}, val {len(split['val'])}, test {len(split['test'])}")
     recipes: dict[str, dict[str, int]] = {}
@@ -169,6 +173,8 @@ if __name__ == "__main__":
     ap.add_argument("--oxides", type=Path, default=OXIDES)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "work" / "bulk_all")
     a = ap.parse_args()
-    {"pack": lambda: pack(a.gen), "unpack": lambda: unpack(a.gen), "build": lambda: build(a.gen, a.oxides, a.out)}[
-        a.verb
-    ]()
+    {
+        "pack": lambda: pack(a.gen),
+        "unpack": lambda: unpack(a.gen),
+        "build": lambda: build(a.gen, a.oxides, a.out),
+    }[a.verb]()
