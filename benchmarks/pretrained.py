@@ -115,7 +115,7 @@ def history(run: Path) -> dict[str, Any]:
         "best_epoch": int(ckpt["metrics"]["epoch"]),
         "best_val_coord_mae_A": ckpt["metrics"].get("val/coord_mae"),
         "parameters": n_params,
-        "architecture": ckpt["extra"].get("model"),
+        "architecture": ckpt["extra"].get("model") or model.config_dict(),
         "trainer": {k: ckpt["config"][k] for k in ("batch_size", "lr", "lr_schedule", "plateau_patience",
                                                     "min_lr", "ema_decay", "grad_clip", "seed")},
     }  # fmt: skip
