@@ -86,7 +86,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
         names = ", ".join(shipped) or "none in this installation"
         raise FileNotFoundError(f"{name}: no such model file or pretrained model (shipped: {names})")
     path = PRETRAINED / name / "model.pt"
-    want = shipped[name].get("sha256")
+    want = shipped[name].get("sha256") or shipped[name].get("model_sha256")
     if want and file_sha256(path) != want:
         raise ValueError(
             f"pretrained model {name} ({path}) does not match the SHA-256 in its card: the installation is "
