@@ -145,7 +145,9 @@ def test_predict_verbs_use_the_shipped_default_model(tmp_path: Path, monkeypatch
         shutil.copy(DATA / f"{system}.pt", shipped / name / "model.pt")
         card = f'{{"system": "{system}", "default_for": ["{system}"], "sha256": "{file_sha256(DATA / f"{system}.pt")}"}}'
         (shipped / name / "card.json").write_text(card)
-    assert main(["deeprelax", "predict", str(DATA / "deeprelax_in"), "-o", str(tmp_path / "dr")]) == 1  # none yet
+    monkeypatch.setattr(M, "PRETRAINED", tmp_path / "nothing_installed")
+    assert main(["deeprelax", "predict", str(DATA / "deeprelax_in"), "-o", str(tmp_path / "dr")]) == 1
+    assert not (tmp_path / "dr").exists()
     monkeypatch.setattr(M, "PRETRAINED", shipped)
     assert main(["deeprelax", "predict", str(DATA / "deeprelax_in"), "-o", str(tmp_path / "dr")]) == 0
     assert len(read_csv(tmp_path / "dr" / "predictions.csv")) == 3
@@ -153,3 +155,15 @@ def test_predict_verbs_use_the_shipped_default_model(tmp_path: Path, monkeypatch
     argv = ["definet", "predict", str(DATA / "definet_in"), "--pristine", str(DATA / "host.cif"), "-o", str(tmp_path / "dn")]
     assert main(argv) == 0 and len(read_csv(tmp_path / "dn" / "predictions.csv")) == 3
     assert main(["models"]) == 0
+
+
+def test_the_shipped_models_load_verify_and_are_the_predict_defaults() -> None:
+    import quintet.models as M
+
+    shipped = M.shipped_models()
+    assert {"definet-2d", "deeprelax-bulk"} <= set(shipped)
+    assert M.default_model("definet") == "definet-2d" and M.default_model("deeprelax") == "deeprelax-bulk"
+    for name, card in shipped.items():
+        model, d = quintet.load_model(name)  # the file matches its card's SHA-256 and its own weight hash
+        assert d["extra"]["system"] == card["system"] and d["extra"]["domain"]["elements"]
+        assert not model.training
