@@ -59,7 +59,7 @@ def _nve(best: Path, data: Path, out_dir: Path, quick: bool) -> tuple[Any, Any]:
 
     atoms = read_structures(data, index="-1")[0]
     cfg = MDConfig(
-        ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=200 if quick else 400, write_every=10,
+        ensemble="nve", temperature_K=300, timestep_fs=0.5, steps=200 if quick else 300, write_every=5,
         out=str(out_dir / "md"),
     )  # fmt: skip
     with warnings.catch_warnings():  # the drift is reported in the text instead
@@ -86,7 +86,7 @@ def _drift_text(cfg: Any, md: Any) -> str:
         "(`md.drift_warn_meV_atom_ps`). Why: the forces are the gradient of the model's energy (conservative "
         "head), but a model trained for half a minute on a few hundred frames has a rough energy surface (see its "
         "force error above) that a 0.5 fs step does not follow exactly, and a straight-line fit over a fraction "
-        "of a picosecond is noisy (repeated short runs of the same model give drifts of either sign). It is a "
+        "of a picosecond is noisy (short runs of one such model at 0.5–2 fs gave drifts of either sign here). It is a "
         "property of this toy model, not of the method: a trained LEIGNN measures -0.16 meV/atom/ps over 2.5 ps "
         "(float64, docs/leignn.md); `quintet leignn md` warns whenever a run exceeds the target."
     )
