@@ -96,22 +96,44 @@ def _real_section(model: str, root: Path, out_dir: Path, quick: bool) -> DemoSec
     """The shipped model on the held-out split of ``bulk_oxides`` through ``quintet deeprelax eval``."""
     from quintet.deeprelax.jobs import DataConfig, EvalJob, evaluate
 
+    heldout = _heldout(model, root, out_dir / "heldout")
     job = EvalJob(
-        model=model, data=DataConfig(root=str(root), layout="custom", cache_dir=str(out_dir / "cache")),
-        split="test", out=str(out_dir / "eval"), finish_with="chgnet", finish_limit=1 if quick else FINISH_LIMIT,
+        model=model, data=DataConfig(root=str(heldout), layout="custom", cache_dir=str(out_dir / "cache")),
+        split="all", out=str(out_dir / "eval"), finish_with="chgnet", finish_limit=1 if quick else FINISH_LIMIT,
         recorded_steps=True,
     )  # fmt: skip
     summary = evaluate(job)
     table, metrics = oracle_markdown(summary, float(summary["time_per_structure_s"]), Path(job.out), root)
     md = (
-        f"Shipped model `{model}` on the {int(summary['num_structures'])} held-out structures of "
-        f"`{root.name}` (CHGNet-relaxed bulk oxides), run with `quintet deeprelax eval --finish-with chgnet`. "
+        f"Shipped model `{model}` on the {int(summary['num_structures'])} structures of `{root.name}` "
+        "(CHGNet-relaxed bulk oxides) in its card's test split (never used for training or model selection), "
+        "run with `quintet deeprelax eval --finish-with chgnet`. "
         f"Coordinate MAE {summary['coord_mae_A']:.4f} Å vs {summary['dummy_coord_mae_A']:.4f} Å for the dummy "
         f"(unrelaxed input): ratio **{summary['coord_mae_ratio_vs_dummy']:.2f}**; cell MAE "
         f"{summary['cell_mae_A']:.4f} Å vs {summary['dummy_cell_mae_A']:.4f} Å; uncertainty Spearman "
         f"{summary['uncertainty_spearman']:.2f}.\n\n{table}"
     )
     return DemoSection(title=TITLE, markdown=md, metrics=metrics)
+
+
+def _heldout(model: str, root: Path, folder: Path) -> Path:
+    """The pairs of ``root`` in the model card's test split (never seen in training or model selection),
+    copied with their ``meta.csv`` rows into ``folder``."""
+    import shutil
+
+    from quintet.io import atomic_write_csv, read_csv
+    from quintet.models import shipped_models
+
+    test = set(shipped_models()[model].get("test_ids") or [])
+    rows = [r for r in read_csv(root / "meta.csv") if r["atoms_id"] in test]
+    if not rows:
+        raise ValueError(f"{model}: no pair of {root} is in the card's test split")
+    (folder / "CIF").mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        for half in ("unrelaxed", "relaxed"):
+            shutil.copyfile(root / "CIF" / f"{r['atoms_id']}_{half}.cif", folder / "CIF" / f"{r['atoms_id']}_{half}.cif")
+    atomic_write_csv(folder / "meta.csv", rows)
+    return folder
 
 
 def _emt_pairs(data_dir: Path, n: int) -> float:
