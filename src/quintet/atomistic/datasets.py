@@ -647,32 +647,7 @@ class RelaxPairDataset(Dataset):
         self.defects = (layout == "2dmd") if defects is None else bool(defects)
         self.defect_tol = float(defect_tol)
         self.require_relaxed = require_relaxed
-        groups = self._group_dirs(root, layout)
-        sources: list[_Source] = []
-        self.meta: dict[str, dict[str, str]] = {}
-        self._pristine_paths: dict[str, Path] = {}
-        fps = []
-        for gname, gdir in groups:
-            gsources = self._scan(gdir, gname)
-            self.meta.update(_read_meta(gdir / "meta.csv"))
-            if self.defects:
-                self._pristine_paths[gname] = self._find_pristine(gdir, gname)
-            gfp = fingerprint(
-                layout,
-                [
-                    (s.id, s.unrelaxed.stat().st_size, s.relaxed.stat().st_size if s.relaxed else 0)
-                    for s in gsources
-                ],
-            )
-            fps.append(gfp)
-            if split is not None:
-                if split_dir is None:
-                    sdir, wdir = gdir, split_cache_dir(gdir)
-                else:
-                    sdir, wdir = (Path(split_dir) / gname if len(groups) > 1 else Path(split_dir)), None
-                keep = set(load_or_make_splits([s.id for s in gsources], sdir, gfp, fractions, seed, wdir)[split])
-                gsources = [s for s in gsources if s.id in keep]
-            sources.extend(gsources)
+        sources, fps = self._collect(root, layout, split, split_dir, fractions, seed)
         if ids is not None:
             want = list(ids)
             by_id = {s.id: s for s in sources}
@@ -696,6 +671,35 @@ class RelaxPairDataset(Dataset):
             self._cache = {i: {k: v for k, v in d.items()} for i, d in loaded.items()}
         elif preload or self._cache_file is not None:
             self.preload()
+
+    def _collect(
+        self, root: Path, layout: str, split: str | None, split_dir: PathLike | None,
+        fractions: Sequence[float], seed: int,
+    ) -> tuple[list[_Source], list[str]]:  # fmt: skip
+        """The pairs of every group folder (restricted to ``split``), their meta rows and pristine hosts,
+        and each group's data fingerprint."""
+        groups = self._group_dirs(root, layout)
+        sources: list[_Source] = []
+        self.meta: dict[str, dict[str, str]] = {}
+        self._pristine_paths: dict[str, Path] = {}
+        fps = []
+        for gname, gdir in groups:
+            gsources = self._scan(gdir, gname)
+            self.meta.update(_read_meta(gdir / "meta.csv"))
+            if self.defects:
+                self._pristine_paths[gname] = self._find_pristine(gdir, gname)
+            sizes = [(s.id, s.unrelaxed.stat().st_size, s.relaxed.stat().st_size if s.relaxed else 0) for s in gsources]
+            gfp = fingerprint(layout, sizes)
+            fps.append(gfp)
+            if split is not None:
+                if split_dir is None:
+                    sdir, wdir = gdir, split_cache_dir(gdir)
+                else:
+                    sdir, wdir = (Path(split_dir) / gname if len(groups) > 1 else Path(split_dir)), None
+                keep = set(load_or_make_splits([s.id for s in gsources], sdir, gfp, fractions, seed, wdir)[split])
+                gsources = [s for s in gsources if s.id in keep]
+            sources.extend(gsources)
+        return sources, fps
 
     # -- discovery ----------------------------------------------------------------------------
 
