@@ -11,7 +11,6 @@ Otherwise it falls back to a small EMT Cu set trained on the spot, and says so i
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -19,77 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from quintet.demo import DemoSection
+from quintet.demo import DemoSection, oracle_markdown, shared_dir
 
-__all__ = ["demo", "oracle_markdown", "recorded_seconds", "shared_dir"]
+__all__ = ["demo"]
 
 TITLE = "DeepRelax — one-shot crystal relaxation with uncertainty"
 FINISH_LIMIT = 3
-
-
-def shared_dir(rel: str) -> Path | None:
-    """``../shared/<rel>`` relative to the working directory, else to the repository root; ``None`` if absent."""
-    repo = Path(__file__).resolve().parents[3]
-    for base in (Path.cwd(), repo):
-        path = (base / ".." / "shared" / rel).resolve()
-        if path.is_dir():
-            return path
-    return None
-
-
-def recorded_seconds(root: Path) -> dict[str, float]:
-    """Oracle relaxation seconds by structure id, from ``meta.csv`` in ``root`` and its host folders."""
-    out: dict[str, float] = {}
-    for meta in [root / "meta.csv", *sorted(root.glob("*/meta.csv"))]:
-        if not meta.is_file():
-            continue
-        with meta.open(newline="") as fh:
-            for row in csv.DictReader(fh):
-                if row.get("seconds") not in (None, ""):
-                    out[row["atoms_id"]] = float(row["seconds"])
-    return out
-
-
-def _finished_rows(eval_dir: Path) -> list[dict[str, str]]:
-    with (eval_dir / "per_structure.csv").open(newline="") as fh:
-        return [r for r in csv.DictReader(fh) if r.get("finish_steps") not in (None, "")]
-
-
-def oracle_markdown(
-    summary: dict[str, Any], model_s: float, eval_dir: Path, data_root: Path
-) -> tuple[str, dict[str, float]]:
-    """The "model vs CHGNet" table of an eval job run with ``finish_with="chgnet"``: per structure, the
-    CHGNet steps and seconds from the input (``meta.csv``) and from the prediction; returns text and metrics."""
-    secs = recorded_seconds(data_root)
-    rows = _finished_rows(eval_dir)
-    lines = [
-        "| structure | atoms | CHGNet steps from input | from prediction | CHGNet s from input (meta.csv) "
-        "| from prediction (here) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        rec = secs.get(r["id"], float("nan"))
-        lines.append(
-            f"| {r['id']} | {r.get('n_atoms', '')} | {r['unrelaxed_steps']} | {r['finish_steps']} "
-            f"| {rec:.1f} | {float(r['finish_s']):.1f} |"
-        )
-    relax_s = float(np.nanmedian([secs.get(r["id"], np.nan) for r in rows])) if rows else float("nan")
-    metrics = {
-        "ratio_vs_dummy": round(float(summary["coord_mae_ratio_vs_dummy"]), 3),
-        "model_s_per_structure": round(model_s, 4),
-        "chgnet_s_per_structure": round(relax_s, 2),
-        "median_chgnet_steps_from_input": summary.get("median_unrelaxed_steps", float("nan")),
-        "median_chgnet_steps_from_prediction": summary.get("median_finish_steps", float("nan")),
-    }
-    text = (
-        f"One-shot prediction: **{1e3 * model_s:.1f} ms per structure**; the CHGNet relaxation of the same "
-        f"structures took a median **{relax_s:.1f} s** (`meta.csv`, the relaxation that made the labels), "
-        f"about {relax_s / max(model_s, 1e-9):,.0f}× longer. Finishing with CHGNet from the prediction took a median "
-        f"**{metrics['median_chgnet_steps_from_prediction']:g} steps** against "
-        f"{metrics['median_chgnet_steps_from_input']:g} from the input ({len(rows)} structures; the input's steps and "
-        "seconds are those recorded in `meta.csv` where the data were made, the prediction's were measured here):\n\n"
-    )
-    return text + "\n".join(lines) + "\n", metrics
 
 
 def _real_section(model: str, root: Path, out_dir: Path, quick: bool) -> DemoSection:

@@ -28,9 +28,9 @@ REAL_HOSTS = ["MoS2"]
 
 def _real_section(model: str, root: Path, out_dir: Path, quick: bool) -> DemoSection:
     """The shipped model on the held-out MoS2 pairs through ``quintet definet eval --finish-with chgnet``."""
-    from quintet.deeprelax.demo import oracle_markdown
     from quintet.definet.predict import EvalJob, evaluate_model
     from quintet.definet.run import DataConfig
+    from quintet.demo import oracle_markdown
 
     job = EvalJob(
         model=model, data=DataConfig(root=str(root), hosts=REAL_HOSTS, cache_dir=str(out_dir / "cache")),
@@ -195,7 +195,7 @@ def demo(out_dir: Path, quick: bool = False) -> DemoSection:
         out_dir: folder for the eval tables (or the fallback's run and plots).
         quick: smallest settings (always the synthetic fallback, so tests are deterministic and need no data).
     """
-    from quintet.deeprelax.demo import shared_dir
+    from quintet.demo import shared_dir
     from quintet.models import default_model
 
     out_dir = Path(out_dir)
