@@ -9,7 +9,6 @@ report as one self-contained page (:mod:`quintet.report`).
 
 from __future__ import annotations
 
-import csv
 import importlib
 import time
 import traceback
@@ -135,20 +134,20 @@ def shared_dir(rel: str) -> Path | None:
 
 def recorded_seconds(root: Path) -> dict[str, float]:
     """Oracle relaxation seconds by structure id, from ``meta.csv`` in ``root`` and its host folders."""
+    from quintet.io import read_csv
+
     out: dict[str, float] = {}
     for meta in [root / "meta.csv", *sorted(root.glob("*/meta.csv"))]:
-        if not meta.is_file():
-            continue
-        with meta.open(newline="") as fh:
-            for row in csv.DictReader(fh):
-                if row.get("seconds") not in (None, ""):
-                    out[row["atoms_id"]] = float(row["seconds"])
+        for row in read_csv(meta):
+            if row.get("seconds") not in (None, ""):
+                out[row["atoms_id"]] = float(row["seconds"])
     return out
 
 
 def _finished_rows(eval_dir: Path) -> list[dict[str, str]]:
-    with (eval_dir / "per_structure.csv").open(newline="") as fh:
-        return [r for r in csv.DictReader(fh) if r.get("finish_steps") not in (None, "")]
+    from quintet.io import read_csv
+
+    return [r for r in read_csv(eval_dir / "per_structure.csv") if r.get("finish_steps") not in (None, "")]
 
 
 def oracle_markdown(

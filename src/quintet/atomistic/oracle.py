@@ -31,7 +31,7 @@ import numpy as np
 
 from quintet.atomistic.structures import check_atoms, read_structure, read_structures, write_structure
 from quintet.config import config_to_dict, save_config
-from quintet.io import atomic_save_json, atomic_write_text, load_json, remove_stale_temps
+from quintet.io import atomic_save_json, atomic_write_text, load_json, read_csv, remove_stale_temps
 
 __all__ = [
     "ORACLES",
@@ -547,13 +547,6 @@ def _check_md(atoms: Any, out: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_meta_rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
 def _write_meta_rows(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
@@ -589,7 +582,7 @@ def _run_pairs(
     from tqdm.auto import tqdm
 
     meta_path = folder / "meta.csv"
-    rows = _read_meta_rows(meta_path)
+    rows = read_csv(meta_path)
     have = {r["atoms_id"] for r in rows}
     todo = [(k, i) for k, i in enumerate(ids) if i not in have]
     if have:
