@@ -34,9 +34,10 @@ import torch
 
 from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate
+from quintet.atomistic.datasets import dataset_ids
 from quintet.atomistic.pipeline import Finisher
 from quintet.definet.model import DefiNet, DefiNetConfig
-from quintet.definet.predict import atoms_from, dataset_ids, predict_batches, record_metrics
+from quintet.definet.predict import atoms_from, predict_batches, record_metrics
 from quintet.definet.run import DataConfig, load_definet, load_pairs
 from quintet.definet.task import DefiNetTask
 from quintet.io import atomic_save_json

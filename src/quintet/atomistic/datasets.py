@@ -41,6 +41,8 @@ __all__ = [
     "RelaxPairDataset",
     "TrajectoryDataset",
     "check_pair_order",
+    "dataset_ids",
+    "dataset_meta",
     "default_cache_dir",
     "load_or_make_splits",
     "make_splits",
@@ -875,3 +877,27 @@ def records_summary(records: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, 
     if energies:
         out.update(energy_min=min(energies), energy_max=max(energies), energy_mean=float(np.mean(energies)))
     return out
+
+
+def dataset_meta(ds: Any) -> dict[str, dict[str, str]]:
+    """The ``meta.csv`` rows (by pair id) behind a RelaxPairDataset, a Subset or a ConcatDataset of those."""
+    from torch.utils.data import ConcatDataset, Subset
+
+    if isinstance(ds, ConcatDataset):
+        return {k: v for d in ds.datasets for k, v in dataset_meta(d).items()}
+    if isinstance(ds, Subset):
+        return dataset_meta(ds.dataset)
+    return dict(getattr(ds, "meta", {}))
+
+
+def dataset_ids(ds: Any) -> list[str]:
+    """Pair ids of a RelaxPairDataset, a Subset of one, or a ConcatDataset of those (``[]`` for a
+    dataset without ids, e.g. pairs from an ASE db)."""
+    from torch.utils.data import ConcatDataset, Subset
+
+    if isinstance(ds, ConcatDataset):
+        return [i for d in ds.datasets for i in dataset_ids(d)]
+    if isinstance(ds, Subset):
+        inner = dataset_ids(ds.dataset)
+        return [inner[i] for i in ds.indices] if inner else []
+    return list(getattr(ds, "ids", []))

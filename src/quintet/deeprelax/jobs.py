@@ -503,9 +503,10 @@ def _evaluation_summary(
 
 def _eval_finish(job: EvalJob, models: Sequence[Any], ds: Any, rows: list[dict[str, Any]], finisher: Any) -> None:
     """The oracle steps from the prediction and from the input of the first ``finish_limit`` structures."""
+    from quintet.atomistic.datasets import dataset_ids, dataset_meta
     from quintet.atomistic.structures import to_ase
 
-    ids = list(getattr(ds, "ids", [])) or [str(r["structure_id"]) for r in rows]
+    ids = dataset_ids(ds) or [str(r["structure_id"]) for r in rows]
     for row, pid in zip(rows, ids, strict=False):
         row["id"] = pid
 
@@ -515,7 +516,7 @@ def _eval_finish(job: EvalJob, models: Sequence[Any], ds: Any, rows: list[dict[s
             res = relax_ensemble(models, collate([rec]), job.solve)
             yield to_ase({**rec, K.POSITIONS: res["positions"], K.CELL: res["cell"][0]}), to_ase(rec)
 
-    finish_steps(rows, starts(), finisher, getattr(ds, "meta", None) if job.recorded_steps else None)
+    finish_steps(rows, starts(), finisher, dataset_meta(ds) if job.recorded_steps else None)
 
 
 def evaluate(job: EvalJob) -> dict[str, float]:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from quintet.atomistic import keys as K
+from quintet.atomistic.datasets import dataset_ids, dataset_meta
 from quintet.atomistic.nn.compile import CompiledModel
 from quintet.atomistic.pipeline import Finisher, oracle_name, steps_summary
 from quintet.config import save_config
@@ -37,8 +38,6 @@ __all__ = [
     "EvalJob",
     "PredictJob",
     "atoms_from",
-    "dataset_ids",
-    "dataset_meta",
     "defect_items",
     "evaluate_model",
     "predict",
@@ -416,26 +415,3 @@ def _finish_rows(
 
     fin = Finisher(job.finish_with, job.fmax, job.finish_steps, cell=False, optimizer=job.finish_optimizer)
     finish_steps(rows, starts(), fin, meta if job.recorded_steps else None, progress)
-
-
-def dataset_meta(ds: Any) -> dict[str, dict[str, str]]:
-    """The ``meta.csv`` rows (by pair id) behind a RelaxPairDataset, a Subset or a ConcatDataset of those."""
-    from torch.utils.data import ConcatDataset, Subset
-
-    if isinstance(ds, ConcatDataset):
-        return {k: v for d in ds.datasets for k, v in dataset_meta(d).items()}
-    if isinstance(ds, Subset):
-        return dataset_meta(ds.dataset)
-    return dict(getattr(ds, "meta", {}))
-
-
-def dataset_ids(ds: Any) -> list[str]:
-    """Pair ids of a RelaxPairDataset, a Subset of one, or a ConcatDataset of those."""
-    from torch.utils.data import ConcatDataset, Subset
-
-    if isinstance(ds, ConcatDataset):
-        return [i for d in ds.datasets for i in dataset_ids(d)]
-    if isinstance(ds, Subset):
-        inner = dataset_ids(ds.dataset)
-        return [inner[i] for i in ds.indices]
-    return list(ds.ids)
