@@ -95,16 +95,18 @@ def resolve_model(name_or_path: str | Path) -> Path:
     return path
 
 
-def build(net: Any, config: Any, d: dict[str, Any], path: str | Path) -> Any:
-    """``net(config(**extra.model))`` with the file's weights, eval mode: the body of every system's
-    ``from_model_file`` (an architecture field this version does not know is an error naming the file)."""
+def build(net: Any, config: Any, d: dict[str, Any], path: str | Path, dtype: Any = None) -> Any:
+    """``net(config(**extra.model))`` (cast to ``dtype`` first, when given) with the file's weights, eval mode:
+    the body of every system's ``from_model_file`` (an architecture field this version does not know is an
+    error naming the file)."""
     from quintet.config import from_dict
 
     try:
         cfg = from_dict(config, d["extra"]["model"])
     except ValueError as exc:
         raise ValueError(f"{path}: its {net.__name__} architecture is not valid here: {exc}") from exc
-    return load_weights(net(cfg), d, path)
+    model = net(cfg)
+    return load_weights(model if dtype is None else model.to(dtype), d, path)
 
 
 def load_weights(model: Any, d: dict[str, Any], path: str | Path) -> Any:

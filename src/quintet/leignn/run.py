@@ -17,7 +17,7 @@ from torch.utils.data import Subset
 
 from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate
-from quintet.config import config_to_dict, from_dict, save_config
+from quintet.config import config_to_dict, save_config
 from quintet.io import atomic_save_json
 from quintet.leignn.data import DataConfig, all_frames, load_splits
 from quintet.leignn.model import LEIGNN, LEIGNNModelConfig
@@ -133,14 +133,10 @@ def train(job: LEIGNNJob) -> Path:
 
 def from_model_file(d: dict[str, Any], path: str | Path) -> LEIGNN:
     """Rebuild an LEIGNN model (eval mode, CPU) from a loaded model file (:func:`quintet.load_model`)."""
-    extra = d["extra"]
-    try:
-        cfg = from_dict(LEIGNNModelConfig, extra["model"])
-    except ValueError as exc:
-        raise ValueError(f"{path}: its LEIGNN architecture is not valid here: {exc}") from exc
-    from quintet.models import load_weights
+    from quintet.models import build
 
-    return load_weights(LEIGNN(cfg).to(DTYPES.get(extra.get("dtype", "float32"), torch.float32)), d, path)
+    dtype = DTYPES.get(d["extra"].get("dtype", "float32"), torch.float32)
+    return build(LEIGNN, LEIGNNModelConfig, d, path, dtype)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LEIGNN:
