@@ -12,7 +12,7 @@ The CHGNet relaxation of a sample of the same structures (``--oracle-sample``, F
 fmax 0.05) gives the speed ratio against the iterative route. Numbers are per core and as ratios: the
 machine is shared, so absolute times move with its load.
 
-Writes ``benchmarks/results/screening.json`` and merges it into ``models.json`` under ``screening``.
+Writes ``benchmarks/results/screening.json`` + ``screening.png`` and merges it into ``models.json`` under ``screening``.
 
 Run: ``nice -n 10 .venv/bin/python benchmarks/screening.py --model deeprelax-bulk``
 """
@@ -110,7 +110,11 @@ def main() -> None:
     ap.add_argument("--model", default="deeprelax-bulk", help="model file or pretrained name")
     ap.add_argument("--oracle-sample", type=int, default=10)
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "screening"))
+    ap.add_argument("--plot-only", action="store_true", help="redraw screening.png from screening.json")
     args = ap.parse_args()
+    if args.plot_only:
+        print(plot(json.loads((RESULTS / "screening.json").read_text())))
+        return
     work = Path(args.work)
     folder = make_folder(work / "cifs", args.n)
     floor = copy_floor(folder, work / "copy")
@@ -132,10 +136,38 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
+def plot(result: dict[str, Any]) -> Path:
+    """Structures per second: the read/write floor, one process, two shards, and CHGNet on the same cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = result["n_files"]
+    rates = {
+        "read + write\n(floor)": 1 / result["io_floor_s_per_structure"],
+        "predict,\n1 process": n / result["one_process_s"],
+        "predict,\n2 shards": n / result["two_shards_s"],
+    }
+    if result.get("oracle_chgnet"):
+        rates["CHGNet\nrelaxation"] = 1 / result["oracle_chgnet"]["median_s"]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.bar(list(rates), list(rates.values()), color=["0.6", "C0", "C1", "C3"][: len(rates)])
+    ax.set_yscale("log")
+    ax.set_ylabel("structures / s")
+    ax.set_title(f"deeprelax predict over {n:,} CIFs ({result['model']})")
+    fig.tight_layout()
+    path = RESULTS / "screening.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _save(result: dict[str, Any]) -> None:
     from quintet.io import atomic_save_json
 
     atomic_save_json(RESULTS / "screening.json", result)
+    plot(result)
     models = RESULTS / "models.json"
     data = json.loads(models.read_text()) if models.is_file() else {}
     data["screening"] = result
