@@ -81,6 +81,33 @@ def test_definet_train_splits_go_to_the_cache(tmp_path: Path, monkeypatch) -> No
     assert list((tmp_path / "cache" / "splits").glob("*/split.json"))
 
 
+def test_leignn_splits_go_to_the_cache_even_when_the_data_is_writable(tmp_path: Path, monkeypatch) -> None:
+    import torch
+    from ase.io import write
+
+    from quintet.atomistic.datasets import split_cache_dir
+    from quintet.leignn.data import DataConfig, load_splits
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(6):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)
+        atoms.info["energy"] = float(rng.normal())
+        atoms.arrays["forces"] = rng.normal(size=(len(atoms), 3))
+        frames.append(atoms)
+    data = tmp_path / "data"
+    data.mkdir()
+    write(data / "cu.extxyz", frames)
+    monkeypatch.setenv("QUINTET_CACHE", str(tmp_path / "cache"))
+    cfg = DataConfig(path=str(data / "cu.extxyz"), n_train=4, n_val=1)
+    first = load_splits(cfg, 4.0, None, torch.float64)
+    assert _listing(data) == ["cu.extxyz"]
+    assert (split_cache_dir(data / "cu_splits") / "split.json").is_file()
+    again = load_splits(cfg, 4.0, None, torch.float64)  # the saved split is reused
+    assert [first[s].indices for s in ("train", "val", "test")] == [again[s].indices for s in ("train", "val", "test")]
+
+
 def test_splits_shipped_with_the_data_are_still_used(cu_pairs: Path, tmp_path: Path) -> None:
     from quintet.atomistic.datasets import RelaxPairDataset
 

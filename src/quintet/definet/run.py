@@ -40,7 +40,7 @@ class DataConfig:
         hosts: host folders to use (empty: every host folder under ``root``).
         exclude_hosts: host folders to leave out (e.g. a held-out host).
         split_seed: seed of the per-host 80/10/10 split (written once, reused while the data match).
-        split_dir: where split files go (default: next to the data if writable, else the cache).
+        split_dir: where split files go (default: read beside the data when there, new ones written to the cache).
         defect_tol: largest atom–site distance when labelling defects, Å.
         cache_dir: keep the parsed pairs here (parsed once per data fingerprint).
         max_train: use at most this many training pairs per host (quick runs; ``None``: all).

@@ -42,9 +42,10 @@ class DataConfig:
         train_file, valid_file, test_file: files already split (instead of ``path``); ``test_file``
             is only needed by ``eval --split test``.
         n_train, n_val: frames of ``path`` for training and validation; ``n_test`` (``None``: the rest).
-        seed: split seed (the split is written next to the data with its fingerprint).
+        seed: split seed (the split is saved with the data's fingerprint under the cache and reused).
         energy_scale: multiplies energies, forces and stress when reading (0.0433641: kcal/mol → eV).
-        split_dir: where the split csvs go (default: beside the data, or the cache if read-only).
+        split_dir: where the split csvs go (default: read from `<stem>_splits` beside the data when there,
+            new ones written under the cache, `$QUINTET_CACHE`; never into the data).
         energy_key, forces_key, stress_key: label names in the files (MACE: ``REF_energy`` ...).
         weight_key: per-frame loss weight in ``atoms.info`` (absent: 1).
     """
@@ -213,7 +214,7 @@ def read_frames(
 
 
 def _split_one_file(full: LabelledFrames, data: DataConfig) -> dict[str, Any]:
-    from quintet.atomistic.datasets import load_or_make_splits, writable_dir
+    from quintet.atomistic.datasets import load_or_make_splits, split_cache_dir
 
     n = len(full)
     n_test = n - data.n_train - data.n_val if data.n_test is None else data.n_test
@@ -222,11 +223,12 @@ def _split_one_file(full: LabelledFrames, data: DataConfig) -> dict[str, Any]:
             f"{data.path}: {n} frames cannot be split into {data.n_train} train / {data.n_val} val / {n_test} test"
         )
     rest = n - data.n_train - data.n_val - n_test
-    split_dir = Path(data.split_dir) if data.split_dir else None
-    if split_dir is None:
-        split_dir = writable_dir(Path(data.path).parent, "splits") / f"{Path(data.path).stem}_splits"
+    # splits beside the data are read when they are there; new ones go to the cache, never into the data
+    beside = Path(data.path).parent / f"{Path(data.path).stem}_splits"
+    split_dir = Path(data.split_dir) if data.split_dir else beside
+    write_dir = None if data.split_dir else split_cache_dir(beside)
     fractions = (data.n_train, data.n_val, n_test + rest)
-    ids = load_or_make_splits(full.ids, split_dir, full.fingerprint, fractions, data.seed)
+    ids = load_or_make_splits(full.ids, split_dir, full.fingerprint, fractions, data.seed, write_dir)
     index = {i: k for k, i in enumerate(full.ids)}
     out = {s: Subset(full, [index[i] for i in ids[s]]) for s in ("train", "val", "test")}
     if rest:  # drop the unused tail of the test split deterministically
