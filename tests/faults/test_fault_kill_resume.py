@@ -121,3 +121,48 @@ def test_relax_pairs_killed_then_rerun_matches_an_uninterrupted_run(tmp_path: Pa
     skip = lambda k: k.endswith((".yaml", ".json"))
     assert _outputs(tmp_path / "cut", skip) == _outputs(tmp_path / "ref", skip)
     assert not list((tmp_path / "cut").rglob("*.tmp"))
+
+
+def _weights(path: Path) -> dict[str, bytes]:
+    """Every tensor of a model file or checkpoint, as raw bytes (nested dicts flattened)."""
+    import torch
+
+    out: dict[str, bytes] = {}
+
+    def walk(obj: object, key: str) -> None:
+        if isinstance(obj, torch.Tensor):
+            out[key] = obj.detach().cpu().contiguous().numpy().tobytes()
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{key}/{k}")
+        elif isinstance(obj, list | tuple):
+            for k, v in enumerate(obj):
+                walk(v, f"{key}/{k}")
+
+    walk(torch.load(path, map_location="cpu", weights_only=True), "")
+    return out
+
+
+def test_training_killed_then_rerun_matches_an_uninterrupted_run(cu_pairs: Path, tmp_path: Path) -> None:
+    """``deeprelax train`` SIGKILLed after its first checkpoint, then run again: it resumes, and every
+    weight and optimizer tensor of the final files, and the loss history, equal an uninterrupted run's."""
+    argv = lambda out: [
+        "deeprelax", "train", "--data", str(cu_pairs), "data.layout=custom", "data.fractions=[1.0,0.0,0.0]",
+        "model.hidden=8", "model.num_layers=1", "model.num_rbf=8", "train.max_epochs=60", "train.batch_size=2",
+        "train.early_stop_patience=null", "train.monitor=train/loss", "train.progress=false",
+        "loss.solve_in_val=false", "--seed", "7", "-o", str(out), "--threads", "1",
+    ]  # fmt: skip
+    _finish(argv(tmp_path / "ref"), tmp_path)
+    last = tmp_path / "cut" / "last.ckpt"
+    _kill_when(argv(tmp_path / "cut"), tmp_path, last.is_file)
+    import torch
+
+    killed_at = torch.load(last, weights_only=True)["run"]["epoch"]
+    assert 1 <= killed_at < 60, killed_at  # cut mid-run: the rerun must resume, not start over or skip
+    _finish(argv(tmp_path / "cut"), tmp_path)
+    for name in ("best.pt", "last.ckpt"):
+        assert _weights(tmp_path / "cut" / name) == _weights(tmp_path / "ref" / name), name
+    times = lambda k: "time" in k or k.endswith("_s")
+    hist = lambda run: [{k: v for k, v in row.items() if not times(k)} for row in csv.DictReader((run / "history.csv").open())]
+    assert hist(tmp_path / "cut") == hist(tmp_path / "ref")
+    assert not list((tmp_path / "cut").rglob("*.tmp"))

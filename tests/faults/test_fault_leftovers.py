@@ -132,3 +132,14 @@ def test_expand_removes_orphan_temp_files_on_rerun(tmp_path: Path) -> None:
     (tmp_path / "out" / ".medaugment" / "done" / ".x.json.q.tmp").write_bytes(b"{")
     assert main(argv) == 0
     assert not list((tmp_path / "out").rglob("*.tmp"))
+
+
+def test_training_removes_a_killed_runs_temp_files(cu_pairs: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    orphan = run / ".last.ckpt.k3j9x.tmp"  # what a kill during the checkpoint's atomic write leaves
+    orphan.write_bytes(b"half a checkpoint")
+    argv = ["deeprelax", "train", "--data", str(cu_pairs), "data.fractions=[1.0,0.0,0.0]", "model.hidden=8"]
+    argv += ["model.num_layers=1", "train.max_epochs=1", "train.monitor=train/loss", "train.progress=false"]
+    assert main([*argv, "loss.solve_in_val=false", "-o", str(run)]) == 0
+    assert not orphan.exists() and (run / "last.ckpt").is_file()

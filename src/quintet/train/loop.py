@@ -40,7 +40,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader
 
 from quintet.config import config_to_dict, save_config
-from quintet.io import atomic_write_text
+from quintet.io import atomic_write_text, remove_stale_temps
 from quintet.train.checkpoint import load_checkpoint, save_checkpoint, save_model
 from quintet.train.config import TrainConfig
 from quintet.train.ema import EMACallback
@@ -667,6 +667,8 @@ def _resume_state(out_dir: Path, cfg: TrainConfig, resume: bool, n_train: int) -
     """The run state to start from and the checkpoint to restore (``None``); a finished run comes back
     with its ``stop_reason`` set and no checkpoint."""
     last = out_dir / LAST_NAME
+    if _env_rank() == 0:
+        remove_stale_temps(out_dir)  # half-written files of a killed run
     if not resume and _env_rank() == 0:  # start over: never let a later resume pick up the old run
         for name in (LAST_NAME, BEST_NAME, HISTORY_NAME):
             (out_dir / name).unlink(missing_ok=True)
