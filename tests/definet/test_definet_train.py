@@ -287,3 +287,37 @@ def test_compiled_definet_evaluates_and_predicts_like_the_eager_one(trained, tmp
         summaries[len(flag)] = json.loads((out / "eval.json").read_text())
     assert "compile: true" in (tmp_path / "ev1" / "config.yaml").read_text()
     assert summaries[1]["coord_mae_ratio_vs_dummy"] == pytest.approx(summaries[0]["coord_mae_ratio_vs_dummy"], rel=1e-4)
+
+
+def test_uncertainty_is_a_seeded_jitter_spread_independent_of_batching(trained, tmp_path):
+    """``uncertainty_A``: the spread of the predicted displacement over jittered inputs; the same for a
+    structure alone or in a batch, growing with the jitter, absent with ``uncertainty_samples=0``."""
+    from quintet.definet.predict import PredictJob, jitter_spread, predict
+
+    root, _, res = trained
+    model, _ = load_definet(res.best_path)
+    host = read_structure(root / "MoS2" / "MoS2_pristine_supercell.cif")
+    files = sorted((root / "MoS2" / "CIF").glob("*_unrelaxed.cif"))[:3]
+    recs = [pair_record(read_structure(f), None, host, 0.3) for f in files]
+    together = jitter_spread(model, recs, samples=4, jitter=0.02)
+    alone = jitter_spread(model, recs[2:], samples=4, jitter=0.02)
+    np.testing.assert_allclose(alone[0], together[2], rtol=1e-5, atol=1e-9)
+    assert all(s.shape == (len(r["defect"]),) and np.all(s > 0) for s, r in zip(together, recs, strict=True))
+    wider = jitter_spread(model, recs, samples=4, jitter=0.1)
+    assert np.mean([w.mean() for w in wider]) > 1.2 * np.mean([t.mean() for t in together])
+    with pytest.raises(ValueError, match="uncertainty_samples=1"):
+        PredictJob(uncertainty_samples=1)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in files:
+        (folder / f.name).write_bytes(f.read_bytes())
+    host_file = str(root / "MoS2" / "MoS2_pristine_supercell.cif")
+    for samples, out in ((4, tmp_path / "u"), (0, tmp_path / "n")):
+        job = PredictJob(model=str(res.best_path), inputs=[str(folder)], pristine=host_file, out=str(out))
+        job.uncertainty_samples, job.progress = samples, False
+        rows = list(csv.DictReader(predict(job).read_text().splitlines()))
+        if samples:
+            real = [s[: len(read_structure(f))].mean() for s, f in zip(together, files, strict=True)]
+            np.testing.assert_allclose([float(r["uncertainty_A"]) for r in rows], real, rtol=1e-3)
+        else:
+            assert "uncertainty_A" not in rows[0]
