@@ -25,7 +25,9 @@ __all__ = [
     "IMAGE_EXTS",
     "ImageFolderDataset",
     "SegmentationFolderDataset",
+    "encode_mask",
     "list_images",
+    "mask_palette",
     "read_image",
     "read_mask",
     "to_tensor",
@@ -125,13 +127,58 @@ def _to_gray(arr: np.ndarray) -> np.ndarray:
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a label mask as ``(H, W)`` integers; a multi-channel mask keeps channel 0 (as the paper's loader)."""
+    """Read a label mask, keeping every label of the encodings users have.
+
+    * gray (8/16-bit) PNG/TIFF/npy: the integer labels as stored, ``(H, W)``;
+    * a palette (``P`` mode) PNG, as VOC-style masks are: the palette indices, ``(H, W)`` uint8 (write it
+      back with :func:`encode_mask` and :func:`mask_palette` to keep the colours);
+    * a colour-coded RGB(A) mask: ``(H, W, 3)`` when its channels differ (each colour is a label), else the
+      one gray channel ``(H, W)``.
+    """
+    path = Path(path)
+    palette = mask_palette(path)
+    if palette is not None:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
     arr = read_image(path)
     if arr.dtype.kind not in "iu":
         raise ValueError(f"{path}: mask must hold integer labels, got dtype {arr.dtype}")
     if arr.ndim == 3:
-        arr = np.ascontiguousarray(arr[:, :, 0])
-    return arr
+        colour = arr[:, :, :3] if arr.shape[2] >= 3 else arr[:, :, :1]
+        same = all(np.array_equal(colour[:, :, 0], colour[:, :, c]) for c in range(1, colour.shape[2]))
+        arr = colour[:, :, 0] if same else colour
+    return np.ascontiguousarray(arr)
+
+
+def mask_palette(path: str | Path) -> list[int] | None:
+    """The colour table of a palette (``P`` mode) PNG mask, ``None`` for any other file."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return list(im.getpalette() or []) if im.mode == "P" else None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot decode image ({exc})") from None
+
+
+def encode_mask(mask: np.ndarray, palette: list[int] | None = None) -> bytes:
+    """A label mask as PNG bytes: a palette PNG with ``palette`` (the source's colours), else gray or RGB."""
+    if palette is None:
+        return encode_image(mask, ".png")
+    import io
+
+    from PIL import Image
+
+    im = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="P")
+    im.putpalette(palette)
+    stream = io.BytesIO()
+    im.save(stream, format="PNG")
+    return stream.getvalue()
 
 
 def encode_image(array: np.ndarray, ext: str) -> bytes:

@@ -39,7 +39,14 @@ import numpy as np
 
 from quintet.config import config_to_dict, save_config
 from quintet.io import atomic_save_json, atomic_write_bytes, atomic_write_text, load_json, remove_stale_temps
-from quintet.medaugment.data import encode_image, list_images, read_image, read_mask
+from quintet.medaugment.data import (
+    encode_image,
+    encode_mask,
+    list_images,
+    mask_palette,
+    read_image,
+    read_mask,
+)
 from quintet.medaugment.policy import Branch, MedAugment
 from quintet.medaugment.volumes import check_label_volume, encode_volume, is_volume, read_volume, split_name
 
@@ -285,24 +292,32 @@ Outputs = list[tuple[str, bytes]]
 
 
 def _image_outputs(job: Job, cfg: ExpandConfig, src: Path) -> tuple[Outputs, list[dict[str, Any]]]:
-    """Every output file of a 2D image (and mask), encoded in memory."""
+    """Every output file of a 2D image (and mask), encoded in memory. A 4-channel PNG/TIFF is RGBA: its
+    alpha moves with the spatial ops like a mask and is never changed as an intensity."""
     image = read_image(src / job.image)
     mask = read_mask(src / job.mask) if job.mask is not None else None
+    palette = mask_palette(src / job.mask) if job.mask is not None else None
     if mask is not None and mask.shape[:2] != image.shape[:2]:
         raise ValueError(
             f"{src / str(job.mask)}: mask size {mask.shape[:2]} differs from image size {image.shape[:2]}"
         )
+    alpha = None
+    if image.ndim == 3 and image.shape[2] == 4 and Path(job.image).suffix.lower() in (".png", ".tif", ".tiff"):
+        image, alpha = np.ascontiguousarray(image[:, :, :3]), np.ascontiguousarray(image[:, :, 3])
     rng = np.random.default_rng(_job_seed(cfg.seed, job.image))
+    policy = cfg.policy()
     files: Outputs = []
     rows = []
-    for i, (img, msk, branch) in enumerate(cfg.policy().expand(image, mask, rng), start=1):
+    for i, (img, msk, branch) in enumerate(policy.expand(image, mask, rng), start=1):
         out_img, out_mask = _output_names(job, cfg, i)
         if branch.is_identity and cfg.image_format == "same":
             files.append((out_img, (src / job.image).read_bytes()))
         else:
+            if alpha is not None:
+                img = np.concatenate([img, policy.apply_mask(branch, alpha)[:, :, None]], axis=2)
             files.append((out_img, encode_image(img, Path(out_img).suffix)))
         if out_mask is not None and msk is not None:
-            files.append((out_mask, encode_image(msk, ".png")))
+            files.append((out_mask, encode_mask(msk, palette)))
         rows.append(_row(job, i, out_img, out_mask, branch))
     return files, rows
 
