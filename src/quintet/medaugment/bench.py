@@ -237,6 +237,9 @@ class RunConfig:
         width: base channel width of the network.
         seed: seed of the pool, initialisation and data order.
         max_time_s: wall-clock cap per run (safety; ``None`` for none).
+        patience: early stopping: stop after this many validations without a better validation accuracy
+            (classification) or Dice (segmentation), the best of them kept; ``steps`` is then only a cap.
+            ``None``: train the full ``steps``, best epoch by validation loss.
     """
 
     kind: Literal["classification", "segmentation"] = "classification"
@@ -247,6 +250,7 @@ class RunConfig:
     width: int = 16
     seed: int = 0
     max_time_s: float | None = None
+    patience: int | None = None
 
 
 def _predict(model: nn.Module, x: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -290,7 +294,9 @@ def train_and_test(
         weight_decay=1e-4,
         ema_decay=0.0,
         plateau_patience=100,
-        early_stop_patience=None,
+        early_stop_patience=cfg.patience,
+        monitor="val/loss" if cfg.patience is None else ("val/acc" if cls else "val/dice"),
+        monitor_mode="min" if cfg.patience is None else "max",
         grad_clip=None,
         seed=cfg.seed,
         accelerator="cpu",
@@ -302,6 +308,8 @@ def train_and_test(
     model.load_state_dict(load_model_file(res.best_path)["state_dict"])
     out = _predict(model, test[0])
     metrics: dict[str, float] = {"seconds": seconds, "best_epoch": float(res.best_epoch)}
+    metrics["steps_run"] = float(res.history[-1]["step"]) if res.history else 0.0
+    metrics["early_stopped"] = float(res.stop_reason == "early_stop")
     if cls:
         pred = out.argmax(1)
         metrics |= {"acc": accuracy(test[1], pred), "f1": macro_f1(test[1], pred, num_classes)}
