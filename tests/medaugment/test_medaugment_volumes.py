@@ -213,3 +213,57 @@ def test_value_range_key_sets_a_ct_window_for_volumes(tmp_path):
         elif row["combination"] == "identity":
             np.testing.assert_array_equal(x, vol)
     assert checked >= 2
+
+
+def _series(folder: Path, values: np.ndarray, order: list[int]) -> Path:
+    """A DICOM series built on the pydicom wheel's ``CT_small.dcm``: slice k holds ``values[k]`` (stored
+    values, HU = stored - 1024), 5 mm apart, written to files whose names do not follow the slice order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in order:
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.PixelData = np.ascontiguousarray(values[k].astype(ds.pixel_array.dtype)).tobytes()
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [*list(ds.ImagePositionPatient)[:2], -75.7 + 5.0 * k]
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(folder / f"IM{(7 * k + 3) % 11:04d}.dcm")
+    return folder
+
+
+def test_dicom_series_is_one_volume_expanded_slice_by_slice_with_its_label_series(tmp_path):
+    """A folder of slices is read in InstanceNumber order (not file-name order), expanded with its label
+    series, and written back as series of the same slice files; labels and the affine survive."""
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm")).pixel_array.astype(np.int16)
+    ct = np.stack([base + 100 * k for k in range(4)])  # distinct slices
+    lab = np.zeros_like(ct)
+    lab[:, 30:90, 40:100] = 1
+    lab[:, 50:60, 50:70] = 2
+    _series(tmp_path / "in/images/case0", ct, [2, 0, 3, 1])
+    _series(tmp_path / "in/masks/case0", lab + 1024, [1, 3, 0, 2])  # stored = label + 1024 (HU = label)
+    vol = read_volume(tmp_path / "in/images/case0")
+    assert vol.kind == "dicom-series" and vol.data.shape == (4, 128, 128)
+    for k in range(4):  # MONAI's (x, y) order, slices stacked by InstanceNumber
+        np.testing.assert_array_equal(vol.data[k], (ct[k].astype(np.int32) - 1024).T)
+    assert vol.affine[2, 2] == pytest.approx(5.0)
+    cfg = ExpandConfig(input=tmp_path / "in", out=tmp_path / "out", task="segmentation", layout="folder", seed=2)
+    res = expand_dataset(cfg, progress=False)
+    assert res.num_failed == 0 and res.num_written == 5
+    for i in range(1, 6):
+        img, seg = read_volume(tmp_path / f"out/images/case0_{i}"), read_volume(tmp_path / f"out/masks/case0_{i}")
+        assert sorted(p.name for p in (tmp_path / f"out/images/case0_{i}").iterdir()) == sorted(
+            p.name for p in (tmp_path / "in/images/case0").iterdir()
+        )
+        np.testing.assert_allclose(img.affine, vol.affine)
+        assert img.data.dtype == vol.data.dtype and set(np.unique(seg.data)) <= {0, 1, 2}
+        uids = {pydicom.dcmread(p).SeriesInstanceUID for p in (tmp_path / f"out/images/case0_{i}").iterdir()}
+        assert len(uids) == 1
+    np.testing.assert_array_equal(read_volume(tmp_path / "out/images/case0_5").data, vol.data)  # identity
+
+
+def test_a_series_slice_without_instance_number_is_named(tmp_path):
+    folder = _series(tmp_path / "s", np.zeros((2, 128, 128), np.int16), [0, 1])
+    bad = sorted(folder.iterdir())[0]
+    ds = pydicom.dcmread(bad)
+    del ds.InstanceNumber
+    ds.save_as(bad)
+    with pytest.raises(ValueError, match=rf"{bad.name}: DICOM slice without InstanceNumber"):
+        read_volume(folder)

@@ -48,7 +48,16 @@ from quintet.medaugment.data import (
     read_mask,
 )
 from quintet.medaugment.policy import Branch, MedAugment
-from quintet.medaugment.volumes import check_label_volume, encode_volume, is_volume, read_volume, split_name
+from quintet.medaugment.volumes import (
+    Volume,
+    check_label_volume,
+    encode_series,
+    encode_volume,
+    is_series,
+    is_volume,
+    read_volume,
+    split_name,
+)
 
 __all__ = ["ExpandConfig", "ExpandResult", "Job", "expand_dataset", "plan_jobs"]
 
@@ -164,8 +173,9 @@ def _check_folders(cfg: ExpandConfig) -> tuple[Path, Path]:
 
 
 def _sources(folder: Path) -> list[Path]:
-    """Images (:func:`list_images`) and NIfTI / DICOM volumes directly inside ``folder``, sorted."""
-    vols = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_volume(p)]
+    """Images (:func:`list_images`), NIfTI / DICOM volumes and DICOM series folders directly inside
+    ``folder``, sorted."""
+    vols = [p for p in folder.iterdir() if not p.name.startswith(".") and ((p.is_file() and is_volume(p)) or is_series(p))]
     return sorted(list_images(folder) + vols)
 
 
@@ -263,14 +273,15 @@ def _job_key(rel: str) -> str:
     return hashlib.sha256(rel.encode("utf-8")).hexdigest()[:24]
 
 
-def _output_names(job: Job, cfg: ExpandConfig, i: int) -> tuple[str, str | None]:
+def _output_names(job: Job, cfg: ExpandConfig, i: int, src: Path) -> tuple[str, str | None]:
+    """Where output ``i`` of a job goes (a DICOM series: a folder ``<stem>_<i>``)."""
     stem, ext = split_name(job.image)
-    if cfg.image_format == "png" and not is_volume(job.image):
+    if cfg.image_format == "png" and not is_volume(src / job.image):
         ext = ".png"
     img = f"{job.out_dir}/{stem}_{i}{ext}"
     if job.mask is None:
         return img, None
-    mask_ext = split_name(job.mask)[1] if is_volume(job.mask) else ".png"
+    mask_ext = split_name(job.mask)[1] if is_volume(src / job.mask) else ".png"
     return img, f"{job.mask_out_dir}/{stem}_{i}{cfg.resolved_mask_suffix()}{mask_ext}"
 
 
@@ -309,7 +320,7 @@ def _image_outputs(job: Job, cfg: ExpandConfig, src: Path) -> tuple[Outputs, lis
     files: Outputs = []
     rows = []
     for i, (img, msk, branch) in enumerate(policy.expand(image, mask, rng), start=1):
-        out_img, out_mask = _output_names(job, cfg, i)
+        out_img, out_mask = _output_names(job, cfg, i, src)
         if branch.is_identity and cfg.image_format == "same":
             files.append((out_img, (src / job.image).read_bytes()))
         else:
@@ -327,9 +338,9 @@ def _volume_outputs(job: Job, cfg: ExpandConfig, src: Path) -> tuple[Outputs, li
     vol = read_volume(src / job.image)
     lab = None
     if job.mask is not None:
-        if not is_volume(job.mask):
+        if not is_volume(src / job.mask):
             raise ValueError(
-                f"{src / job.mask}: the label of volume {job.image} must be a NIfTI or DICOM file"
+                f"{src / job.mask}: the label of volume {job.image} must be a NIfTI or DICOM file or series"
             )
         lab = read_volume(src / job.mask)
         check_label_volume(vol, lab)
@@ -341,21 +352,28 @@ def _volume_outputs(job: Job, cfg: ExpandConfig, src: Path) -> tuple[Outputs, li
     files: Outputs = []
     rows = []
     for i, (img, msk, branch) in enumerate(policy.expand(vol.data, labels, rng), start=1):
-        out_img, out_mask = _output_names(job, cfg, i)
+        out_img, out_mask = _output_names(job, cfg, i, src)
         ident = branch.is_identity
-        ext = split_name(out_img)[1]
-        files.append((out_img, (src / job.image).read_bytes() if ident else encode_volume(vol, img, ext)))
+        files += _volume_files(vol, None if ident else img, out_img)
         if lab is not None and out_mask is not None and msk is not None:
-            data = (src / str(job.mask)).read_bytes() if ident else None
-            ext_m = split_name(out_mask)[1]
-            files.append((out_mask, data or encode_volume(lab, msk.astype(lab.data.dtype), ext_m)))
+            files += _volume_files(lab, None if ident else msk.astype(lab.data.dtype), out_mask)
         rows.append(_row(job, i, out_img, out_mask, branch))
     return files, rows
 
 
+def _volume_files(vol: Volume, data: np.ndarray | None, rel: str) -> Outputs:
+    """The file(s) of one output volume at ``rel``: the source's own bytes when ``data`` is ``None`` (the
+    identity branch), a series as ``rel/<slice file>``."""
+    if vol.kind == "dicom-series":
+        if data is None:
+            return [(f"{rel}/{f.name}", f.read_bytes()) for f in vol.slices]
+        return [(f"{rel}/{name}", blob) for name, blob in encode_series(vol, data)]
+    return [(rel, vol.path.read_bytes() if data is None else encode_volume(vol, data, split_name(rel)[1]))]
+
+
 def _run_job(job: Job, cfg: ExpandConfig, src: Path, dst: Path) -> list[dict[str, Any]]:
     """Expand one source: encode every output in memory, write them, then the done-record."""
-    make = _volume_outputs if is_volume(job.image) else _image_outputs
+    make = _volume_outputs if is_volume(src / job.image) else _image_outputs
     files, rows = make(job, cfg, src)
     for rel, data in files:
         atomic_write_bytes(dst / rel, data)

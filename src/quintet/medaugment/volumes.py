@@ -1,7 +1,8 @@
 """NIfTI and DICOM volumes for offline expansion: read through MONAI ``LoadImage``, written back with the source header.
 
 * Reading uses MONAI's ``LoadImage`` (``NibabelReader`` for ``.nii`` / ``.nii.gz``, ``PydicomReader``
-  for single-file ``.dcm``; DICOM rescale slope/intercept applied, so CT is in Hounsfield units).
+  for a single ``.dcm`` file and for a DICOM series, a folder of one ``.dcm`` file per slice, stacked in
+  ``InstanceNumber`` order; DICOM rescale slope/intercept applied, so CT is in Hounsfield units).
   The array comes back in MONAI's spatial order ``(H, W, D)`` (a 2D file gets ``D = 1``) and is
   handed to the ops as ``(D, H, W)``: in-plane ops act on the first two axes, as in
   :class:`~quintet.medaugment.monai_transforms.MedAugmentd`.
@@ -9,7 +10,8 @@
   with the ``"auto"`` window (the volume's own [min, max]), so nothing is clipped and nothing wraps.
 * Writing keeps the source file's header: NIfTI through nibabel with the original header and affine
   (so spacing and orientation are unchanged), DICOM by replacing the pixel data of the source
-  dataset (stored values = ``(HU - intercept) / slope``, rounded) under a new SOP Instance UID.
+  dataset (stored values = ``(HU - intercept) / slope``, rounded) under a new SOP Instance UID; a series
+  slice by slice into files of the same names, all under one new Series Instance UID.
   Files are encoded in memory, then written atomically, so a failure leaves nothing half-written.
   (MONAI's ``SaveImage`` writes to a path of its own choosing and has no DICOM writer, hence this.)
 * Bad input raises ``ValueError`` naming the file: 4D data where 3D is expected, NaN / inf values,
@@ -30,7 +32,9 @@ __all__ = [
     "VOLUME_EXTS",
     "Volume",
     "check_label_volume",
+    "encode_series",
     "encode_volume",
+    "is_series",
     "is_volume",
     "read_volume",
     "split_name",
@@ -49,8 +53,31 @@ def split_name(path: str | Path) -> tuple[str, str]:
 
 
 def is_volume(path: str | Path) -> bool:
-    """Whether ``path`` has a NIfTI or DICOM extension."""
-    return split_name(path)[1].lower() in VOLUME_EXTS
+    """Whether ``path`` has a NIfTI or DICOM extension, or is a DICOM series folder."""
+    return split_name(path)[1].lower() in VOLUME_EXTS or is_series(path)
+
+
+def is_series(path: str | Path) -> bool:
+    """Whether ``path`` is a DICOM series: a folder holding ``.dcm`` files (one per slice)."""
+    p = Path(path)
+    return p.is_dir() and any(q.suffix.lower() == ".dcm" for q in p.iterdir() if not q.name.startswith("."))
+
+
+def _series_slices(folder: Path) -> tuple[Path, ...]:
+    """The slice files of a series in ``InstanceNumber`` order (MONAI's stacking order), each checked."""
+    import pydicom
+
+    files = sorted(q for q in folder.iterdir() if q.suffix.lower() == ".dcm" and not q.name.startswith("."))
+    numbers = {}
+    for f in files:
+        _check_dicom(f)
+        n = pydicom.dcmread(str(f), stop_before_pixels=True).get("InstanceNumber")
+        if n is None:
+            raise ValueError(f"{f}: DICOM slice without InstanceNumber; a series needs it to order its slices")
+        if int(n) in numbers:
+            raise ValueError(f"{f}: InstanceNumber {n} repeats {numbers[int(n)].name}; one file per slice")
+        numbers[int(n)] = f
+    return tuple(numbers[n] for n in sorted(numbers))
 
 
 @dataclass
@@ -60,8 +87,9 @@ class Volume:
     path: Path
     data: np.ndarray
     affine: np.ndarray
-    kind: str  # "nifti" or "dicom"
+    kind: str  # "nifti", "dicom" or "dicom-series"
     file_shape: tuple[int, ...]
+    slices: tuple[Path, ...] = ()  # a series' slice files, in stacking (InstanceNumber) order
 
     def label_data(self) -> np.ndarray:
         """The data as integer class ids (``ValueError`` naming the file if they are not integers)."""
@@ -119,17 +147,19 @@ def _check_dicom(path: Path) -> None:
 
 
 def read_volume(path: str | Path) -> Volume:
-    """Read a NIfTI or single-file DICOM volume (see the module docstring); errors name the file."""
+    """Read a NIfTI file, a DICOM file or a DICOM series folder (see the module docstring); errors name the
+    file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"volume file {path} does not exist")
+    if not (path.is_file() or is_series(path)):
+        raise FileNotFoundError(f"volume file {path} does not exist (nor a folder of .dcm slices)")
     ext = split_name(path)[1].lower()
-    if ext not in VOLUME_EXTS:
-        raise ValueError(f"{path}: not a volume file; supported: {', '.join(VOLUME_EXTS)}")
-    kind = "dicom" if ext == ".dcm" else "nifti"
+    slices = _series_slices(path) if is_series(path) else ()
+    if not slices and ext not in VOLUME_EXTS:
+        raise ValueError(f"{path}: not a volume file; supported: {', '.join(VOLUME_EXTS)} or a DICOM series folder")
+    kind = "dicom-series" if slices else "dicom" if ext == ".dcm" else "nifti"
     if kind == "dicom":
         _check_dicom(path)
-    x = _load(path, "PydicomReader" if kind == "dicom" else "NibabelReader")
+    x = _load(path, "NibabelReader" if kind == "nifti" else "PydicomReader")
     arr = np.asarray(x.numpy() if hasattr(x, "numpy") else x)
     if arr.ndim > 3:
         raise ValueError(
@@ -140,11 +170,11 @@ def read_volume(path: str | Path) -> Volume:
             f"{path}: contains NaN or infinite values; replace them (e.g. numpy.nan_to_num) first"
         )
     file_shape = tuple(arr.shape)
-    dtype = _nifti_dtype(path) if kind == "nifti" else _dicom_dtype(path, arr)
+    dtype = _nifti_dtype(path) if kind == "nifti" else _dicom_dtype(slices[0] if slices else path, arr)
     arr = arr.astype(dtype) if dtype.kind == "f" else np.rint(arr).astype(dtype)
     vol = arr.reshape(*arr.shape[:2], -1) if arr.ndim == 3 else arr[:, :, None]
     data = np.ascontiguousarray(np.moveaxis(vol, -1, 0))  # (H, W, D) -> (D, H, W)
-    return Volume(path, data, np.asarray(x.affine, dtype=np.float64), kind, file_shape)
+    return Volume(path, data, np.asarray(x.affine, dtype=np.float64), kind, file_shape, slices)
 
 
 def check_label_volume(image: Volume, label: Volume) -> None:
@@ -170,6 +200,8 @@ def encode_volume(volume: Volume, data: np.ndarray, ext: str) -> bytes:
         raise ValueError(
             f"{volume.path}: cannot write shape {data.shape} over a volume of shape {volume.data.shape}"
         )
+    if volume.kind == "dicom-series":
+        raise ValueError(f"{volume.path}: a DICOM series is written slice by slice (encode_series)")
     arr = _to_file_layout(volume, data)
     if volume.kind == "dicom":
         return _encode_dicom(volume.path, arr)
@@ -181,11 +213,25 @@ def encode_volume(volume: Volume, data: np.ndarray, ext: str) -> bytes:
     return gzip.compress(raw, mtime=0) if ext.lower() == ".nii.gz" else raw
 
 
-def _encode_dicom(path: Path, arr: np.ndarray) -> bytes:
+def encode_series(volume: Volume, data: np.ndarray) -> list[tuple[str, bytes]]:
+    """A series' slices with ``data`` (ops layout ``(D, H, W)``): ``[(slice file name, bytes)]``, each slice's
+    header kept, one new Series Instance UID for all."""
+    from pydicom.uid import generate_uid
+
+    if data.shape != volume.data.shape:
+        raise ValueError(f"{volume.path}: cannot write shape {data.shape} over a series of shape {volume.data.shape}")
+    arr = _to_file_layout(volume, data)
+    series = generate_uid()
+    return [(f.name, _encode_dicom(f, arr[:, :, k : k + 1], series)) for k, f in enumerate(volume.slices)]
+
+
+def _encode_dicom(path: Path, arr: np.ndarray, series_uid: str | None = None) -> bytes:
     import pydicom
     from pydicom.uid import generate_uid
 
     ds = pydicom.dcmread(str(path))
+    if series_uid is not None:
+        ds.SeriesInstanceUID = series_uid
     stored = ds.pixel_array.dtype
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
