@@ -236,3 +236,103 @@ def test_loopback_deployment_survives_a_supernode_killed_mid_run(tmp_path: Path)
     assert np.isfinite(res.test_acc[:, :3]).all() and np.isnan(res.test_acc[-1, 3])
     models = sorted(p.name for p in (cfg.out / "models").glob("client_*.pt"))
     assert models == ["client_0.pt", "client_1.pt", "client_2.pt"] and res.models_saved == 3
+
+
+#: a ClientApp module that misbehaves in round 2 as its node config says (``fault="nan"|"bad_shape"|"extra_key"``)
+FAULT_CLIENT = '''"""quintet's ClientApp, corrupting its round-2 reply as the node config's ``fault`` says."""
+import torch
+
+import quintet.fedaux.flower as F
+
+_train = F.handle_train
+
+
+def _faulty(content, node_config, state, cfg):
+    out = _train(content, node_config, state, cfg)
+    fault = node_config.get("fault")
+    if fault and content["config"].get("round") == 2 and "arrays" in out:
+        k = next(iter(out["arrays"]))
+        if fault == "nan":
+            out["arrays"][k] = out["arrays"][k] * float("nan")
+        elif fault == "bad_shape":
+            out["arrays"][k] = out["arrays"][k].flatten()[:1].clone()
+        elif fault == "extra_key":
+            out["arrays"]["x_features"] = torch.zeros(3)
+    return out
+
+
+F.handle_train = _faulty
+client_app = F.make_client_app()
+'''
+
+
+@pytest.mark.integration
+def test_loopback_deployment_rejects_bad_replies_of_real_nodes_and_goes_on(tmp_path: Path) -> None:
+    """Real processes: SuperNodes 1, 2 and 3 send a NaN upload, a wrong shape and an extra key in round 2.
+    Each reply is rejected and logged, the round aggregates the others, the three are served again in
+    round 3, and all four save their personalised models."""
+    pytest.importorskip("ray")
+    from quintet.fedaux.deploy import run_loopback_deployment, write_partition
+    from quintet.fedaux.flower import write_flower_app
+
+    cfg = _cfg(tmp_path, rounds=3)
+    cfg.wait_s, cfg.round_timeout_s = 120.0, 90.0
+    write_partition(cfg, tmp_path / "shards")
+    app = write_flower_app(tmp_path / "app", cfg)
+    (app / "fault_client.py").write_text(FAULT_CLIENT)
+    toml = app / "pyproject.toml"
+    toml.write_text(toml.read_text().replace('"quintet.fedaux.flower:client_app"', '"fault_client:client_app"'))
+    faults = {1: 'fault="nan"', 2: 'fault="bad_shape"', 3: 'fault="extra_key"'}
+    res = run_loopback_deployment(cfg, tmp_path / "deploy", 500, tmp_path / "shards", app=app, node_config=faults)
+    assert res.rejected == 3
+    assert np.isnan(res.test_acc[1, 1:]).all() and np.isfinite(res.test_acc[1, 0])  # round 2: only node 0
+    assert np.isfinite(res.test_acc[[0, 2]]).all()  # rounds 1 and 3: everyone
+    log = (tmp_path / "deploy" / "flwr_run.log").read_text(errors="ignore")
+    assert "non-finite" in log and "shape" in log and "wrong parameter keys" in log
+    assert res.models_saved == 4
+
+
+@pytest.mark.integration
+def test_loopback_deployment_serves_a_supernode_that_joins_late(tmp_path: Path) -> None:
+    """Real processes: the server starts with 3 SuperNodes; the 4th is started once the others have their
+    round-1 message, is served from a later round on (its earlier rounds are holes) and saves its model."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    pytest.importorskip("ray")
+    from quintet.fedaux.deploy import run_loopback_deployment, supernode_cmd, write_partition
+
+    cfg = _cfg(tmp_path, rounds=4)
+    cfg.wait_s, cfg.round_timeout_s, cfg.min_nodes = 120.0, 90.0, 3
+    write_partition(cfg, tmp_path / "shards")
+    work = tmp_path / "deploy"
+    result: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault(
+            "res", run_loopback_deployment(cfg, work, 500, tmp_path / "shards", nodes=[0, 1, 2])
+        )
+    )
+    thread.start()
+    log, late, deadline = work / "supernode0.log", None, time.monotonic() + 300
+    try:
+        while late is None and time.monotonic() < deadline and thread.is_alive():
+            if log.is_file() and "Received successfully" in log.read_text(errors="ignore"):
+                addr = (work / "flwr_home" / "config.toml").read_text().split('address = "127.0.0.1:')[1]
+                cmd = supernode_cmd(int(addr.split('"')[0]), tmp_path / "shards" / "client_3.pt", cfg.out)
+                env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+                late = subprocess.Popen(cmd, cwd=work, env=env, stdout=(work / "supernode3.log").open("wb"),
+                                        stderr=subprocess.STDOUT)  # fmt: skip
+            time.sleep(0.2)
+        thread.join(timeout=600)
+    finally:
+        if late is not None:
+            late.terminate()
+            late.wait(timeout=30)
+    res = result["res"]
+    assert late is not None and np.isnan(res.test_acc[0, 3])  # round 1 ran without it
+    assert np.isfinite(res.test_acc[-1, 3]) and np.isfinite(res.test_acc[:, :3]).all()
+    models = sorted(p.name for p in (cfg.out / "models").glob("client_*.pt"))
+    assert models == [f"client_{i}.pt" for i in range(4)]

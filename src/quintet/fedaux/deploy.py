@@ -30,7 +30,7 @@ from quintet.fedaux.flower import FlowerConfig, read_result, write_flower_app
 from quintet.fedaux.loop import SimResult
 from quintet.fedaux.simulate import load_data, partition_provenance
 
-__all__ = ["free_port", "run_loopback_deployment", "write_partition"]
+__all__ = ["free_port", "run_loopback_deployment", "supernode_cmd", "write_partition"]
 
 _CONNECTION = "quintet-loopback"
 
@@ -114,17 +114,36 @@ def _existing_partition(cfg: FlowerConfig, folder: Path) -> list[Path]:
     return [folder / f"client_{c.client_id}.pt" for c in clients]
 
 
+def supernode_cmd(port: int, shard: Path, out: Path, extra_config: str = "") -> list[str]:
+    """The ``flower-supernode`` command of one node on loopback: SuperLink at ``127.0.0.1:port``, the node
+    reading only ``shard`` and saving its model under ``out``; ``extra_config``: more ``key=value`` node
+    config entries (TOML values)."""
+    config = f'data-path="{shard}" out-dir="{out}" {extra_config}'.strip()
+    return [_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
+            str(free_port()), "--node-config", config]  # fmt: skip
+
+
 def run_loopback_deployment(
-    cfg: FlowerConfig, workdir: str | Path, timeout_s: float = 600.0, shards: str | Path | None = None
+    cfg: FlowerConfig,
+    workdir: str | Path,
+    timeout_s: float = 600.0,
+    shards: str | Path | None = None,
+    app: str | Path | None = None,
+    node_config: dict[int, str] | None = None,
+    nodes: list[int] | None = None,
 ) -> SimResult:
     """Run ``cfg`` as a SuperLink + one SuperNode per shard on 127.0.0.1.
 
     Args:
         cfg: the run (its ``out`` receives the server's outputs and, from each node, ``models/``).
-        workdir: folder for the shards, the app, ``FLWR_HOME`` and the process logs.
+        workdir: folder for the shards, the app, ``FLWR_HOME`` (its ``config.toml`` names the SuperLink's
+            address) and the process logs.
         timeout_s: limit for the whole run.
         shards: a folder written by ``quintet fedaux partition`` (default: partition ``cfg.data`` into
             ``workdir/shards``); ``cfg.data`` is then not read at all.
+        app: an app folder to run instead of the one written from ``cfg`` (e.g. with another ClientApp).
+        node_config: extra node-config entries per node index (``{1: 'key="value"'}``).
+        nodes: the node indices to start (default: all); others can join later with :func:`supernode_cmd`.
 
     Returns:
         The server's result, read back from ``cfg.out``.
@@ -133,7 +152,7 @@ def run_loopback_deployment(
     work.mkdir(parents=True, exist_ok=True)
     cfg.out = Path(cfg.out).resolve()
     paths = _existing_partition(cfg, Path(shards)) if shards else write_partition(cfg, work / "shards")
-    app = write_flower_app(work / "app", cfg)
+    app = Path(app) if app is not None else write_flower_app(work / "app", cfg)
     home = work / "flwr_home"
     home.mkdir(exist_ok=True)
     port = free_port()
@@ -152,9 +171,9 @@ def run_loopback_deployment(
         _start(stack, link, work, env, work / "superlink.log")
         _wait_port(port, 60)
         for i, shard in enumerate(paths):
-            node = [_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
-                    str(free_port()), "--node-config", f'data-path="{shard}" out-dir="{cfg.out}"']  # fmt: skip
-            _start(stack, node, work, env, work / f"supernode{i}.log")
+            if nodes is None or i in nodes:
+                node = supernode_cmd(port, shard, Path(cfg.out), (node_config or {}).get(i, ""))
+                _start(stack, node, work, env, work / f"supernode{i}.log")
         run = [_bin("flwr"), "run", str(app), _CONNECTION, "--stream", "--run-config", f"out='{cfg.out}'"]
         out = subprocess.run(run, cwd=work, env=env, capture_output=True, text=True, timeout=timeout_s)
         (work / "flwr_run.log").write_text(out.stdout + out.stderr, encoding="utf-8")

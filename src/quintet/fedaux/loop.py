@@ -295,7 +295,11 @@ def _promote(store: dict[str, dict[str, torch.Tensor]], best_round: int) -> None
 
 
 def _finish(store: dict[str, dict[str, torch.Tensor]], client: ClientContext) -> dict[str, dict[str, Any]]:
-    best = store.get(BEST_STATE_KEY)
+    """Save the client's model of the server's best round; a client that missed that round (it joined
+    late, or its reply then was lost) saves its last round's model instead."""
+    best, local = store.get(BEST_STATE_KEY), store.get(LOCAL_STATE_KEY)
+    if best is None and local and _ROUND_KEY in local:
+        best = {k: v for k, v in local.items() if k.startswith("model/") or k == _ROUND_KEY}
     kept = int(best[_ROUND_KEY]) if best else 0
     saved = 0
     if best and client.model_dir is not None:
