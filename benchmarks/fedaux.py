@@ -276,10 +276,15 @@ def flower_check(rounds: int = 3) -> dict:
 
 
 def deploy_check(rounds: int = 3) -> dict:
-    """FedAux on Cora-5 as a loopback deployment with node-local shards (SuperLink + 5 SuperNodes, each
-    reading only its own shard) and in-process: the largest accuracy difference and seconds per round."""
+    """FedAux on Cora-5 on all three engines in one run: in-process, Flower's simulation engine (Ray) and a
+    loopback deployment with node-local shards (SuperLink + 5 SuperNodes, each reading only its own shard):
+    the largest accuracy difference to in-process, seconds per round and bytes per client per round."""
+    import dataclasses
+
+    from quintet.fedaux.algorithms import expected_upload, initial_state
     from quintet.fedaux.deploy import run_loopback_deployment
-    from quintet.fedaux.flower import FlowerConfig
+    from quintet.fedaux.flower import FlowerConfig, flower_simulate
+    from quintet.fedaux.loop import SimResult
     from quintet.fedaux.simulate import DataConfig
 
     work = ROOT / "benchmarks" / "work" / "fedaux_deploy_check"
@@ -292,13 +297,24 @@ def deploy_check(rounds: int = 3) -> dict:
         round_timeout_s=600.0,
         progress=False,
     )
-    dep = run_loopback_deployment(cfg, work / "deploy", timeout_s=1800)
     clients, info = _clients("cora", 5, cfg.data.metis)
     ip = simulate(cfg.algo, clients, info["num_classes"], rounds, 0, progress=False)
-    diff = max(float(np.nanmax(np.abs(dep.val_acc - ip.val_acc))), float(np.nanmax(np.abs(dep.test_acc - ip.test_acc))))
-    out = {"cell": "cora-5", "method": "fedaux", "rounds": rounds, "max_abs_diff": diff * 100,
-           "deploy_s_per_round": dep.seconds / rounds, "inprocess_s_per_round": ip.seconds / rounds,
-           "models_saved": dep.models_saved}  # fmt: skip
+    sim = flower_simulate(dataclasses.replace(cfg, out=work / "sim_out"))
+    dep = run_loopback_deployment(cfg, work / "deploy", timeout_s=1800)
+
+    def diff(res: SimResult) -> float:
+        val, test = np.nanmax(np.abs(res.val_acc - ip.val_acc)), np.nanmax(np.abs(res.test_acc - ip.test_acc))
+        return 100 * max(float(val), float(test))
+
+    init = initial_state(cfg.algo, info["num_features"], info["num_classes"], 0)
+    up = sum(int(np.prod(s)) for s in expected_upload(cfg.algo, init).values()) * 4
+    per_round = {"inprocess": ip.seconds / rounds, "flower_sim": sim.seconds / rounds, "loopback": dep.seconds / rounds}
+    out = {"cell": "cora-5", "method": "fedaux", "rounds": rounds, "max_abs_diff": diff(dep),
+           "flower_sim_max_abs_diff": diff(sim), "deploy_s_per_round": per_round["loopback"],
+           "inprocess_s_per_round": per_round["inprocess"], "flower_sim_s_per_round": per_round["flower_sim"],
+           "s_per_round": per_round, "ratio_vs_inprocess": {k: v / per_round["inprocess"] for k, v in per_round.items()},
+           "upload_bytes_per_client_per_round": up, "models_saved": dep.models_saved,
+           "machine": "shared 2-core CPU; every Flower message starts a fresh ClientApp process (deployment)"}  # fmt: skip
     atomic_save_json(CELLS / "deploy_check.json", out)
     return out
 
@@ -555,6 +571,8 @@ def _issue25_studies() -> dict:
     if dc.is_file():
         out["node_local_deploy_max_abs_diff"] = load_json(dc)["max_abs_diff"]
         out["node_local_deploy_check"] = load_json(dc)
+        out["deployment_overhead"] = {k: load_json(dc).get(k) for k in ("s_per_round", "ratio_vs_inprocess",
+                                      "upload_bytes_per_client_per_round", "flower_sim_max_abs_diff")}  # fmt: skip
     ms, dp = CELLS / "message_sizes.json", CELLS / "dp_cost.json"
     if ms.is_file():
         out["bytes_per_client_per_round"] = load_json(ms)
@@ -1062,7 +1080,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--message-sizes", action="store_true", help="bytes per client per round, Cora-10")
     parser.add_argument(
-        "--deploy-check", action="store_true", help="loopback deployment with node-local shards vs in-process, Cora-5"
+        "--deploy-check", action="store_true", help="in-process vs Flower simulation vs loopback deployment with node-local shards, Cora-5: accuracy"
+        " difference, seconds per round, bytes per client per round"
     )
     parser.add_argument("--dp", action="store_true", help="FedAux on Cora-10 with client-level DP (2 noise levels)")
     return parser
