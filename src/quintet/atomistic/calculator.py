@@ -1,7 +1,9 @@
 """An ASE ``Calculator`` for any quintet energy(/forces/stress) model.
 
-The model is called on a one-structure batch built from the ``Atoms``; the neighbour list is
-rebuilt at every call (vesin: ~1 ms per 100 atoms) so atoms may move freely during MD.
+The model is called on a one-structure batch built from the ``Atoms``. Given the model's ``cutoff``, the
+calculator keeps a Verlet neighbour list (:class:`~quintet.atomistic.neighbors.VerletList`, ``skin`` Å of
+buffer) that is rebuilt only when an atom has moved more than half the skin or the cell changed; without a
+cutoff the model builds its own list at every call.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from quintet.atomistic import keys as K
 from quintet.atomistic.batch import collate
+from quintet.atomistic.neighbors import VerletList
 from quintet.atomistic.nn.compile import CompiledModel
 
 __all__ = ["ModelCalculator"]
@@ -33,6 +36,10 @@ class ModelCalculator(Calculator):
         compile: run the model through ``torch.compile`` (:class:`~quintet.atomistic.nn.CompiledModel`;
             eager again, with a warning, if compiling fails). The first call compiles (tens of seconds);
             later calls are faster on periodic cells of tens of atoms or more, slower on small molecules.
+        cutoff: the model's neighbour cutoff, Å: the calculator then keeps the neighbour list itself.
+        skin: Verlet buffer of that list, Å (0: a fresh list every call; with ``compile`` the model builds
+            its own list every call).
+        max_neighbors: the model's nearest-k truncation (a fresh list every call when set).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]  # noqa: RUF012
@@ -45,9 +52,14 @@ class ModelCalculator(Calculator):
         stress: bool = True,
         check: Callable[[Tensor], None] | None = None,
         compile: bool = False,
+        cutoff: float | None = None,
+        skin: float = 0.5,
+        max_neighbors: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # a compiled model was traced building its own graph: it keeps doing so
+        self.neighbors = VerletList(cutoff, skin, max_neighbors) if cutoff is not None and not compile else None
         model = model.to(device).eval()
         self.model: Any = CompiledModel(model) if compile else model
         params = list(model.parameters())
@@ -70,6 +82,10 @@ class ModelCalculator(Calculator):
         }
         if self.check is not None:
             self.check(rec[K.ATOMIC_NUMBERS])
+        if self.neighbors is not None:
+            ei, sh = self.neighbors(pos, np.asarray(atoms.cell.array), np.asarray(atoms.pbc))
+            rec[K.EDGE_INDEX] = torch.from_numpy(ei).to(self.device)
+            rec[K.EDGE_SHIFT] = torch.from_numpy(sh).to(device=self.device, dtype=self.dtype)
         return collate([rec])
 
     def predict(self, atoms: Any, stress: bool = False) -> Mapping[str, Tensor]:

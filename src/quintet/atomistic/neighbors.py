@@ -18,7 +18,15 @@ from torch import Tensor
 
 from quintet.atomistic import keys as K
 
-__all__ = ["TIE_TOL", "batch_graph", "batch_neighbor_list", "edge_vectors", "neighbor_list", "with_neighbors"]
+__all__ = [
+    "TIE_TOL",
+    "VerletList",
+    "batch_graph",
+    "batch_neighbor_list",
+    "edge_vectors",
+    "neighbor_list",
+    "with_neighbors",
+]
 
 #: distances closer than this (Å) count as tied when neighbour lists are truncated to the nearest k
 TIE_TOL = 1e-6
@@ -114,6 +122,49 @@ def neighbor_list(
         keep = dq <= last[i]
         i, j, s = i[keep], j[keep], s[keep]
     return np.stack([i, j]), s.astype(np.float64)
+
+
+class VerletList:
+    """A neighbour list with a skin (Verlet buffer), for MD: built for ``cutoff + skin`` and reused while no
+    atom has moved more than ``skin / 2`` since the build (and the cell, periodicity and atom count are
+    unchanged); each call returns the pairs within ``cutoff`` now, the same set a fresh list would give.
+
+    With ``skin=0`` or ``max_neighbors`` set (a nearest-k graph must be re-ranked every step) every call
+    builds a fresh list. ``rebuilds`` counts the builds.
+    """
+
+    def __init__(self, cutoff: float, skin: float, max_neighbors: int | None = None) -> None:
+        if not skin >= 0:
+            raise ValueError(f"neighbour-list skin must be >= 0 Å, got {skin}")
+        self.cutoff, self.skin, self.max_neighbors = float(cutoff), float(skin), max_neighbors
+        self.rebuilds = 0
+        self._built: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(edge_index, shifts)`` of the pairs within ``cutoff`` (see :func:`neighbor_list`)."""
+        pos = np.asarray(positions, dtype=np.float64)
+        cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+        if self.skin == 0 or self.max_neighbors is not None:
+            self.rebuilds += 1
+            return neighbor_list(pos, cell, pbc, self.cutoff, self.max_neighbors)
+        if not self._valid(pos, cell, pbc):
+            ei, sh = neighbor_list(pos, cell, pbc, self.cutoff + self.skin)
+            self._built = (pos.copy(), cell.copy(), pbc.copy(), ei, sh)
+            self.rebuilds += 1
+        _, _, _, ei, sh = self._built  # type: ignore[misc]
+        vec = pos[ei[1]] - pos[ei[0]] + sh @ cell
+        keep = np.einsum("ij,ij->i", vec, vec) < self.cutoff**2
+        return ei[:, keep], sh[keep]
+
+    def _valid(self, pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
+        if self._built is None:
+            return False
+        pos0, cell0, pbc0, _, _ = self._built
+        if pos.shape != pos0.shape or not np.array_equal(cell, cell0) or not np.array_equal(pbc, pbc0):
+            return False
+        moved = np.einsum("ij,ij->i", pos - pos0, pos - pos0).max(initial=0.0)
+        return bool(moved < (self.skin / 2) ** 2)
 
 
 def with_neighbors(

@@ -16,10 +16,14 @@ __all__ = ["LEIGNNCalculator", "calculator"]
 class LEIGNNCalculator(ModelCalculator):
     """Energy, forces (and stress for conservative models) from an LEIGNN model.
 
-    Elements the model was not trained on raise a ``ValueError`` before any computation.
+    Elements the model was not trained on raise a ``ValueError`` before any computation. The neighbour
+    list is a Verlet list with ``skin`` Å of buffer (default 0.5), rebuilt only when an atom has moved more
+    than half of it (:class:`~quintet.atomistic.neighbors.VerletList`).
     """
 
     def __init__(self, model: LEIGNN, device: str | torch.device = "cpu", **kwargs: Any) -> None:
+        kwargs.setdefault("cutoff", model.config.cutoff)
+        kwargs.setdefault("max_neighbors", model.config.max_neighbors)
         super().__init__(
             model,
             device=device,

@@ -19,7 +19,9 @@ class LEIGNNMDJob:
     """A model file (``best.pt``, or a file written by ``quintet leignn export``), a starting structure (any format ASE reads; ``index`` picks a frame) and the MD settings.
 
     ``compile=true`` runs the model through ``torch.compile`` (one-off compile at the first step; about 4×
-    faster steps on a 108-atom periodic cell, slower on small molecules: see docs/leignn.md).
+    faster steps on a 108-atom periodic cell, slower on small molecules: see docs/leignn.md). ``skin``: the
+    Verlet buffer of the neighbour list, Å (rebuilt only when an atom has moved more than half of it; 0: a
+    fresh list every step).
     """
 
     model: str = ""
@@ -27,6 +29,7 @@ class LEIGNNMDJob:
     index: int = -1
     device: str = "cpu"
     compile: bool = False
+    skin: float = 0.5
     md: MDConfig = field(default_factory=MDConfig)
 
 
@@ -37,7 +40,7 @@ def _calculator(job: LEIGNNMDJob) -> tuple[Any, Callable[[torch.Tensor], None]]:
     from quintet.leignn.export import exported_calculator, is_exported
 
     if not is_exported(job.model):
-        calc = LEIGNNCalculator.from_checkpoint(job.model, job.device, compile=job.compile)
+        calc = LEIGNNCalculator.from_checkpoint(job.model, job.device, compile=job.compile, skin=job.skin)
         return calc, calc.model.check_elements
     if job.compile:
         raise ValueError(

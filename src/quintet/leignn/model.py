@@ -111,7 +111,8 @@ class LEIGNN(nn.Module):
         z = batch[K.ATOMIC_NUMBERS]
         if z.numel() == 0:
             raise ValueError("empty structure: no atoms")
-        self.check_elements(z)
+        if not torch.compiler.is_compiling():  # CompiledModel checks before the compiled call
+            self.check_elements(z)
         pos = batch[K.POSITIONS]
         cell = batch[K.CELL].reshape(-1, 3, 3).to(pos.dtype)
         idx = batch[K.BATCH] if K.BATCH in batch else torch.zeros_like(z)

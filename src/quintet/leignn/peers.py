@@ -100,7 +100,8 @@ class PeerPotential(nn.Module):
         z = batch[K.ATOMIC_NUMBERS]
         if z.numel() == 0:
             raise ValueError("empty structure: no atoms")
-        self.check_elements(z)
+        if not torch.compiler.is_compiling():  # CompiledModel checks before the compiled call
+            self.check_elements(z)
         idx = batch[K.BATCH] if K.BATCH in batch else torch.zeros_like(z)
         cell = batch[K.CELL].reshape(-1, 3, 3)
         num_graphs = cell.shape[0]
@@ -229,7 +230,8 @@ class E3PeerPotential(nn.Module):
         z = batch[K.ATOMIC_NUMBERS]
         if z.numel() == 0:
             raise ValueError("empty structure: no atoms")
-        self.check_elements(z)
+        if not torch.compiler.is_compiling():  # CompiledModel checks before the compiled call
+            self.check_elements(z)
         data = self._inputs(batch)
         dtype = batch[K.POSITIONS].dtype
         with torch.enable_grad():

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from quintet.atomistic import keys as K
+
 __all__ = ["CompiledModel"]
 
 
@@ -47,6 +49,9 @@ class CompiledModel:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._compiled is None:
             return self.module(*args, **kwargs)
+        check = getattr(self.module, "check_elements", None)
+        if check is not None and args and isinstance(args[0], dict) and K.ATOMIC_NUMBERS in args[0]:
+            check(args[0][K.ATOMIC_NUMBERS])  # eagerly: the models skip this data-dependent check when compiled
         try:
             return self._compiled(*args, **kwargs)
         except Exception as exc:
