@@ -13,11 +13,12 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "DATASET_MANIFEST",
     "atomic_open",
     "atomic_save_json",
     "atomic_torch_save",
@@ -31,6 +32,8 @@ __all__ = [
     "load_json",
     "read_csv",
     "remove_stale_temps",
+    "verify_dataset",
+    "write_dataset_manifest",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -171,6 +174,45 @@ def file_sha256(path: PathLike) -> str:
     except FileNotFoundError:
         raise FileNotFoundError(f"no such file: {path}") from None
     return h.hexdigest()
+
+
+#: the content hashes of a generated dataset folder (``quintet data relax-pairs`` / ``defect-pairs``)
+DATASET_MANIFEST = "dataset.sha256.json"
+
+
+def write_dataset_manifest(folder: PathLike) -> Path:
+    """Record the SHA-256 of every file of a generated dataset folder (its config excepted) in
+    ``<folder>/dataset.sha256.json``; loaders check it with :func:`verify_dataset`."""
+    root = Path(folder)
+    skip = {DATASET_MANIFEST, "config.yaml"}
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in skip and not p.name.startswith("."))
+    hashes = {p.relative_to(root).as_posix(): file_sha256(p) for p in files}
+    path = root / DATASET_MANIFEST
+    atomic_save_json(path, {"algorithm": "sha256", "files": hashes})
+    return path
+
+
+def verify_dataset(folder: PathLike, only: Iterable[str] | None = None) -> None:
+    """Check a generated dataset folder against its ``dataset.sha256.json`` (a folder without one, such as
+    data users bring, passes): ``ValueError`` naming the first file that changed or went missing.
+    ``only``: check just these relative paths (those a loader reads)."""
+    root = Path(folder)
+    path = root / DATASET_MANIFEST
+    if not path.is_file():
+        return
+    try:
+        files = dict(load_json(path)["files"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a readable dataset manifest ({exc}); regenerate the dataset") from None
+    for rel in sorted(files if only is None else set(only) & set(files)):
+        target = root / rel
+        if not target.is_file():
+            raise ValueError(f"{target}: listed in {path} but missing; regenerate the dataset")
+        if file_sha256(target) != files[rel]:
+            raise ValueError(
+                f"{target}: content differs from the hash in {path} (changed or damaged since it was generated); "
+                f"regenerate it, or delete {path.name} if the edit was intended"
+            )
 
 
 def remove_stale_temps(folder: PathLike) -> int:

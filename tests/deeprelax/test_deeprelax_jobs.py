@@ -304,6 +304,9 @@ def test_extra_train_folders_join_the_training_split_without_eval_compositions(t
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    from quintet.io import write_dataset_manifest
+
+    write_dataset_manifest(extra)  # a deliberate edit of a generated folder: hash it again
 
     cfg = ModelConfig(hidden=16, num_layers=1, num_rbf=8)
     data = DataConfig(root=str(main_dir), fractions=(0.6, 0.2, 0.2), extra_train=[str(extra)])

@@ -46,3 +46,37 @@ def test_bad_model_file_is_refused_naming_it(case: str, model: Path, cu_cif: Pat
     assert str(path) in err and message in err
     assert not (tmp_path / "o").exists()
     assert not Path("/tmp/quintet-faults-pwned").exists()
+
+
+def test_generated_pairs_carry_hashes_and_an_edited_pair_file_is_refused(cu_pairs: Path, tmp_path: Path, cli_error) -> None:
+    """``data relax-pairs`` writes dataset.sha256.json; one edited CIF is refused by name, before training."""
+    import json
+    import shutil
+
+    from quintet.io import DATASET_MANIFEST
+
+    data = tmp_path / "pairs"
+    shutil.copytree(cu_pairs, data)
+    data.chmod(0o755)
+    listed = json.loads((data / DATASET_MANIFEST).read_text())["files"]
+    assert "meta.csv" in listed and sum(k.endswith("_relaxed.cif") for k in listed) == 4
+    victim = sorted(data.glob("CIF/*_relaxed.cif"))[0]
+    victim.chmod(0o644)
+    victim.write_text(victim.read_text().replace("Cu", "Cu", 1) + "\n")  # one extra byte
+    err = cli_error(["deeprelax", "train", "--data", str(data), "-o", str(tmp_path / "run"), "train.max_epochs=1"])
+    assert victim.name in err and "differs from the hash" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_generated_trajectory_edited_after_the_fact_is_refused(tmp_path: Path, cli_error) -> None:
+    from quintet.cli import main
+
+    out = tmp_path / "md" / "cu.extxyz"
+    argv = ["data", "md", "structure=Cu:fcc:3.61", "supercell=[2,2,2]", "steps=20", "stride=10", "oracle=emt"]
+    assert main([*argv, f"out={out}", "equilibration_steps=0"]) == 0
+    from quintet.atomistic.datasets import TrajectoryDataset
+
+    assert len(TrajectoryDataset(out)) == 2  # as written: accepted
+    out.write_text(out.read_text().replace("energy=", "energy=1", 1))
+    err = cli_error(["leignn", "train", f"data.path={out}", "data.n_train=1", "data.n_val=1", "-o", str(tmp_path / "r")])
+    assert "cu.extxyz" in err and "differs from the hash" in err

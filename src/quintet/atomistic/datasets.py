@@ -33,7 +33,15 @@ from torch.utils.data import Dataset
 
 from quintet.atomistic import keys as K
 from quintet.atomistic.structures import from_ase, read_structure, read_structures
-from quintet.io import atomic_save_json, atomic_torch_save, atomic_write_text, fingerprint, load_json
+from quintet.io import (
+    atomic_save_json,
+    atomic_torch_save,
+    atomic_write_text,
+    file_sha256,
+    fingerprint,
+    load_json,
+    verify_dataset,
+)
 
 __all__ = [
     "MAX_PAIR_DISPLACEMENT",
@@ -52,6 +60,7 @@ __all__ = [
     "split_cache_dir",
     "training_domain",
     "unwrap_to_nearest",
+    "verify_trajectory",
     "writable_dir",
 ]
 
@@ -344,6 +353,20 @@ def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, 
     return R, z, E, F
 
 
+def verify_trajectory(path: Path) -> None:
+    """A trajectory written by ``quintet data md`` has its SHA-256 in ``<stem>.summary.json``: refuse the file
+    (naming it) when its content no longer matches. Files without such a summary pass."""
+    summary = path.with_name(path.stem + ".summary.json")
+    if not summary.is_file():
+        return
+    want = load_json(summary).get("sha256")
+    if want and file_sha256(path) != want:
+        raise ValueError(
+            f"{path}: content differs from the hash in {summary.name} (changed or damaged since it was "
+            "generated); regenerate it, or remove the sha256 entry if the edit was intended"
+        )
+
+
 class TrajectoryDataset(Dataset):
     """Frames (positions, atomic numbers, cell, pbc, energy, forces[, stress]) as records.
 
@@ -387,6 +410,7 @@ class TrajectoryDataset(Dataset):
         for p in plist:
             if not p.is_file():
                 raise FileNotFoundError(f"{p}: no such trajectory file")
+            verify_trajectory(p)
             if p.suffix.lower() == ".npz":
                 for k, fr in enumerate(_read_npz_frames(p, energy_scale)):
                     from ase import Atoms
@@ -686,6 +710,7 @@ class RelaxPairDataset(Dataset):
         self._pristine_paths: dict[str, Path] = {}
         fps = []
         for gname, gdir in groups:
+            verify_dataset(gdir)  # a generated folder: every file as it was written
             gsources = self._scan(gdir, gname)
             self.meta.update(_read_meta(gdir / "meta.csv"))
             if self.defects:

@@ -31,7 +31,15 @@ import numpy as np
 
 from quintet.atomistic.structures import check_atoms, read_structure, read_structures, write_structure
 from quintet.config import config_to_dict, save_config
-from quintet.io import atomic_save_json, atomic_write_text, load_json, read_csv, remove_stale_temps
+from quintet.io import (
+    atomic_save_json,
+    atomic_write_text,
+    file_sha256,
+    load_json,
+    read_csv,
+    remove_stale_temps,
+    write_dataset_manifest,
+)
 
 __all__ = [
     "ORACLES",
@@ -517,6 +525,7 @@ def _md_join(out: Path, parts: Path, summary_path: Path, head: dict[str, Any], t
     for ch in sorted(parts.glob("chunk_*.extxyz")):
         buf.write(ch.read_text())
     atomic_write_text(out, buf.getvalue())
+    head = {**head, "sha256": file_sha256(out)}  # TrajectoryDataset verifies the file against it
     frames = read_structures(out)
     energies = np.array([f.get_potential_energy() for f in frames])
     temps = np.array([f.info.get("temperature_K", np.nan) for f in frames])
@@ -596,6 +605,7 @@ def _run_pairs(
             ) from exc
         rows.append({c: row.get(c, "") for c in columns})
         _write_meta_rows(meta_path, rows, columns)
+    write_dataset_manifest(folder)  # loaders verify the pairs against it
     return rows
 
 

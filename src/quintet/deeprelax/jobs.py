@@ -362,10 +362,10 @@ def compiled(models: Sequence[DeepRelax]) -> list[CompiledModel]:
 def train(job: TrainJob) -> Path:
     """Train DeepRelax; returns the path of the best model file (``<out>/best.pt``)."""
     out = Path(job.out)
+    train_ds = load_dataset(job.data, "train", job.model)  # bad data fails before anything is written
+    val_ds = load_dataset(job.data, "val", job.model) if job.data.fractions[1] > 0 else None
     out.mkdir(parents=True, exist_ok=True)
     save_config(job, out / "config.yaml")
-    train_ds = load_dataset(job.data, "train", job.model)
-    val_ds = load_dataset(job.data, "val", job.model) if job.data.fractions[1] > 0 else None
     torch.manual_seed(job.train.seed)  # initial weights follow train.seed too (ensemble members differ)
     model = DeepRelax(job.model)
     if job.init_from:

@@ -198,8 +198,13 @@ def _npz_frames(
 def read_frames(
     path: str | Path, cfg: DataConfig, dtype: torch.dtype, stress: bool = False, transform: Any = None
 ) -> LabelledFrames:
-    """Read every labelled frame of ``path`` (extxyz / ASE db / traj / npz) with ``cfg``'s keys."""
+    """Read every labelled frame of ``path`` (extxyz / ASE db / traj / npz) with ``cfg``'s keys; a file
+    written by ``quintet data md`` is first checked against the hash in its summary."""
+    from quintet.atomistic.datasets import verify_trajectory
+
     path = Path(path)
+    if path.is_file():
+        verify_trajectory(path)
     if path.suffix.lower() == ".npz":
         records = _npz_frames(path, cfg, stress, dtype)
     else:
