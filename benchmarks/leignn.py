@@ -423,6 +423,78 @@ def e3_throughput(names: tuple[str, ...], sizes: tuple[int, ...]) -> dict[str, d
     return out
 
 
+SCALING_SIZES = (108, 1008, 10976)
+
+
+def scaling_one(name: str, n: int) -> dict[str, float]:
+    """One (model, size) of the scaling stage, in this process: atom-steps/s and the process's peak RSS."""
+    import resource
+
+    e3_available()  # puts the separate MACE install on the path
+    torch.manual_seed(0)
+    model = e3_model(name, (29,), 32.0).eval()
+    model.fit_normalisation([{K.ATOMIC_NUMBERS: torch.tensor([29]), K.ENERGY: torch.tensor(-3.5)}])
+    calc = ModelCalculator(model, stress=False, check=model.check_elements)
+    na = len(cu_cell(n))
+    s = time_md(calc, n, 3 if na <= 1000 else 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"atoms": na, "atom_steps_per_s": na / s, "seconds_per_step": s, "peak_rss_mb": peak}
+
+
+def md_scaling(names: tuple[str, ...] = E3_MODELS, sizes: tuple[int, ...] = SCALING_SIZES) -> dict[str, Any]:
+    """MD throughput and peak memory of every model from ~100 to ~11,000 atoms, each (model, size) in its own
+    process (so each peak RSS is that model's alone; the bare process with torch imported is ``baseline``).
+    Resumable: finished (model, size) pairs are kept in ``md_scaling.json``."""
+    import subprocess
+
+    path = WORK / "md_scaling.json"
+    out: dict[str, Any] = load_json(path) if path.is_file() else {}
+    for name in ("baseline", *names):
+        for n in (sizes[:1] if name == "baseline" else sizes):
+            if str(n) in out.get(name, {}):
+                continue
+            cmd = [sys.executable, __file__, "--scaling-one", f"{name}:{n}", "--threads", "1"]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{name} at {n} atoms failed: {proc.stderr[-1500:]}")
+            out.setdefault(name, {})[str(n)] = json.loads(proc.stdout.strip().splitlines()[-1])
+            atomic_save_json(path, out)
+            log(f"{name}, {n} atoms: {out[name][str(n)]}")
+    return out
+
+
+def merge_scaling(sc: dict[str, Any]) -> Path:
+    """Add ``md_scaling`` (atom-steps/s and peak RSS per model and size) to leignn.json and plot it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = {k: v for k, v in sc.items() if k != "baseline"}
+    table = {key: {m: {r["atoms"]: r[key] for r in v.values()} for m, v in models.items()}
+             for key in ("atom_steps_per_s", "peak_rss_mb")}  # fmt: skip
+    base = next(iter(sc.get("baseline", {}).values()), {}).get("peak_rss_mb")
+    out = RESULTS / "leignn.json"
+    result = load_json(out) if out.is_file() else {}
+    result["md_scaling"] = {**table, "baseline_rss_mb": base, "note": "velocity Verlet, periodic fcc Cu, "
+                            "untrained models, 5 Å / 32-neighbour graph, one thread; each point its own process"}  # fmt: skip
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for m in models:
+        xs = sorted(table["atom_steps_per_s"][m])
+        axes[0].loglog(xs, [table["atom_steps_per_s"][m][x] for x in xs], "o-", label=m)
+        axes[1].loglog(xs, [table["peak_rss_mb"][m][x] for x in xs], "o-", label=m)
+    axes[0].set(xlabel="atoms", ylabel="atom-steps/s", title="MD throughput (1 CPU thread)")
+    axes[1].set(xlabel="atoms", ylabel="peak RSS (MB)", title=f"peak memory (bare process: {base or 0:.0f} MB)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_open(RESULTS / "leignn_scaling.png", "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
+    result["plots"] = sorted({*result.get("plots", []), "leignn_scaling.png"})
+    atomic_save_json(out, result)
+    return out
+
+
 def export_rel_diff(model_path: Path, data: DataConfig) -> float:
     """Largest relative difference (energy, forces) between a model file and its TorchScript export."""
     from quintet.atomistic.batch import collate
@@ -630,11 +702,22 @@ def main(argv: list[str] | None = None) -> int:
         "--stages",
         default="acc,speed,nve,periodic",
         help="comma-separated stages to run now (results are cached; the JSON is written when all are cached); "
-        "e3peers alone adds MACE / NequIP to the existing JSON",
+        "e3peers alone adds MACE / NequIP to the existing JSON; scaling alone adds md_scaling (throughput and "
+        "peak memory per model at 108 / 1,008 / 10,976 atoms)",
     )
+    ap.add_argument("--scaling-one", default=None, help=argparse.SUPPRESS)  # "model:atoms", one process
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tune_cpu_allocator()  # as the quintet command line does (quintet.runtime)
+    if args.scaling_one:
+        name, n = args.scaling_one.split(":")
+        if name == "baseline":  # torch and the package imported, nothing else
+            import resource
+
+            print(json.dumps({"atoms": 0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        else:
+            print(json.dumps(scaling_one(name, int(n))))
+        return 0
     if not DATA.is_dir():
         print(f"data not found at {DATA} (set QUINTET_SHARED_DATA)", file=sys.stderr)
         return 2
@@ -661,6 +744,9 @@ def main(argv: list[str] | None = None) -> int:
     stages = set() if args.assemble else set(args.stages.split(","))
     if "e3peers" in stages:  # MACE / NequIP: added to the existing results JSON
         merge_e3(e3_peers(aspirin, args.budget_s, args.quick), args.quick)
+        return 0
+    if "scaling" in stages:  # throughput and peak memory per model, ~100 to ~11,000 atoms
+        print(f"wrote {merge_scaling(md_scaling())}")
         return 0
     if "acc" in stages:
         todo = args.models.split(",") if args.models else list(MODELS)
