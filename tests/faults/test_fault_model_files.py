@@ -1,7 +1,11 @@
 """Model files: edited, truncated, foreign or malicious files are refused naming the file; nothing runs code.
 
 Validation function: :func:`quintet.train.load_model_file` (``weights_only=True`` and the ``state_sha256``
-content hash), behind :func:`quintet.load_model`, so behind every verb that takes ``-m``.
+content hash), behind :func:`quintet.load_model`, so behind every verb that takes ``-m``. Generated datasets:
+:func:`quintet.io.verify_dataset` (``dataset.sha256.json`` of ``data relax-pairs`` / ``defect-pairs``; called by
+``RelaxPairDataset``: ``deeprelax train/eval``, ``definet train/eval``) and
+:func:`quintet.atomistic.datasets.verify_trajectory` (the sha256 in a ``data md`` summary; ``TrajectoryDataset``,
+``leignn train/eval``).
 """
 
 from __future__ import annotations
