@@ -133,7 +133,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     * a palette (``P`` mode) PNG, as VOC-style masks are: the palette indices, ``(H, W)`` uint8 (write it
       back with :func:`encode_mask` and :func:`mask_palette` to keep the colours);
     * a colour-coded RGB(A) mask: ``(H, W, 3)`` when its channels differ (each colour is a label), else the
-      one gray channel ``(H, W)``.
+      one gray channel ``(H, W)``; a multi-channel ``.npy`` mask keeps all its channels unless they are equal.
     """
     path = Path(path)
     palette = mask_palette(path)
@@ -146,7 +146,8 @@ def read_mask(path: str | Path) -> np.ndarray:
     if arr.dtype.kind not in "iu":
         raise ValueError(f"{path}: mask must hold integer labels, got dtype {arr.dtype}")
     if arr.ndim == 3:
-        colour = arr[:, :, :3] if arr.shape[2] >= 3 else arr[:, :, :1]
+        rgba = arr.shape[2] == 4 and path.suffix.lower() != ".npy"  # an image file's alpha is not a label
+        colour = arr[:, :, :3] if rgba else arr
         same = all(np.array_equal(colour[:, :, 0], colour[:, :, c]) for c in range(1, colour.shape[2]))
         arr = colour[:, :, 0] if same else colour
     return np.ascontiguousarray(arr)
