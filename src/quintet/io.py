@@ -181,10 +181,11 @@ DATASET_MANIFEST = "dataset.sha256.json"
 
 
 def write_dataset_manifest(folder: PathLike) -> Path:
-    """Record the SHA-256 of every file of a generated dataset folder (its config excepted) in
-    ``<folder>/dataset.sha256.json``; loaders check it with :func:`verify_dataset`."""
+    """Record the SHA-256 of every file of a generated dataset folder (its config and split files excepted:
+    ``quintet data split`` may rewrite those) in ``<folder>/dataset.sha256.json``; loaders check it with
+    :func:`verify_dataset`."""
     root = Path(folder)
-    skip = {DATASET_MANIFEST, "config.yaml"}
+    skip = {DATASET_MANIFEST, "config.yaml", "split.json", "train.csv", "val.csv", "test.csv"}
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in skip and not p.name.startswith("."))
     hashes = {p.relative_to(root).as_posix(): file_sha256(p) for p in files}
     path = root / DATASET_MANIFEST
