@@ -2,7 +2,7 @@
 mask encoding keeps its labels through ``medaugment expand`` (palette PNGs keep their palette, colour-coded
 masks their colours, 16-bit label maps their labels above 255).
 
-Functions: :func:`quintet.medaugment.data.read_mask` / :func:`~quintet.medaugment.data.mask_palette` /
+Functions: :func:`quintet.medaugment.data.read_mask` / :func:`~quintet.medaugment.data.read_mask_with_palette` /
 :func:`~quintet.medaugment.data.encode_mask` (``medaugment expand``, ``medaugment apply``), the alpha split of
 ``quintet.medaugment.expand`` (``medaugment expand``), :func:`quintet.medaugment.ops.check_image` /
 :func:`~quintet.medaugment.ops.check_mask` (every MedAugment entry point).

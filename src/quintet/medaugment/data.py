@@ -27,9 +27,9 @@ __all__ = [
     "SegmentationFolderDataset",
     "encode_mask",
     "list_images",
-    "mask_palette",
     "read_image",
     "read_mask",
+    "read_mask_with_palette",
     "to_tensor",
     "write_image",
 ]
@@ -127,21 +127,29 @@ def _to_gray(arr: np.ndarray) -> np.ndarray:
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a label mask, keeping every label of the encodings users have.
+    """Read a label mask, keeping every label of the encodings users have (:func:`read_mask_with_palette`)."""
+    return read_mask_with_palette(path)[0]
+
+
+def read_mask_with_palette(path: str | Path) -> tuple[np.ndarray, list[int] | None]:
+    """A label mask and, for a palette PNG, its colour table (``None`` for any other file).
 
     * gray (8/16-bit) PNG/TIFF/npy: the integer labels as stored, ``(H, W)``;
     * a palette (``P`` mode) PNG, as VOC-style masks are: the palette indices, ``(H, W)`` uint8 (write it
-      back with :func:`encode_mask` and :func:`mask_palette` to keep the colours);
+      back with :func:`encode_mask` and the palette to keep the colours);
     * a colour-coded RGB(A) mask: ``(H, W, 3)`` when its channels differ (each colour is a label), else the
       one gray channel ``(H, W)``; a multi-channel ``.npy`` mask keeps all its channels unless they are equal.
     """
     path = Path(path)
-    palette = mask_palette(path)
-    if palette is not None:
+    if path.suffix.lower() == ".png" and path.is_file():
         from PIL import Image
 
-        with Image.open(path) as im:
-            return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+        try:
+            with Image.open(path) as im:
+                if im.mode == "P":
+                    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8)), list(im.getpalette() or [])
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot decode image ({exc})") from None
     arr = read_image(path)
     if arr.dtype.kind not in "iu":
         raise ValueError(f"{path}: mask must hold integer labels, got dtype {arr.dtype}")
@@ -150,21 +158,7 @@ def read_mask(path: str | Path) -> np.ndarray:
         colour = arr[:, :, :3] if rgba else arr
         same = all(np.array_equal(colour[:, :, 0], colour[:, :, c]) for c in range(1, colour.shape[2]))
         arr = colour[:, :, 0] if same else colour
-    return np.ascontiguousarray(arr)
-
-
-def mask_palette(path: str | Path) -> list[int] | None:
-    """The colour table of a palette (``P`` mode) PNG mask, ``None`` for any other file."""
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        return None
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return list(im.getpalette() or []) if im.mode == "P" else None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot decode image ({exc})") from None
+    return np.ascontiguousarray(arr), None
 
 
 def encode_mask(mask: np.ndarray, palette: list[int] | None = None) -> bytes:

@@ -43,9 +43,8 @@ from quintet.medaugment.data import (
     encode_image,
     encode_mask,
     list_images,
-    mask_palette,
     read_image,
-    read_mask,
+    read_mask_with_palette,
 )
 from quintet.medaugment.policy import Branch, MedAugment
 from quintet.medaugment.volumes import (
@@ -306,8 +305,7 @@ def _image_outputs(job: Job, cfg: ExpandConfig, src: Path) -> tuple[Outputs, lis
     """Every output file of a 2D image (and mask), encoded in memory. A 4-channel PNG/TIFF is RGBA: its
     alpha moves with the spatial ops like a mask and is never changed as an intensity."""
     image = read_image(src / job.image)
-    mask = read_mask(src / job.mask) if job.mask is not None else None
-    palette = mask_palette(src / job.mask) if job.mask is not None else None
+    mask, palette = read_mask_with_palette(src / job.mask) if job.mask is not None else (None, None)
     if mask is not None and mask.shape[:2] != image.shape[:2]:
         raise ValueError(
             f"{src / str(job.mask)}: mask size {mask.shape[:2]} differs from image size {image.shape[:2]}"
