@@ -569,9 +569,10 @@ def _issue25_studies() -> dict:
         out["heterogeneity_sweep"] = hetero
     dc = CELLS / "deploy_check.json"
     if dc.is_file():
-        out["node_local_deploy_max_abs_diff"] = load_json(dc)["max_abs_diff"]
-        out["node_local_deploy_check"] = load_json(dc)
-        out["deployment_overhead"] = {k: load_json(dc).get(k) for k in ("s_per_round", "ratio_vs_inprocess",
+        check = load_json(dc)
+        out["node_local_deploy_max_abs_diff"] = check["max_abs_diff"]
+        out["node_local_deploy_check"] = check
+        out["deployment_overhead"] = {k: check.get(k) for k in ("s_per_round", "ratio_vs_inprocess",
                                       "upload_bytes_per_client_per_round", "flower_sim_max_abs_diff")}  # fmt: skip
     ms, dp = CELLS / "message_sizes.json", CELLS / "dp_cost.json"
     if ms.is_file():

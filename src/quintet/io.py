@@ -13,7 +13,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -193,10 +193,9 @@ def write_dataset_manifest(folder: PathLike) -> Path:
     return path
 
 
-def verify_dataset(folder: PathLike, only: Iterable[str] | None = None) -> None:
+def verify_dataset(folder: PathLike) -> None:
     """Check a generated dataset folder against its ``dataset.sha256.json`` (a folder without one, such as
-    data users bring, passes): ``ValueError`` naming the first file that changed or went missing.
-    ``only``: check just these relative paths (those a loader reads)."""
+    data users bring, passes): ``ValueError`` naming the first file that changed or went missing."""
     root = Path(folder)
     path = root / DATASET_MANIFEST
     if not path.is_file():
@@ -205,7 +204,7 @@ def verify_dataset(folder: PathLike, only: Iterable[str] | None = None) -> None:
         files = dict(load_json(path)["files"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a readable dataset manifest ({exc}); regenerate the dataset") from None
-    for rel in sorted(files if only is None else set(only) & set(files)):
+    for rel in sorted(files):
         target = root / rel
         if not target.is_file():
             raise ValueError(f"{target}: listed in {path} but missing; regenerate the dataset")
