@@ -342,3 +342,47 @@ def test_train_seed_sets_the_initial_weights(pair_db: Path, tmp_path: Path) -> N
     a, b, c = run(0, "a"), run(0, "b"), run(1, "c")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_calibrate_rescales_the_reported_sigma_only(trained, tmp_path: Path, capsys) -> None:
+    """``deeprelax calibrate`` stores the σ factor: the coverage on the same pairs becomes nominal, the
+    uncertainty scales by the factor, the relaxed positions stay bit-equal; a bad stored factor is refused."""
+    from quintet.deeprelax.maths import LAPLACE_LEVEL
+    from quintet.train.checkpoint import load_model_file, save_model
+
+    path, job = trained
+    out = tmp_path / "cal" / "calibrated.pt"
+    assert main(["deeprelax", "calibrate", "-m", str(path), "--data", job.data.root, "data.layout=db",
+                 "data.fractions=[1.0,0.0,0.0]", "--split", "train", "-o", str(out)]) == 0  # fmt: skip
+    assert "calibrated model" in capsys.readouterr().out and (out.parent / "calibration.json").is_file()
+    before = evaluate(EvalJob(model=str(path), data=job.data, split="train", out=str(tmp_path / "e0")))
+    after = evaluate(EvalJob(model=str(out), data=job.data, split="train", out=str(tmp_path / "e1")))
+    assert abs(before["coverage"] - LAPLACE_LEVEL) > 0.05  # the tiny model's raw bands are off
+    assert abs(after["coverage"] - LAPLACE_LEVEL) < 0.02 and abs(after["calibration_factor"] - 1.0) < 0.05
+    assert after["coord_mae_A"] == before["coord_mae_A"] and after["cell_mae_A"] == before["cell_mae_A"]
+    m0, m1 = load_deeprelax(path)[0], load_deeprelax(out)[0]
+    assert m0.uncertainty_scale == 1.0 and m1.uncertainty_scale == pytest.approx(before["calibration_factor"])
+    ds = load_dataset(job.data, "train", m0.cfg)
+    r0, r1 = relax_batch(m0, collate([ds[0]])), relax_batch(m1, collate([ds[0]]))
+    assert torch.equal(r0["positions"], r1["positions"])
+    assert torch.allclose(r1["uncertainty"], r0["uncertainty"] * m1.uncertainty_scale)
+    d = load_model_file(out)
+    bad = save_model(tmp_path / "bad.pt", d["state_dict"], d["config"], {**d["extra"], "uncertainty_scale": -1.0})
+    with pytest.raises(ValueError, match=r"bad\.pt: uncertainty_scale must be a positive number"):
+        load_deeprelax(bad)
+
+
+def test_train_calibrates_the_saved_model_on_its_validation_split(pair_db: Path, tmp_path: Path) -> None:
+    from quintet.deeprelax.maths import LAPLACE_LEVEL
+    from quintet.train.checkpoint import load_model_file
+
+    data = DataConfig(root=str(pair_db), layout="db", fractions=(0.5, 0.25, 0.25))
+    job = TrainJob(
+        data=data, model=ModelConfig(hidden=8, num_layers=1, num_rbf=8), out=str(tmp_path / "run"),
+        train=TrainConfig(max_epochs=2, batch_size=4, progress=False, accelerator="cpu", monitor="val/loss"),
+    )  # fmt: skip
+    best = train(job)
+    extra = load_model_file(best)["extra"]
+    assert extra["calibration_pairs"] == 2 and extra["uncertainty_scale"] > 0
+    ev = evaluate(EvalJob(model=str(best), data=data, split="val", out=str(tmp_path / "ev")))
+    assert abs(ev["coverage"] - LAPLACE_LEVEL) < 0.05

@@ -104,3 +104,19 @@ def test_per_graph_mean_and_uncertainty() -> None:
     assert per_graph_mean(vals, graph, 3).tolist() == [2.0, 0.0, 5.0]
     unc = per_atom_uncertainty(torch.tensor([0.1, 0.3, 0.2]), torch.tensor([1, 1, 0]), 3)
     assert unc.tolist() == pytest.approx([0.2, 0.2, 0.0])
+
+
+def test_calibration_factor_makes_the_coverage_nominal() -> None:
+    """Bands that are 3x too narrow get a factor near 3; after it, the coverage equals the level."""
+    from quintet.deeprelax.maths import LAPLACE_LEVEL, calibration_factor
+
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(0.05, 0.5, 20_000)
+    err = rng.laplace(0.0, 3.0 * sigma)  # true scale 3σ
+    target, mu = torch.tensor(err), torch.zeros(len(err), dtype=torch.float64)
+    before = coverage(mu, torch.tensor(sigma), target)
+    s = calibration_factor(sigma, np.abs(err))
+    assert before < 0.35 and abs(s - 3.0) < 0.1
+    assert abs(coverage(mu, torch.tensor(s * sigma), target) - LAPLACE_LEVEL) < 1e-3
+    assert abs(calibration_factor(sigma, np.abs(err), level=0.9) - 3.0 * np.log(10)) < 0.3  # Laplace 90 %
+    assert np.isnan(calibration_factor(np.zeros(3), np.zeros(3)))

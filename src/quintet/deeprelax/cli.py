@@ -1,4 +1,4 @@
-"""``quintet deeprelax {train,eval,predict}``: the verbs of :mod:`quintet.deeprelax.jobs`."""
+"""``quintet deeprelax {train,eval,calibrate,predict}``: the verbs of :mod:`quintet.deeprelax.jobs`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,16 @@ def _evaluate(job: Any) -> dict[str, float]:
     return evaluate(job)
 
 
+def _calibrate(job: Any) -> str:
+    from quintet.deeprelax.jobs import calibrate
+
+    res = calibrate(job)
+    return (
+        f"coverage {res['coverage_before']:.1%} before, nominal {res['coverage_nominal']:.1%}; "
+        f"σ factor {res['uncertainty_scale']:.3g}; calibrated model: {job.out}"
+    )
+
+
 def _predict(job: Any) -> str:
     from quintet.deeprelax.jobs import predict
 
@@ -31,7 +41,7 @@ def _predict(job: Any) -> str:
 
 def _verbs() -> list[Verb]:
     from quintet.atomistic.pipeline import merge_verb
-    from quintet.deeprelax.jobs import EvalJob, PredictJob, TrainJob
+    from quintet.deeprelax.jobs import CalibrateJob, EvalJob, PredictJob, TrainJob
 
     finish = {"--finish-with": "finish_with", "--fmax": "fmax", "--finish-optimizer": "finish_optimizer"}
     batch = {"--batch-size": "batch_size", "--max-atoms": "max_atoms", "--compile": "compile"}
@@ -48,6 +58,12 @@ def _verbs() -> list[Verb]:
             EvalJob, _evaluate, model="model", ensemble="ensemble", out="out",
             flags={"--data": "data.root", "--split": "split", "--finish-limit": "finish_limit", **finish, **batch},
             example="quintet deeprelax eval -m runs/dr/best.pt --data pairs --split test -o runs/dr/eval",
+        ),
+        Verb(
+            "calibrate", "rescale the reported uncertainty so its bands hold their nominal share (held-out pairs)",
+            CalibrateJob, _calibrate, model="model", out="out",
+            flags={"--data": "data.root", "--split": "split", "--batch-size": "batch_size", "--max-atoms": "max_atoms"},
+            example="quintet deeprelax calibrate -m runs/dr/best.pt --data pairs --split val -o runs/dr/calibrated.pt",
         ),
         Verb(
             "predict", "relax CIF/POSCAR/extxyz files in one shot (optionally finish with a calculator)",

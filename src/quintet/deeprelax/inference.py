@@ -15,7 +15,7 @@ from quintet.deeprelax.graph import DISPLACE
 from quintet.deeprelax.maths import per_atom_uncertainty, per_graph_mean
 from quintet.deeprelax.solve import solve_positions
 
-__all__ = ["SolveConfig", "cell_share", "check_ensemble", "relax_batch", "relax_ensemble", "sigma_from_log_b"]
+__all__ = ["SolveConfig", "cell_share", "check_ensemble", "relax_batch", "relax_ensemble", "sigma_from_log_b", "uncertainty_scale"]
 
 
 @dataclass
@@ -92,6 +92,16 @@ def _combine(outs: list[dict[str, Tensor]], solve: SolveConfig) -> dict[str, Ten
     return out
 
 
+def uncertainty_scale(models: Sequence[M.DeepRelax]) -> float:
+    """The factor on every reported σ: the mean of the members' ``uncertainty_scale`` (1 when uncalibrated).
+
+    A model file calibrated on held-out pairs (:func:`quintet.deeprelax.jobs.calibrate`; ``train`` does it
+    on its validation split) stores the factor that makes the bands ``mu ± σ`` hold their nominal share of
+    true distances; the coordinate solve still uses the network's own σ, so positions do not change.
+    """
+    return float(sum(getattr(m, "uncertainty_scale", 1.0) for m in models) / len(models))
+
+
 def cell_share(sigma_cell: Tensor, pos: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor) -> Tensor:
     """(N,) the cell's share of each atom's uncertainty, Å: ``b_cell · |f_i|``.
 
@@ -155,9 +165,12 @@ def relax_ensemble(
         lr_decay=solve.lr_decay,
         skip_converged=solve.skip_converged,
     )
+    # the solve used the network's σ; what is reported is calibrated (:func:`uncertainty_scale`)
+    scale = uncertainty_scale(models)
+    sig_d, sig_r = sig_d * scale, sig_r * scale
     # every distance an atom is the centre of (its displace edges and its edges in the relaxed cell)
     atom_unc = per_atom_uncertainty(torch.cat([sig_d, sig_r]), torch.cat([ei[0, disp], ei[0]]), pos.shape[0])
-    sigma_cell = out.get("sigma_cell", pos.new_zeros(num_graphs))
+    sigma_cell = out.get("sigma_cell", pos.new_zeros(num_graphs)) * scale
     if "sigma_cell" in out:  # Laplace scales of independent parts add in quadrature
         atom_unc = (atom_unc**2 + cell_share(sigma_cell, pos, cell, batch[K.PBC], batch[K.BATCH]) ** 2).sqrt()
     return {

@@ -29,18 +29,28 @@ from quintet.config import save_config
 from quintet.deeprelax.data import DeepRelaxTransform, check_record, pairs_to_records
 from quintet.deeprelax.graph import DISPLACE
 from quintet.deeprelax.inference import SolveConfig, check_ensemble, relax_ensemble
-from quintet.deeprelax.maths import coverage, edge_lengths, per_graph_mean, spearman, volume
+from quintet.deeprelax.maths import (
+    LAPLACE_LEVEL,
+    calibration_factor,
+    coverage,
+    edge_lengths,
+    per_graph_mean,
+    spearman,
+    volume,
+)
 from quintet.deeprelax.model import DeepRelax, ModelConfig, ensure_graph
 from quintet.deeprelax.task import DeepRelaxTask, LossConfig, targets
 from quintet.io import atomic_save_json, atomic_write_csv, file_sha256
 from quintet.models import resolve_model
-from quintet.train import TrainConfig, fit
+from quintet.train import TrainConfig, fit, load_model_file, save_model
 
 __all__ = [
+    "CalibrateJob",
     "DataConfig",
     "EvalJob",
     "PredictJob",
     "TrainJob",
+    "calibrate",
     "compiled",
     "evaluate",
     "evaluate_model",
@@ -329,7 +339,12 @@ def from_model_file(d: dict[str, Any], path: str | Path) -> DeepRelax:
     """Rebuild a :class:`DeepRelax` (eval mode) from a loaded model file (:func:`quintet.load_model`)."""
     from quintet.models import build
 
-    return build(DeepRelax, ModelConfig, d, path)
+    model = build(DeepRelax, ModelConfig, d, path)
+    scale = d["extra"].get("uncertainty_scale", 1.0)
+    if not isinstance(scale, int | float) or not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"{path}: uncertainty_scale must be a positive number, got {scale!r}; recalibrate the model")
+    model.uncertainty_scale = float(scale)
+    return model
 
 
 def load_deeprelax(path: str | Path) -> tuple[DeepRelax, dict[str, Any]]:
@@ -378,6 +393,8 @@ def train(job: TrainJob) -> Path:
     task = DeepRelaxTask(model, job.loss)
     extra = {"domain": training_domain(train_ds)}
     res = fit(task, train_ds, val_ds, job.train, out, collate_fn=collate, extra=extra)
+    if val_ds is not None and len(val_ds):  # report calibrated bands (the solve is unchanged)
+        calibrate_file(res.best_path, val_ds, res.best_path)
     return res.best_path
 
 
@@ -498,6 +515,9 @@ def _evaluation_summary(
     summary["distance_spearman"] = spearman(np.concatenate([e[0] for e in edges]), np.concatenate([e[1] for e in edges]))
     n = sum(e[3] for e in edges)
     summary["coverage"] = sum(e[2] for e in edges) / n if n else float("nan")
+    summary["coverage_nominal"] = LAPLACE_LEVEL
+    # the factor on σ that would make the coverage nominal on these pairs (``calibrate`` stores it)
+    summary["calibration_factor"] = calibration_factor(*(np.concatenate([e[k] for e in edges]) for k in (0, 1)))
     return summary
 
 
@@ -536,6 +556,51 @@ def evaluate(job: EvalJob) -> dict[str, float]:
     atomic_save_json(out / "metrics.json", summary)
     atomic_write_csv(out / "per_structure.csv", rows)
     return summary
+
+
+@dataclass
+class CalibrateJob:
+    """``quintet deeprelax calibrate``: rescale a model's reported σ so that its bands hold their nominal share.
+
+    The factor is fitted on ``split`` (held-out pairs, not the training split) so that a fraction
+    1 - 1/e ≈ 63 % of the true relaxed distances falls inside ``mu ± σ`` (the coverage of a Laplace band),
+    and written with the weights to ``out`` (``train`` does this on its validation split by itself).
+    """
+
+    model: str = "runs/deeprelax/best.pt"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: Literal["train", "val", "test", "all"] = "val"
+    out: str = "runs/deeprelax/calibrated.pt"
+    batch_size: int = 64
+    max_atoms: int | None = 2048
+
+
+def calibrate_file(model: str | Path, dataset: Any, out: str | Path, batch_size: int = 64, max_atoms: int | None = 2048) -> dict[str, float]:
+    """Fit the σ factor of a model file on ``dataset`` and write the calibrated file to ``out``.
+
+    Returns:
+        ``uncertainty_scale`` (the stored factor), ``coverage_before`` (with the file's own factor) and
+        ``coverage_nominal``.
+    """
+    net, _ = load_deeprelax(model)
+    summary, _ = evaluate_model(net, dataset, batch_size, max_atoms=max_atoms)
+    scale = net.uncertainty_scale * summary["calibration_factor"]
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"{model}: no finite σ factor on these {len(dataset)} pairs (no edges?); give more pairs")
+    d = load_model_file(resolve_model(model))
+    extra = {**d["extra"], "uncertainty_scale": scale, "calibration_pairs": len(dataset)}
+    save_model(out, d["state_dict"], d["config"], extra, d["metrics"])
+    return {"uncertainty_scale": scale, "coverage_before": summary["coverage"], "coverage_nominal": LAPLACE_LEVEL}
+
+
+def calibrate(job: CalibrateJob) -> dict[str, float]:
+    """Calibrate ``job.model`` on ``job.split`` of ``job.data``; writes ``job.out`` and ``calibration.json`` beside it."""
+    net, _ = load_deeprelax(job.model)
+    ds = load_dataset(job.data, job.split, net.cfg)
+    Path(job.out).parent.mkdir(parents=True, exist_ok=True)
+    res = calibrate_file(job.model, ds, job.out, job.batch_size, job.max_atoms)
+    atomic_save_json(Path(job.out).with_name("calibration.json"), {**res, "split": job.split, "model": str(job.model)})
+    return res
 
 
 # ------------------------------------------------------------------------------------------ predict

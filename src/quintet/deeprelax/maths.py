@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "LAPLACE_LEVEL",
     "OFFSET_FREQUENCIES",
+    "calibration_factor",
     "cell_heights",
     "check_displacements",
     "coverage",
@@ -222,3 +224,19 @@ def coverage(mu: Tensor, sigma: Tensor, target: Tensor) -> float:
     if mu.numel() == 0:
         return float("nan")
     return float(((target - mu).abs() <= sigma).to(torch.float64).mean())
+
+
+#: the nominal coverage of a Laplace band ``mu ± b``: P(|x - mu| <= b) = 1 - 1/e
+LAPLACE_LEVEL = 1.0 - float(np.exp(-1.0))
+
+
+def calibration_factor(sigma: np.ndarray, abs_error: np.ndarray, level: float = LAPLACE_LEVEL) -> float:
+    """The factor ``s`` for which a fraction ``level`` of the errors lies inside ``± s·σ``.
+
+    Multiplying every σ by ``s`` makes the bands' coverage on these errors equal ``level`` (the
+    ``level`` quantile of ``|error| / σ``); NaN when there are no finite ratios.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.asarray(abs_error, dtype=np.float64).ravel() / np.asarray(sigma, dtype=np.float64).ravel()
+    ratio = ratio[np.isfinite(ratio)]
+    return float(np.quantile(ratio, level)) if len(ratio) else float("nan")
