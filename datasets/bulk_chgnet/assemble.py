@@ -97,6 +97,23 @@ def _read_ids(path: Path) -> list[str]:
     return [r["atoms_id"] for r in _rows(path)]
 
 
+def grow(split: dict[str, list[str]], pairs: list[dict]) -> dict[str, list[str]]:
+    """Pairs generated after the committed split join ``train`` when their (recipe, composition) group is new;
+    those of a group already in val/test are left out, so val and test stay exactly the committed ones
+    (the learning curve compares models on the same test pairs). The added ids go to ``split/train_added.csv``;
+    ``split/train.csv`` (and the ``_25`` / ``_50`` subsets drawn from it) stays the committed one."""
+    listed = {i for v in split.values() for i in v}
+    held = {(p["recipe"], _reduced(p["formula"])) for p in pairs if p["atoms_id"] in set(split["val"] + split["test"])}
+    new = [p for p in pairs if p["atoms_id"] not in listed]
+    fresh = [p["atoms_id"] for p in new if (p["recipe"], _reduced(p["formula"])) not in held]
+    if new:
+        print(f"{len(new)} pairs not in the committed split: {len(fresh)} join train, "
+              f"{len(new) - len(fresh)} of a val/test composition left out", file=sys.stderr)  # fmt: skip
+    if fresh:
+        _write_ids(SPLIT / "train_added.csv", sorted(fresh))
+    return {**split, "added": sorted(fresh)}
+
+
 def build(gen: Path, oxides: Path, out: Path) -> None:
     pairs = collect(gen, oxides)
     by_id = {p["atoms_id"]: p for p in pairs}
@@ -104,10 +121,7 @@ def build(gen: Path, oxides: Path, out: Path) -> None:
         split = {
             k: [i for i in _read_ids(SPLIT / f"{k}.csv") if i in by_id] for k in ("train", "val", "test")
         }
-        listed = {i for v in split.values() for i in v}
-        new = [p for p in pairs if p["atoms_id"] not in listed]
-        if new:
-            print(f"{len(new)} pairs not in the committed split: left out", file=sys.stderr)
+        split = grow(split, pairs)
     else:
         split = make_split(pairs)
         for k, ids in split.items():
@@ -124,14 +138,14 @@ def build(gen: Path, oxides: Path, out: Path) -> None:
                 link = folder / "CIF" / f"{p['atoms_id']}_{k}.cif"
                 if not link.exists():
                     link.symlink_to(Path(p[k]).resolve())
-        train = sorted(train_order[: round(frac * len(train_order))])
+        train = sorted(train_order[: round(frac * len(train_order))] + (split.get("added", []) if frac == 1.0 else []))
         _write_ids(folder / "train.csv", train)
         _write_ids(folder / "val.csv", split["val"])
         _write_ids(folder / "test.csv", split["test"])
         with open(folder / "meta.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["atoms_id", "recipe", "formula", "n_atoms", "split"])
-            where = {i: k for k, v in split.items() for i in v}
+            where = {i: k.replace("added", "train") for k, v in split.items() for i in v}
             w.writerows(
                 [p["atoms_id"], p["recipe"], p["formula"], p["n_atoms"], where[p["atoms_id"]]] for p in used
             )
@@ -140,7 +154,7 @@ def build(gen: Path, oxides: Path, out: Path) -> None:
     recipes: dict[str, dict[str, int]] = {}
     for k, v in split.items():
         for i in v:
-            recipes.setdefault(by_id[i]["recipe"], {"train": 0, "val": 0, "test": 0})[k] += 1
+            recipes.setdefault(by_id[i]["recipe"], {"train": 0, "val": 0, "test": 0, "added": 0})[k] += 1
     for r, c in sorted(recipes.items()):
         print(f"  {r:20s} {c}")
     print(f"fingerprint {fp}")
