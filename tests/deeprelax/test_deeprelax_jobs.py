@@ -360,6 +360,7 @@ def test_calibrate_rescales_the_reported_sigma_only(trained, tmp_path: Path, cap
     assert abs(before["coverage"] - LAPLACE_LEVEL) > 0.05  # the tiny model's raw bands are off
     assert abs(after["coverage"] - LAPLACE_LEVEL) < 0.02 and abs(after["calibration_factor"] - 1.0) < 0.05
     assert after["coord_mae_A"] == before["coord_mae_A"] and after["cell_mae_A"] == before["cell_mae_A"]
+    assert after["coverage_uncalibrated"] == pytest.approx(before["coverage"], abs=1e-9)
     m0, m1 = load_deeprelax(path)[0], load_deeprelax(out)[0]
     assert m0.uncertainty_scale == 1.0 and m1.uncertainty_scale == pytest.approx(before["calibration_factor"])
     ds = load_dataset(job.data, "train", m0.cfg)

@@ -28,7 +28,7 @@ from quintet.atomistic.pipeline import Item, finish_steps, finisher_for, steps_s
 from quintet.config import save_config
 from quintet.deeprelax.data import DeepRelaxTransform, check_record, pairs_to_records
 from quintet.deeprelax.graph import DISPLACE
-from quintet.deeprelax.inference import SolveConfig, check_ensemble, relax_ensemble
+from quintet.deeprelax.inference import SolveConfig, check_ensemble, relax_ensemble, uncertainty_scale
 from quintet.deeprelax.maths import (
     LAPLACE_LEVEL,
     calibration_factor,
@@ -423,7 +423,8 @@ def evaluate_model(
         solve, batched: the edges are rebuilt inside the timing, as ``predict`` builds them),
         ``uncertainty_spearman`` (per structure: mean σ vs coordinate MAE), ``distance_spearman``
         (per edge: σ vs |error|), ``spread_spearman`` (ensembles: members' spread vs coordinate MAE)
-        and ``coverage`` (fraction of relaxed distances inside mu ± σ); one row per structure with its
+        and ``coverage`` (fraction of relaxed distances inside mu ± σ, σ with the file's calibration factor
+        ``uncertainty_scale``; ``coverage_uncalibrated`` without it); one row per structure with its
         errors, uncertainty, spread and residuals.
     """
     from tqdm.auto import tqdm
@@ -442,7 +443,11 @@ def evaluate_model(
         rows += batch_rows
         edges.append(batch_edges)
         t_total += seconds
-    return _evaluation_summary(rows, edges, t_total, ensemble=len(models) > 1), rows
+    summary = _evaluation_summary(rows, edges, t_total, ensemble=len(models) > 1)
+    scale = uncertainty_scale(models)  # the file's σ factor: the coverage of the network's own σ too
+    sigma, err = (np.concatenate([e[k] for e in edges]) for k in (0, 1))
+    summary.update(uncertainty_scale=scale, coverage_uncalibrated=float(np.mean(err <= sigma / scale)))
+    return summary, rows
 
 
 def _evaluate_batch(
@@ -588,7 +593,8 @@ def calibrate_file(model: str | Path, dataset: Any, out: str | Path, batch_size:
     if not np.isfinite(scale) or scale <= 0:
         raise ValueError(f"{model}: no finite σ factor on these {len(dataset)} pairs (no edges?); give more pairs")
     d = load_model_file(resolve_model(model))
-    extra = {**d["extra"], "uncertainty_scale": scale, "calibration_pairs": len(dataset)}
+    extra = {**d["extra"], "uncertainty_scale": scale, "calibration_pairs": len(dataset),
+             "calibration_coverage_before": summary["coverage"]}  # fmt: skip
     save_model(out, d["state_dict"], d["config"], extra, d["metrics"])
     return {"uncertainty_scale": scale, "coverage_before": summary["coverage"], "coverage_nominal": LAPLACE_LEVEL}
 
