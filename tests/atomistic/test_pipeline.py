@@ -211,3 +211,54 @@ def test_finish_steps_reuse_the_steps_the_data_records_for_the_same_oracle() -> 
     assert rows[2]["unrelaxed_steps_from"] == "oracle"
     summary = steps_summary(rows)
     assert summary["median_unrelaxed_steps"] == rows[1]["finish_steps"] and summary["oracle_structures"] == 3
+
+
+def test_plausibility_flags_blown_up_cells_far_moves_and_overlaps() -> None:
+    """A uniform 10 % strain is plausible (no atom moves in fractional coordinates); a 40 % cell, an atom
+    moved 3 Å, two atoms on top of each other and NaNs are not, each with its reason."""
+    from quintet.atomistic.structures import plausibility
+
+    before = _cu(2)
+    ok = before.copy()
+    ok.set_cell(before.cell[:] * 1.1, scale_atoms=True)
+    assert plausibility(before, ok) == {"plausible": True, "plausibility_reason": ""}
+    big = before.copy()
+    big.set_cell(before.cell[:] * np.diag([1.4, 1.0, 1.0]), scale_atoms=True)
+    res = plausibility(before, big)
+    assert not res["plausible"] and res["plausibility_reason"] == "cell strain 40% > 25%"
+    assert plausibility(before, big, {"max_strain": 0.5})["plausible"]
+    far = before.copy()
+    far.positions[3] += [0.0, 0.0, 1.5]  # 1.5 Å along z of a 3.61 Å cell: 1.5 Å, not wrapped
+    assert plausibility(before, far)["plausible"]
+    far.positions[3] += [0.0, 0.0, -3.0]  # -1.5 Å in total: still fine (nearest image counts)
+    assert plausibility(before, far)["plausible"]
+    far.positions[5] += [2.5, 1.0, 0.0]  # along the 7.22 Å axis: no nearer image
+    assert plausibility(before, far)["plausibility_reason"] == "atom 5 moved 2.69 Å > 2.0 Å"
+    overlap = before.copy()
+    overlap.positions[1] = overlap.positions[0] + 0.2
+    assert "atoms closer than 0.5 Å" in plausibility(before, overlap)["plausibility_reason"]
+    nan = before.copy()
+    nan.positions[0, 0] = np.nan
+    assert plausibility(before, nan)["plausibility_reason"] == "non-finite positions or cell"
+
+
+def test_run_predictions_flags_and_warns_about_implausible_predictions(tmp_path: Path, capsys) -> None:
+    d = tmp_path / "in"
+    write_structure(d / "fine.cif", _cu())
+    write_structure(d / "blown.cif", _cu(2))
+
+    def predict(chunk: list[Item]) -> list[tuple[object, dict[str, float]]]:
+        out = []
+        for it in chunk:
+            a = it.atoms.copy()
+            if it.id == "blown":  # a 362 Å cell, as a badly extrapolating model predicted
+                a.set_cell(a.cell[:] * 362.0 / a.cell.lengths().max(), scale_atoms=True)
+            out.append((a, {}))
+        return out
+
+    path = run_predictions([str(d)], tmp_path / "out", predict, PredictionTable(tmp_path / "out", {}), progress=False)
+    rows = {r["id"]: r for r in read_csv(path)}
+    assert rows["fine"]["plausible"] == "True" and rows["fine"]["plausibility_reason"] == ""
+    assert rows["blown"]["plausible"] == "False" and rows["blown"]["plausibility_reason"].startswith("cell strain")
+    assert (tmp_path / "out" / "blown.cif").is_file()  # written, flagged and warned about: never silent
+    assert "1 prediction(s) outside the plausible range" in capsys.readouterr().err

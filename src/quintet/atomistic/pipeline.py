@@ -416,7 +416,7 @@ def finisher_for(job: Any) -> Finisher | None:
 
 def predict_job(
     job: Any, record: Callable[[Any], dict[str, Any]], setup: Callable[[], tuple[PredictChunk, Domain | None]],
-    desc: str,
+    desc: str, relaxes: bool = True,
 ) -> Path:  # fmt: skip
     """A predict verb: inputs, shard and finish checked first, then ``setup()`` (load the model: the batch
     function and the model's training domain), then the output folder opened (:func:`open_table`) and
@@ -433,6 +433,7 @@ def predict_job(
             job.inputs, out, predict, table, fmt=job.output_format, finisher=finisher, batch_size=job.batch_size,
             max_atoms=job.max_atoms, desc=desc, progress=getattr(job, "progress", True), shard=shard,
             min_distance=getattr(job, "min_distance", None), domain=domain, strict=getattr(job, "strict", False),
+            relaxes=relaxes,
         )  # fmt: skip
 
 
@@ -633,12 +634,15 @@ def run_predictions(
     min_distance: float | None = None,
     domain: Domain | None = None,
     strict: bool = False,
+    relaxes: bool = True,
 ) -> Path:
     """Drive a predict verb end to end (see the module docstring); returns the table's path.
 
     The progress bar counts input files first (one cheap listing pass, nothing kept) to show
     structures/s and an ETA; ``shard=(K, N)`` predicts only shard K's files (:func:`in_shard`). With a
     ``domain``, each row gets ``in_domain``/``domain_reason`` and a warning names the inputs outside it;
+    a relaxer's rows get ``plausible``/``plausibility_reason`` (:func:`~quintet.atomistic.structures.plausibility`),
+    and a warning counts the implausible predictions;
     ``strict`` refuses them all before anything is predicted (inputs are read twice then).
     """
     from tqdm.auto import tqdm
@@ -650,8 +654,10 @@ def run_predictions(
     if table.done:
         print(f"resuming: {len(table.done)} structures already in {table.path}")
     total = sum(1 for _ in discover(inputs, shard)) if progress else None
+    from quintet.atomistic.structures import plausibility
+
     items = iter_structures(discover(inputs, shard), skip=table.done, min_distance=min_distance)
-    outside = 0
+    outside = implausible = 0
     bar = tqdm(total=total, initial=len(table.done), desc=desc, unit="structure", disable=not progress)
     for chunk in batches(items, batch_size, max_atoms):
         t0 = time.perf_counter()
@@ -663,6 +669,9 @@ def run_predictions(
             if domain is not None:
                 row.update(domain.columns(item.atoms))
                 outside += row["in_domain"] is False
+            if relaxes:
+                row.update(plausibility(item.atoms, atoms))
+                implausible += not row["plausible"]
             row["predict_s"] = round(dt, 6)
             row["output"] = write_output(out, item.id, atoms, fmt)
             if finisher is not None:
@@ -672,11 +681,17 @@ def run_predictions(
         bar.update(len(chunk))
     bar.close()
     table.flush()
-    _domain_notes(outside, domain, table.path)
+    _domain_notes(outside, domain, table.path, implausible)
     return table.path
 
 
-def _domain_notes(outside: int, domain: Domain | None, path: Path) -> None:
+def _domain_notes(outside: int, domain: Domain | None, path: Path, implausible: int = 0) -> None:
+    if implausible:
+        print(
+            f"warning: {implausible} prediction(s) outside the plausible range (plausible=False in {path}: cell "
+            "strain, atomic shift or overlapping atoms, see plausibility_reason); do not use them without checking",
+            file=sys.stderr,
+        )
     if outside:
         print(
             f"warning: {outside} structure(s) outside the domain of {domain.source if domain else 'the model'} "
@@ -698,7 +713,7 @@ def relax_structures(
     """The one-call APIs' shared body: ASE ``Atoms`` or pymatgen structures (one or a sequence) in, the
     same type out, each carrying its table columns (``atoms.info`` / ``Structure.properties``) and its
     per-atom arrays (``atoms.arrays`` / site properties); with a ``domain``, ``in_domain``/``domain_reason`` too."""
-    from quintet.atomistic.structures import as_atoms, check_atoms, like
+    from quintet.atomistic.structures import as_atoms, check_atoms, like, plausibility
 
     single = not isinstance(structures, list | tuple)
     items, kinds = [], []
@@ -711,6 +726,7 @@ def relax_structures(
     for chunk in batches(items, batch_size, max_atoms):
         for item, (atoms, cols) in zip(chunk, predict(chunk), strict=True):
             atoms.info.update(cols)
+            atoms.info.update(plausibility(item.atoms, atoms))
             if domain is not None:
                 atoms.info.update(domain.columns(item.atoms))
             results.append(atoms)

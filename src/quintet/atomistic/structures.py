@@ -33,11 +33,13 @@ from quintet.io import atomic_open
 
 __all__ = [
     "MIN_DISTANCE",
+    "PLAUSIBLE",
     "as_atoms",
     "check_atoms",
     "from_ase",
     "from_pymatgen",
     "like",
+    "plausibility",
     "read_structure",
     "read_structures",
     "to_ase",
@@ -137,6 +139,40 @@ def check_atoms(atoms: Any, source: str = "structure", min_distance: float = MIN
             f"{source}: atoms {a} ({sym[a]}) and {b} ({sym[b]}) are {float(d[k]):.4f} Å apart (closer than "
             f"{min_distance} Å): overlapping or duplicated atoms; fix the file (or lower key min_distance)"
         )
+
+
+#: limits of a plausible one-shot relaxation (:func:`plausibility`): principal strain of the cell, largest
+#: atomic displacement net of the cell change (Å), smallest interatomic distance of the result (Å)
+PLAUSIBLE = {"max_strain": 0.25, "max_shift_A": 2.0, "min_distance_A": 0.5}
+
+
+def plausibility(before: Any, after: Any, limits: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """``{"plausible": bool, "plausibility_reason": str}`` of a predicted relaxation ``before -> after``.
+
+    Implausible: a principal strain of the cell beyond ``max_strain`` (stretch of the deformation from the
+    input cell to the predicted one), an atom displaced more than ``max_shift_A`` in fractional
+    coordinates times the predicted cell (so a uniform cell strain does not count), two atoms of the
+    result closer than ``min_distance_A``, or a non-finite number. Pure: the predict verbs flag and warn.
+    """
+    from ase.neighborlist import neighbor_list
+
+    lim = {**PLAUSIBLE, **(limits or {})}
+    if not (np.isfinite(after.positions).all() and np.isfinite(after.cell[:]).all()):
+        return {"plausible": False, "plausibility_reason": "non-finite positions or cell"}
+    reasons = []
+    c0, c1 = before.cell.complete(), after.cell.complete()
+    stretch = np.sqrt(np.clip(np.linalg.eigvalsh((f := np.linalg.solve(c0, c1)) @ f.T), 0, None))
+    if np.abs(stretch - 1).max() > lim["max_strain"]:
+        reasons.append(f"cell strain {np.abs(stretch - 1).max():.0%} > {lim['max_strain']:.0%}")
+    if len(before) == len(after):
+        d = after.cell.scaled_positions(after.positions) - before.cell.scaled_positions(before.positions)
+        d[:, after.pbc] -= np.round(d[:, after.pbc])
+        shift = np.linalg.norm(d @ c1, axis=1)
+        if shift.max() > lim["max_shift_A"]:
+            reasons.append(f"atom {int(shift.argmax())} moved {shift.max():.2f} Å > {lim['max_shift_A']} Å")
+    if len(after) > 1 and len(neighbor_list("d", after, lim["min_distance_A"], self_interaction=False)):
+        reasons.append(f"atoms closer than {lim['min_distance_A']} Å")
+    return {"plausible": not reasons, "plausibility_reason": "; ".join(reasons)}
 
 
 def _check_finite_results(atoms: Any, source: str) -> None:

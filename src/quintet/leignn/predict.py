@@ -83,4 +83,4 @@ def predict(job: PredictJob) -> Path:
         calc = calculator(job.model, job.device)
         return (lambda chunk: _labelled(chunk, calc)), None
 
-    return predict_job(job, _record, setup, "leignn predict")
+    return predict_job(job, _record, setup, "leignn predict", relaxes=False)
