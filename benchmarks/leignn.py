@@ -44,11 +44,11 @@ DATA = Path(os.environ.get("QUINTET_SHARED_DATA", ROOT.parent / "shared" / "data
 WORK = ROOT / "benchmarks" / "work" / "leignn"
 RESULTS = ROOT / "benchmarks" / "results"
 
+from leignn_peers import PeerConfig, PeerPotential  # noqa: E402
 from quintet.atomistic import keys as K  # noqa: E402
 from quintet.atomistic.calculator import ModelCalculator  # noqa: E402
 from quintet.io import atomic_open, atomic_save_json, load_json  # noqa: E402
 from quintet.leignn.model import LEIGNN, LEIGNNModelConfig  # noqa: E402
-from quintet.leignn.peers import PeerConfig, PeerPotential  # noqa: E402
 from quintet.leignn.run import DataConfig, load_splits, parity_plot, predict_errors  # noqa: E402
 from quintet.leignn.task import LossConfig, PotentialTask  # noqa: E402
 from quintet.runtime import tune_cpu_allocator  # noqa: E402
@@ -383,7 +383,7 @@ def e3_available() -> dict[str, str]:
 
 
 def e3_model(name: str, elements: tuple[int, ...], avg_nbr: float) -> torch.nn.Module:
-    from quintet.leignn.peers import E3PeerConfig, E3PeerPotential
+    from leignn_peers import E3PeerConfig, E3PeerPotential
 
     if name.startswith("mace") or name.startswith("nequip"):
         kind = "mace" if name.startswith("mace") else "nequip"

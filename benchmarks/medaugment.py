@@ -36,8 +36,7 @@ import cv2
 import numpy as np
 import torch
 
-from quintet.io import atomic_save_json, atomic_write_bytes, load_json
-from quintet.medaugment.bench import (
+from medaugment_harness import (
     RunConfig,
     load_brain_tumor,
     load_isbi,
@@ -45,7 +44,9 @@ from quintet.medaugment.bench import (
     summarize,
     train_and_test,
 )
-from quintet.medaugment.peers import KorniaChains, interleaved_throughput, per_op_throughput
+from medaugment_peers import KorniaChains
+from quintet.io import atomic_save_json, atomic_write_bytes, load_json
+from quintet.medaugment.peers import interleaved_throughput, per_op_throughput
 from quintet.medaugment.policy import MedAugment
 from quintet.medaugment.viz import augmentation_grid
 

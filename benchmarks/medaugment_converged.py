@@ -6,8 +6,8 @@ every peer, with the spread.
     nice .venv/bin/python benchmarks/medaugment_converged.py --shard 2/2 &
     .venv/bin/python benchmarks/medaugment_converged.py --summary-only        # table, plot, JSON
 
-Same data, split, pools, network and optimiser as ``benchmarks/medaugment.py`` (the package's
-``quintet.medaugment.bench`` jobs: ``make_pool``, ``train_and_test``); what changes is the image size
+Same data, split, pools, network and optimiser as ``benchmarks/medaugment.py`` (the harness
+``medaugment_harness.py``: ``make_pool``, ``train_and_test``); what changes is the image size
 (128 px instead of 64) and the budget: validation every ``--steps-per-epoch`` steps, early stopping after
 ``--patience`` validations without a better accuracy, ``--max-steps`` only as a cap; the test accuracy
 is that of the best-validation checkpoint. Each shard resumes from its own runs file.
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from quintet.io import atomic_save_json, atomic_write_bytes, load_json
-from quintet.medaugment.bench import RunConfig, load_brain_tumor, make_pool, summarize, train_and_test
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from medaugment import CLS_METHODS, DATA, ROOT, _splits
+from medaugment_harness import RunConfig, load_brain_tumor, make_pool, summarize, train_and_test
 
 PEERS = [m for m in CLS_METHODS if m not in ("none", "medaugment")]
 

@@ -24,13 +24,13 @@ import dataclasses
 import importlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from quintet import __version__
 from quintet.config import ConfigError, config_to_dict, load_config
-from quintet.runtime import tune_cpu_allocator
+from quintet.runtime import torch_threads, tune_cpu_allocator
 
 __all__ = ["RENAMED", "SYSTEMS", "Verb", "add_verbs", "build_job", "job_keys", "main"]
 
@@ -299,23 +299,12 @@ def add_verbs(parser: argparse.ArgumentParser, verbs: Sequence[Verb]) -> dict[st
     return parsers
 
 
-@contextlib.contextmanager
-def threads(n: int | None) -> Iterator[None]:
+def threads(n: int | None) -> contextlib.AbstractContextManager[None]:
     """The one thread rule: ``--threads N`` sets torch's CPU threads for the verb (restored afterwards);
     without it torch's default stays, one thread per core available. Oracle finishes use one thread."""
-    if n is None:
-        yield
-        return
-    import torch
-
-    if n < 1:
+    if n is not None and n < 1:
         raise ValueError(f"--threads must be at least 1, got {n}")
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+    return torch_threads(n)
 
 
 def _top_parser() -> argparse.ArgumentParser:

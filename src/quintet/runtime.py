@@ -21,12 +21,14 @@ library is not glibc, when ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_cpu_allocator"]
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "torch_threads", "tune_cpu_allocator"]
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -82,3 +84,20 @@ def tune_cpu_allocator(env: dict[str, str] | None = None, libc: Any | None = Non
     )
     _applied = ok
     return ok
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Set ``torch.set_num_threads(n)`` for the ``with`` block, restored afterwards (``None`` or ``n <= 0``:
+    unchanged)."""
+    if n is None or n <= 0:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

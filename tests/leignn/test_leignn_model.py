@@ -109,7 +109,7 @@ def test_empty_and_out_of_range_inputs() -> None:
 
 @pytest.mark.parametrize("kind", ["schnet", "visnet"])
 def test_peer_wrappers_are_periodic_and_conservative(kind: str) -> None:
-    from quintet.leignn.peers import PeerConfig, PeerPotential
+    from leignn_peers import PeerConfig, PeerPotential
 
     torch.manual_seed(0)
     m = (

@@ -15,7 +15,7 @@ pytest.importorskip("nequip")
 
 
 def test_nequip_wrapper_forces_are_the_energy_gradient() -> None:
-    from quintet.leignn.peers import E3PeerConfig, E3PeerPotential
+    from leignn_peers import E3PeerConfig, E3PeerPotential
 
     default = torch.get_default_dtype()
     torch.manual_seed(0)

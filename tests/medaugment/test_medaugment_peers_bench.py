@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quintet.medaugment.bench import (
+from medaugment_harness import (
     RunConfig,
     accuracy,
     dice_iou,
@@ -14,8 +14,15 @@ from quintet.medaugment.bench import (
     summarize,
     train_and_test,
 )
+from medaugment_peers import KorniaChains, make_peer, peer_names
 from quintet.medaugment.demo import phantom
-from quintet.medaugment.peers import AlbumentationsChains, KorniaChains, fixed_branch, make_peer, peer_names
+from quintet.medaugment.peers import AlbumentationsChains
+from quintet.medaugment.policy import Branch, OpCall
+
+
+def fixed_branch(*names: str) -> Branch:
+    """A branch that applies ``names`` in order with empty params (for peers that sample their own)."""
+    return Branch((0, len(names)), tuple(OpCall(n, True, {}) for n in names))
 
 
 def test_metrics_by_hand():

@@ -476,28 +476,25 @@ def read_pair(unrelaxed_path: PathLike, relaxed_path: PathLike | None) -> tuple[
     if relaxed_path is None:
         return u, None
     r = read_structure(relaxed_path)
-    if len(u) != len(r):
-        raise ValueError(
-            f"{relaxed_path}: {len(r)} atoms, but {unrelaxed_path} has {len(u)}; a pair must hold the same atoms"
-        )
-    if not np.array_equal(u.numbers, r.numbers):
-        k = int(np.flatnonzero(u.numbers != r.numbers)[0])
-        raise ValueError(
-            f"{relaxed_path}: species differ from {unrelaxed_path} (atom {k}: "
-            f"{r.get_chemical_symbols()[k]} vs {u.get_chemical_symbols()[k]}); a pair must list the same atoms "
-            "in the same order"
-        )
+    _check_same_atoms(u, r, str(relaxed_path), str(unrelaxed_path))
     return u, r
 
 
-def _check_same_atoms(unrelaxed: Any, relaxed: Any, source: str) -> None:
-    """A pair must list the same atoms in the same order (else every target is another atom's)."""
-    if len(relaxed) != len(unrelaxed) or not np.array_equal(relaxed.numbers, unrelaxed.numbers):
-        raise ValueError(
-            f"{source}: the relaxed structure has {len(relaxed)} atoms ({relaxed.get_chemical_formula()}), the "
-            f"unrelaxed one {len(unrelaxed)} ({unrelaxed.get_chemical_formula()}); they must list the same atoms "
-            "in the same order"
-        )
+def _check_same_atoms(
+    unrelaxed: Any, relaxed: Any, source: str, other: str = "its unrelaxed structure"
+) -> None:
+    """A pair must list the same atoms in the same order (else every target is another atom's).
+
+    ``source`` names the relaxed structure (or the pair), ``other`` the unrelaxed one."""
+    if len(relaxed) != len(unrelaxed):
+        why = f"{len(relaxed)} atoms, but {other} has {len(unrelaxed)}"
+    elif not np.array_equal(relaxed.numbers, unrelaxed.numbers):
+        k = int(np.flatnonzero(relaxed.numbers != unrelaxed.numbers)[0])
+        r_sym, u_sym = relaxed.get_chemical_symbols()[k], unrelaxed.get_chemical_symbols()[k]
+        why = f"species differ from {other} (atom {k}: {r_sym} vs {u_sym})"
+    else:
+        return
+    raise ValueError(f"{source}: {why}; a pair must list the same atoms in the same order")
 
 
 #: an atom of a pair that moves farther than this (Å, after carrying the unrelaxed atoms into the relaxed

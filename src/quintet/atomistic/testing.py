@@ -82,11 +82,9 @@ def _transform(
             rt = rot.to(pos.dtype)
             pos = pos @ rt.T
             r2[K.CELL] = r[K.CELL] @ rt.T
-            for key in (K.RELAXED_POSITIONS,):
+            for key in (K.RELAXED_POSITIONS, K.RELAXED_CELL):
                 if key in r:
                     r2[key] = r[key] @ rt.T
-            if K.RELAXED_CELL in r:
-                r2[K.RELAXED_CELL] = r[K.RELAXED_CELL] @ rt.T
         if shift is not None:
             pos = pos + shift.to(pos.dtype)
             if K.RELAXED_POSITIONS in r:

@@ -93,17 +93,7 @@ def pairs_to_records(
 
     out = []
     for k, (u, r) in enumerate(pairs):
-        if len(u) != len(r):
-            raise ValueError(
-                f"pair {k}: the relaxed structure has {len(r)} atoms, the unrelaxed one {len(u)}"
-            )
-        if not np.array_equal(u.numbers, r.numbers):
-            j = int(np.flatnonzero(u.numbers != r.numbers)[0])
-            raise ValueError(
-                f"pair {k}: species differ between the unrelaxed and relaxed structures (atom {j}: "
-                f"{u.get_chemical_symbols()[j]} vs {r.get_chemical_symbols()[j]})"
-            )
-        rec = pair_record(u, r, dtype=dtype, source=f"pair {k}")
+        rec = pair_record(u, r, dtype=dtype, source=f"pair {k}")  # refuses pairs of different atoms
         rec[K.STRUCTURE_ID] = torch.tensor(k)
         out.append(rec)
     return out

@@ -13,9 +13,9 @@ from quintet.fedaux.simulate import (
     clear_client_models,
     load_data,
     simulate,
-    torch_threads,
     write_outputs,
 )
+from quintet.runtime import torch_threads
 
 __all__ = ["run"]
 

@@ -615,10 +615,7 @@ def build_clients(
     tag = "".join(f"_{x}" for x in scheme)
     cache = Path(cache_dir) / f"{g.name}_{method}{tag}_{num_clients}_{seed}_{key}.pt" if cache_dir else None
     if cache is not None and cache.is_file():
-        blob = torch.load(cache, map_location="cpu", weights_only=True)
-        return [ClientData.from_dict(c) for c in blob["clients"]], {
-            k: int(v) for k, v in blob["info"].items()
-        }
+        return load_clients(cache)
     g = prepare_graph(g)
     masks = random_split(g.num_nodes, seed, split)
     clients = make_clients(g, partition(g, method, num_clients, seed, metis), masks)

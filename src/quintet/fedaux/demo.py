@@ -16,7 +16,8 @@ from quintet.demo import DemoSection
 from quintet.fedaux.algorithms import AlgoConfig
 from quintet.fedaux.data import build_clients, synthetic_clients
 from quintet.fedaux.loop import SimResult
-from quintet.fedaux.simulate import plot_curves, simulate, torch_threads
+from quintet.fedaux.simulate import plot_curves, simulate
+from quintet.runtime import torch_threads
 
 __all__ = ["demo"]
 

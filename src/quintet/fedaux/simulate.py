@@ -9,12 +9,11 @@ validation accuracy.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -42,6 +41,7 @@ from quintet.fedaux.loop import (
     summarise_rounds,
 )
 from quintet.io import atomic_save_json, atomic_write_bytes, atomic_write_text
+from quintet.runtime import torch_threads
 
 __all__ = [
     "DataConfig",
@@ -114,18 +114,6 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Temporarily set ``torch.set_num_threads(n)`` (``n <= 0`` leaves it unchanged)."""
-    old = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def load_data(cfg: DataConfig) -> tuple[list[ClientData], dict[str, int]]:

@@ -3,8 +3,8 @@
 Six pixel and eight spatial operations with the published level -> parameter map (``ops``), the branch
 sampling policy (``policy``), offline dataset expansion of 2D images and NIfTI / DICOM volumes (``expand``,
 ``volumes``), the albumentations transform (``albu``), the MONAI dictionary transform
-(``monai_transforms``), folder datasets (``data``), peers for comparison (``peers``) and the training
-harness used by the benchmark (``bench``).
+(``monai_transforms``), folder datasets (``data``) and the albumentations chains of the throughput
+comparison (``peers``). The other peers and the training harness of the benchmarks live in ``benchmarks/``.
 """
 
 from quintet._lazy import lazy_api

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from medaugment_peers import make_peer
 from quintet.medaugment.data import list_images, read_image, read_mask
-from quintet.medaugment.peers import make_peer
 from quintet.medaugment.policy import MedAugment
 from quintet.train import StepOutput, Task, TrainConfig, fit, load_model_file
 
