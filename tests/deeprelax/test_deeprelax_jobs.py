@@ -101,6 +101,11 @@ def test_tiny_training_beats_the_dummy_and_reload_is_identical(trained, tmp_path
     batch = collate([ds[0], ds[1]])
     r1, r2 = relax_batch(m1, batch), relax_batch(m2, batch)
     assert torch.equal(r1["positions"], r2["positions"]) and torch.equal(r1["cell"], r2["cell"])
+    # shift_A: the mean distance the prediction moves the atoms of a structure (the σ-free error proxy)
+    n0 = len(ds[0][K.POSITIONS])
+    shift0 = float((r1["positions"][:n0] - ds[0][K.POSITIONS]).norm(dim=-1).mean())
+    assert float(_rows(tmp_path / "ev" / "per_structure.csv")[0]["shift_A"]) == pytest.approx(shift0, rel=1e-4)
+    assert -1.0 <= summary["shift_spearman"] <= 1.0
 
 
 def test_model_files_from_before_the_cell_scale_still_load(trained, tmp_path: Path) -> None:

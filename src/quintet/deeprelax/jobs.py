@@ -421,7 +421,8 @@ def evaluate_model(
         ``dummy_distance_mae_A``, their ratios, ``guess_coord_mae_A`` (the network's first guess, before
         the solve; ``residual_base="displaced"``) and its ratio, ``time_per_structure_s`` (graph + forward +
         solve, batched: the edges are rebuilt inside the timing, as ``predict`` builds them),
-        ``uncertainty_spearman`` (per structure: mean σ vs coordinate MAE), ``distance_spearman``
+        ``uncertainty_spearman`` (per structure: mean σ vs coordinate MAE), ``shift_spearman`` (the mean
+        distance the prediction moves the atoms vs coordinate MAE: a σ-free error proxy), ``distance_spearman``
         (per edge: σ vs |error|), ``spread_spearman`` (ensembles: members' spread vs coordinate MAE)
         and ``coverage`` (fraction of relaxed distances inside mu ± σ, σ with the file's calibration factor
         ``uncertainty_scale``; ``coverage_uncalibrated`` without it); one row per structure with its
@@ -470,6 +471,7 @@ def _evaluate_batch(
         "coord_mae_A": per_graph_mean((res["positions"] - rel).abs().mean(-1), b, nb),
         "dummy_coord_mae_A": per_graph_mean((unrel - rel).abs().mean(-1), b, nb),
         "guess_coord_mae_A": per_graph_mean((res["init_positions"] - rel).abs().mean(-1), b, nb),
+        "shift_A": per_graph_mean((res["positions"] - unrel).norm(dim=-1), b, nb),  # how far the prediction moves
         "cell_mae_A": (res["cell"] - cell_r).abs().mean((-1, -2)),
         "dummy_cell_mae_A": (cell_u - cell_r).abs().mean((-1, -2)),
         "volume_err_A3": (volume(res["cell"]) - volume(cell_r)).abs(),
@@ -515,6 +517,7 @@ def _evaluation_summary(
     summary["time_per_structure_s"] = seconds / max(len(rows), 1)
     errors = [r["coord_mae_A"] for r in rows]
     summary["uncertainty_spearman"] = spearman([r["uncertainty_A"] for r in rows], errors)
+    summary["shift_spearman"] = spearman([r["shift_A"] for r in rows], errors)
     if ensemble:
         summary["spread_spearman"] = spearman([r["spread_A"] for r in rows], errors)
     summary["distance_spearman"] = spearman(np.concatenate([e[0] for e in edges]), np.concatenate([e[1] for e in edges]))
