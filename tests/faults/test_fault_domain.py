@@ -152,3 +152,4 @@ def test_the_one_call_api_flags_the_domain_too(model: Path) -> None:
     cu, ni = relax([bulk("Cu", "fcc", a=3.62, cubic=True), bulk("Ni", "fcc", a=3.52, cubic=True)], model=model)
     assert cu.info["in_domain"] is True and ni.info["in_domain"] is False
     assert ni.info["domain_reason"] == "elements Ni not in the training set"
+    assert cu.info["plausible"] in (True, False) and "plausibility_reason" in ni.info  # the relaxers' flags too

@@ -654,8 +654,6 @@ def run_predictions(
     if table.done:
         print(f"resuming: {len(table.done)} structures already in {table.path}")
     total = sum(1 for _ in discover(inputs, shard)) if progress else None
-    from quintet.atomistic.structures import plausibility
-
     items = iter_structures(discover(inputs, shard), skip=table.done, min_distance=min_distance)
     outside = implausible = 0
     bar = tqdm(total=total, initial=len(table.done), desc=desc, unit="structure", disable=not progress)
@@ -666,12 +664,9 @@ def run_predictions(
         rows = []
         for item, (atoms, cols) in zip(chunk, results, strict=True):
             row = {"id": item.id, "source": item.source, "n_atoms": len(item.atoms), **cols}
-            if domain is not None:
-                row.update(domain.columns(item.atoms))
-                outside += row["in_domain"] is False
-            if relaxes:
-                row.update(plausibility(item.atoms, atoms))
-                implausible += not row["plausible"]
+            row.update(_flags(item.atoms, atoms, domain, relaxes))
+            outside += row.get("in_domain") is False
+            implausible += row.get("plausible") is False
             row["predict_s"] = round(dt, 6)
             row["output"] = write_output(out, item.id, atoms, fmt)
             if finisher is not None:
@@ -683,6 +678,15 @@ def run_predictions(
     table.flush()
     _domain_notes(outside, domain, table.path, implausible)
     return table.path
+
+
+def _flags(before: Any, after: Any, domain: Domain | None, relaxes: bool) -> dict[str, Any]:
+    """The flags of one prediction: ``in_domain``/``domain_reason`` (with a domain) and, for a relaxer,
+    ``plausible``/``plausibility_reason``."""
+    from quintet.atomistic.structures import plausibility
+
+    flags = domain.columns(before) if domain is not None else {}
+    return {**flags, **(plausibility(before, after) if relaxes else {})}
 
 
 def _domain_notes(outside: int, domain: Domain | None, path: Path, implausible: int = 0) -> None:
@@ -713,7 +717,7 @@ def relax_structures(
     """The one-call APIs' shared body: ASE ``Atoms`` or pymatgen structures (one or a sequence) in, the
     same type out, each carrying its table columns (``atoms.info`` / ``Structure.properties``) and its
     per-atom arrays (``atoms.arrays`` / site properties); with a ``domain``, ``in_domain``/``domain_reason`` too."""
-    from quintet.atomistic.structures import as_atoms, check_atoms, like, plausibility
+    from quintet.atomistic.structures import as_atoms, check_atoms, like
 
     single = not isinstance(structures, list | tuple)
     items, kinds = [], []
@@ -725,10 +729,7 @@ def relax_structures(
     results: list[Any] = []
     for chunk in batches(items, batch_size, max_atoms):
         for item, (atoms, cols) in zip(chunk, predict(chunk), strict=True):
-            atoms.info.update(cols)
-            atoms.info.update(plausibility(item.atoms, atoms))
-            if domain is not None:
-                atoms.info.update(domain.columns(item.atoms))
+            atoms.info.update({**cols, **_flags(item.atoms, atoms, domain, True)})
             results.append(atoms)
     out = [_with_properties(like(a, kind), a) for a, kind in zip(results, kinds, strict=True)]
     return out[0] if single else out

@@ -115,6 +115,20 @@ def cell_share(sigma_cell: Tensor, pos: Tensor, cell: Tensor, pbc: Tensor, batch
     return sigma_cell[batch] * torch.linalg.vector_norm(frac, dim=-1)
 
 
+def _atom_uncertainty(
+    out: dict[str, Tensor], batch: dict[str, Tensor], sig_d: Tensor, sig_r: Tensor, scale: float
+) -> tuple[Tensor, Tensor]:
+    """(N,) each atom's uncertainty: the mean σ of every distance it is the centre of (its displace edges and
+    its edges in the relaxed cell), with the cell's share added in quadrature; and (B,) the cell's scale."""
+    ei, disp, pos = out[K.EDGE_INDEX], out[DISPLACE], batch[K.POSITIONS]
+    atom_unc = per_atom_uncertainty(torch.cat([sig_d, sig_r]), torch.cat([ei[0, disp], ei[0]]), pos.shape[0])
+    cell = batch[K.CELL].reshape(-1, 3, 3)
+    sigma_cell = out.get("sigma_cell", pos.new_zeros(cell.shape[0])) * scale
+    if "sigma_cell" in out:  # Laplace scales of independent parts add in quadrature
+        atom_unc = (atom_unc**2 + cell_share(sigma_cell, pos, cell, batch[K.PBC], batch[K.BATCH]) ** 2).sqrt()
+    return atom_unc, sigma_cell
+
+
 @torch.no_grad()
 def relax_ensemble(
     models: Sequence[M.DeepRelax], batch: dict[str, Tensor], solve: SolveConfig | None = None
@@ -168,11 +182,7 @@ def relax_ensemble(
     # the solve used the network's σ; what is reported is calibrated (:func:`uncertainty_scale`)
     scale = uncertainty_scale(models)
     sig_d, sig_r = sig_d * scale, sig_r * scale
-    # every distance an atom is the centre of (its displace edges and its edges in the relaxed cell)
-    atom_unc = per_atom_uncertainty(torch.cat([sig_d, sig_r]), torch.cat([ei[0, disp], ei[0]]), pos.shape[0])
-    sigma_cell = out.get("sigma_cell", pos.new_zeros(num_graphs)) * scale
-    if "sigma_cell" in out:  # Laplace scales of independent parts add in quadrature
-        atom_unc = (atom_unc**2 + cell_share(sigma_cell, pos, cell, batch[K.PBC], batch[K.BATCH]) ** 2).sqrt()
+    atom_unc, sigma_cell = _atom_uncertainty(out, batch, sig_d, sig_r, scale)
     return {
         "cell_uncertainty": sigma_cell,
         "positions": res.positions,
