@@ -50,6 +50,24 @@ for h in MoS2 MoSe2 WSe2 hBN; do
   quintet definet eval --model runs/definet-2d/best.pt --data ../shared/data/materials/defects2d --split test \
     --out runs/definet-2d/eval_finish_$h --finish-with chgnet --finish-limit 2 data.hosts=[$h]
 done
+# leave-one-host-out (MoSe2) and the learning curve (data.max_train=40 / 80 / all, 900 s each)
+D=../shared/data/materials/defects2d
+quintet definet train --data $D -o runs/definet-loho-MoSe2 'data.exclude_hosts=[MoSe2]' model.hidden=64 model.num_layers=3 \
+  model.num_rbf=32 data.split_seed=0 train.max_time_s=2400 train.time_budget_clock=wall train.max_epochs=10000 \
+  train.steps_per_epoch=100 train.batch_size=8 train.lr=1e-3 train.plateau_patience=4 train.min_lr=1e-5 \
+  train.early_stop_patience=null train.seed=0 train.progress=false
+L=runs/definet-loho-MoSe2
+quintet definet eval -m $L/best.pt --data $D --split all 'data.hosts=[MoSe2]' -o $L/eval_all_MoSe2
+quintet definet eval -m $L/best.pt --data $D --split test 'data.hosts=[MoSe2]' -o $L/eval_test_MoSe2
+quintet definet eval -m definet-2d --data $D --split test 'data.hosts=[MoSe2]' -o $L/eval_test_MoSe2_shipped
+quintet definet eval -m $L/best.pt --data $D --split test 'data.hosts=[MoSe2]' -o $L/eval_finish_MoSe2 --finish-with chgnet --finish-limit 4
+for n in 40 80; do  # and once more without data.max_train into runs/definet-lc-none
+  quintet definet train --data $D -o runs/definet-lc-$n data.max_train=$n model.hidden=64 model.num_layers=3 \
+    model.num_rbf=32 data.split_seed=0 train.max_time_s=900 train.time_budget_clock=wall train.max_epochs=10000 \
+    train.steps_per_epoch=100 train.batch_size=8 train.lr=1e-3 train.plateau_patience=4 train.min_lr=1e-5 \
+    train.early_stop_patience=null train.seed=0 train.progress=false
+  quintet definet eval -m runs/definet-lc-$n/best.pt --data $D --split test -o runs/definet-lc-$n/eval_test
+done
 python benchmarks/pretrained.py   # copies best.pt to src/quintet/pretrained/definet-2d/model.pt, writes the cards
 """
 REBUILD_DEEPRELAX = r"""
