@@ -48,10 +48,28 @@ def collect(gen: Path, oxides: Path) -> list[dict[str, str]]:
                 continue
             u = folder / "CIF" / f"{r['atoms_id']}_unrelaxed.cif"
             v = folder / "CIF" / f"{r['atoms_id']}_relaxed.cif"
-            if u.is_file() and v.is_file():
+            if u.is_file() and v.is_file() and _unambiguous(u, v):
                 out.append({"atoms_id": r["atoms_id"], "recipe": recipe, "formula": r["formula"],
                             "n_atoms": r["n_atoms"], "unrelaxed": u, "relaxed": v})  # fmt: skip
     return out
+
+
+def _unambiguous(unrelaxed: Path, relaxed: Path) -> bool:
+    """False (and a note) for a pair DeepRelax's loader refuses: an atom moved half a cell vector or more,
+    so the periodic image it relaxed to is ambiguous (quintet.deeprelax.maths.check_displacements)."""
+    from ase.io import read
+
+    from quintet.atomistic.datasets import unwrap_to_nearest
+    from quintet.deeprelax.maths import check_displacements
+
+    u, r = read(unrelaxed), read(relaxed)
+    pos = unwrap_to_nearest(u.positions, r.positions, r.cell[:], u.pbc, ref_cell=u.cell[:])
+    try:
+        check_displacements(u.positions, pos, r.cell[:], u.pbc, source=unrelaxed.name)
+    except ValueError as exc:
+        print(f"left out: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _reduced(formula: str) -> str:
