@@ -392,3 +392,30 @@ def test_train_calibrates_the_saved_model_on_its_validation_split(pair_db: Path,
     assert extra["calibration_pairs"] == 2 and extra["uncertainty_scale"] > 0
     ev = evaluate(EvalJob(model=str(best), data=data, split="val", out=str(tmp_path / "ev")))
     assert abs(ev["coverage"] - LAPLACE_LEVEL) < 0.05
+
+
+def test_a_crystal_written_in_another_cell_setting_gets_the_same_relaxation(trained) -> None:
+    """Predictions are made in the Niggli basis and mapped back: the same (triclinic) crystal written with
+    cell rows a1, a2, a1 + a3 gets the same relaxed structure, expressed in the basis the user gave."""
+    from quintet.deeprelax import relax
+    from quintet.deeprelax.data import canonical_record, from_canonical
+
+    path, _ = trained
+    rng = np.random.default_rng(4)
+    plain = ase.Atoms("Cu4", cell=np.array([[3.7, 0.1, 0.05], [0.2, 3.6, 0.1], [0.15, 0.3, 3.65]]), pbc=True)
+    plain.set_scaled_positions(np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]) + rng.normal(0, 0.01, (4, 3)))
+    t = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1]])
+    skew = plain.copy()
+    skew.set_cell(t @ plain.cell[:], scale_atoms=False)
+    skew.wrap()
+    a, b = relax([plain, skew], model=str(path))
+    np.testing.assert_allclose(b.cell[:], t @ a.cell[:], atol=1e-4)  # the same lattice, in the user's basis
+    d = b.cell.scaled_positions(b.positions) - b.cell.scaled_positions(a.positions)
+    np.testing.assert_allclose(d - np.round(d), 0, atol=1e-4)  # the same atoms, up to lattice translations
+    assert a.info["uncertainty_A"] == pytest.approx(b.info["uncertainty_A"], rel=1e-4)
+    # the mapping itself is exact: canonical -> back gives the input
+    rec = {K.POSITIONS: torch.tensor(skew.positions), K.CELL: torch.tensor(skew.cell[:]), K.PBC: torch.ones(3, dtype=torch.bool)}
+    can, m, n = canonical_record(rec)
+    pos, cell = from_canonical(can[K.POSITIONS], can[K.CELL], m, n)
+    assert torch.allclose(pos, rec[K.POSITIONS]) and torch.allclose(cell, rec[K.CELL])
+    assert not torch.allclose(can[K.CELL], rec[K.CELL])  # the skewed cell was reduced

@@ -13,7 +13,7 @@ from quintet.atomistic import keys as K
 from quintet.deeprelax.graph import with_deeprelax_graph
 from quintet.deeprelax.maths import check_displacements
 
-__all__ = ["DeepRelaxTransform", "check_record", "pairs_to_records"]
+__all__ = ["DeepRelaxTransform", "canonical_record", "check_record", "from_canonical", "pairs_to_records"]
 
 #: largest supported cell (atoms); beyond it the O(N^2) displace search is refused with a clear error
 MAX_ATOMS = 20000
@@ -55,8 +55,44 @@ def check_record(record: Mapping[str, Tensor], source: str = "structure") -> Non
         )
 
 
+def canonical_record(record: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """The record in a canonical basis of its lattice, so the cell a user wrote does not change the prediction.
+
+    A 3D-periodic cell becomes its Niggli-reduced basis ``M @ cell`` (``M`` integer, det ±1: the same lattice),
+    with every atom wrapped into it by a lattice translation ``n`` (the relaxed labels get the same basis
+    change and the same translation in the relaxed lattice). Non-periodic directions leave it unchanged.
+
+    Returns:
+        ``(record, M, n)``; :func:`from_canonical` maps a prediction back to the input's basis and images.
+    """
+    cell = record[K.CELL].reshape(3, 3)
+    n_atoms = record[K.POSITIONS].shape[0]
+    if not bool(record[K.PBC].all()):
+        return dict(record), torch.eye(3, dtype=cell.dtype), torch.zeros(n_atoms, 3, dtype=cell.dtype)
+    from ase.cell import Cell
+
+    op = Cell(cell.double().numpy()).niggli_reduce()[1]
+    m = torch.as_tensor(np.asarray(op).T, dtype=cell.dtype)  # (M @ cell) has the reduced cell's metric
+    red = m @ cell
+    n = torch.floor(torch.linalg.solve(red.T, record[K.POSITIONS].T).T + 1e-6)
+    rec = {**record, K.CELL: red.reshape(record[K.CELL].shape), K.POSITIONS: record[K.POSITIONS] - n @ red}
+    if K.RELAXED_POSITIONS in record:
+        rel_red = m @ record.get(K.RELAXED_CELL, record[K.CELL]).reshape(3, 3)
+        rec[K.RELAXED_POSITIONS] = record[K.RELAXED_POSITIONS] - n @ rel_red
+        if K.RELAXED_CELL in record:
+            rec[K.RELAXED_CELL] = rel_red.reshape(record[K.RELAXED_CELL].shape)
+    return rec, m, n
+
+
+def from_canonical(positions: Tensor, cell: Tensor, m: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
+    """A prediction made on :func:`canonical_record`'s record, back in the input's basis: ``(positions, cell)``
+    with each atom moved back by its translation in the predicted lattice."""
+    return positions + n @ cell, torch.linalg.solve(m, cell)
+
+
 class DeepRelaxTransform:
-    """Dataset transform: validate a record, drop fields DeepRelax does not use, add both edge sets.
+    """Dataset transform: validate a record, drop fields DeepRelax does not use, put it in the canonical basis
+    (:func:`canonical_record`), add both edge sets.
 
     Vacancy placeholders (``DEFECT == 2``, added by 2DMD loaders) are removed: DeepRelax sees the
     defect structure as it is.
@@ -82,6 +118,7 @@ class DeepRelaxTransform:
         rec = {k: v for k, v in rec.items() if k in self.keep}
         sid = int(rec[K.STRUCTURE_ID]) if K.STRUCTURE_ID in rec else -1
         check_record(rec, source=f"structure {sid}")
+        rec = canonical_record(rec)[0]  # trained and scored in the basis predict uses
         return with_deeprelax_graph(rec, self.cutoff, self.max_neighbors, self.max_displace)
 
 

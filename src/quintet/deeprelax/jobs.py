@@ -26,7 +26,13 @@ from quintet.atomistic.datasets import training_domain
 from quintet.atomistic.nn.compile import CompiledModel
 from quintet.atomistic.pipeline import Item, finish_steps, finisher_for, steps_summary
 from quintet.config import save_config
-from quintet.deeprelax.data import DeepRelaxTransform, check_record, pairs_to_records
+from quintet.deeprelax.data import (
+    DeepRelaxTransform,
+    canonical_record,
+    check_record,
+    from_canonical,
+    pairs_to_records,
+)
 from quintet.deeprelax.graph import DISPLACE
 from quintet.deeprelax.inference import SolveConfig, check_ensemble, relax_ensemble, uncertainty_scale
 from quintet.deeprelax.maths import (
@@ -652,15 +658,18 @@ def relax_items(models: Sequence[Any], items: Sequence[Item], solve: SolveConfig
     (structure uncertainty, largest per-atom uncertainty, cell uncertainty, ensemble spread, residuals)."""
     from quintet.atomistic.structures import to_ase
 
-    recs = [_record_from_atoms(it.atoms, it.source) for it in items]
+    given = [_record_from_atoms(it.atoms, it.source) for it in items]
+    canon = [canonical_record(r) for r in given]  # predicted in the canonical basis, written in the input's
+    recs = [c[0] for c in canon]
     for it in items:
         check_bonded(it.atoms, max(m.cfg.cutoff for m in models), it.source)
     res = relax_ensemble(models, collate(recs), solve)
     starts = np.concatenate([[0], np.cumsum([len(r[K.POSITIONS]) for r in recs])])
     out = []
-    for g, rec in enumerate(recs):
+    for g, (rec, (_, m, n)) in enumerate(zip(given, canon, strict=True)):
         atoms_slice = slice(int(starts[g]), int(starts[g + 1]))
-        new = to_ase({**rec, K.POSITIONS: res["positions"][atoms_slice], K.CELL: res["cell"][g]})
+        pos, cell = from_canonical(res["positions"][atoms_slice], res["cell"][g], m, n)
+        new = to_ase({**rec, K.POSITIONS: pos, K.CELL: cell})
         cols: dict[str, Any] = {
             "uncertainty_A": round(float(res["uncertainty"][g]), 6),
             "max_atom_uncertainty_A": round(float(res["atom_uncertainty"][atoms_slice].max()), 6),
