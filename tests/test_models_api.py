@@ -26,8 +26,13 @@ def test_load_model_dispatches_on_the_file_and_migrates_old_deeprelax_files(tmp_
     again, d2 = quintet.load_model(old)
     assert d2["extra"]["system"] == "deeprelax" and type(again).__name__ == "DeepRelax"
     assert migrate({"deeprelax_model": {"hidden": 8}}) == {
-        "system": "deeprelax", "model": {"hidden": 8, "cell_uncertainty": False, "detach_base_cell": False}
+        "system": "deeprelax",
+        "model": {"hidden": 8, "cell_uncertainty": False, "detach_base_cell": False, "canonical_cell": False},
     }
+    # files from before the canonical basis saw cells as written; newer files keep what they say
+    assert dr.cfg.canonical_cell is False and again.cfg.canonical_cell is False
+    new = {"system": "deeprelax", "model": {"hidden": 8, "canonical_cell": True}}
+    assert migrate(new)["model"]["canonical_cell"] is True
     # weights that do not fit the architecture name the file
     save_model(tmp_path / "bad.pt", {"x": torch.zeros(1)}, {}, extra=d2["extra"])
     with pytest.raises(ValueError, match=r"bad\.pt: its weights do not fit"):

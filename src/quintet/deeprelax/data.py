@@ -99,11 +99,15 @@ class DeepRelaxTransform:
 
     Args:
         cutoff, max_neighbors, max_displace: graph settings (match the model's :class:`ModelConfig`).
+        canonical: put each record in its Niggli basis (``ModelConfig.canonical_cell``).
     """
 
     keep = (K.POSITIONS, K.ATOMIC_NUMBERS, K.CELL, K.PBC, K.RELAXED_POSITIONS, K.RELAXED_CELL, K.STRUCTURE_ID)
 
-    def __init__(self, cutoff: float = 6.0, max_neighbors: int | None = 30, max_displace: int = 20) -> None:
+    def __init__(
+        self, cutoff: float = 6.0, max_neighbors: int | None = 30, max_displace: int = 20, canonical: bool = True
+    ) -> None:
+        self.canonical = canonical
         self.cutoff = cutoff
         self.max_neighbors = max_neighbors
         self.max_displace = max_displace
@@ -118,7 +122,8 @@ class DeepRelaxTransform:
         rec = {k: v for k, v in rec.items() if k in self.keep}
         sid = int(rec[K.STRUCTURE_ID]) if K.STRUCTURE_ID in rec else -1
         check_record(rec, source=f"structure {sid}")
-        rec = canonical_record(rec)[0]  # trained and scored in the basis predict uses
+        if self.canonical:  # trained and scored in the basis predict uses
+            rec = canonical_record(rec)[0]
         return with_deeprelax_graph(rec, self.cutoff, self.max_neighbors, self.max_displace)
 
 

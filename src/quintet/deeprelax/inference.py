@@ -47,7 +47,7 @@ def sigma_from_log_b(log_b: Tensor, cfg: SolveConfig) -> Tensor:
     return torch.exp(log_b.clamp(cfg.log_b_min, cfg.log_b_max))
 
 
-GRAPH_FIELDS = ("cutoff", "max_neighbors", "max_displace")  # members of an ensemble must agree on these
+GRAPH_FIELDS = ("cutoff", "max_neighbors", "max_displace", "canonical_cell")  # ensemble members must agree
 
 
 def check_ensemble(models: Sequence[M.DeepRelax]) -> None:

@@ -272,7 +272,7 @@ _DB_CACHE: dict[str, list[dict[str, Tensor]]] = {}
 
 def load_dataset(data: DataConfig, split: str, model_cfg: ModelConfig) -> torch.utils.data.Dataset:
     """The dataset of ``split`` with the DeepRelax graph transform applied."""
-    tf = DeepRelaxTransform(model_cfg.cutoff, model_cfg.max_neighbors, model_cfg.max_displace)
+    tf = DeepRelaxTransform(model_cfg.cutoff, model_cfg.max_neighbors, model_cfg.max_displace, model_cfg.canonical_cell)
     if data.extra_train and data.layout not in ("custom", "2dmd"):
         raise ValueError(f"extra_train needs the custom or 2dmd layout, not {data.layout!r}")
     if data.layout in ("custom", "2dmd"):
@@ -659,7 +659,8 @@ def relax_items(models: Sequence[Any], items: Sequence[Item], solve: SolveConfig
     from quintet.atomistic.structures import to_ase
 
     given = [_record_from_atoms(it.atoms, it.source) for it in items]
-    canon = [canonical_record(r) for r in given]  # predicted in the canonical basis, written in the input's
+    canon = [canonical_record(r) if models[0].cfg.canonical_cell else (r, torch.eye(3), torch.zeros(len(r[K.POSITIONS]), 3))
+             for r in given]  # predicted in the model's basis, written in the input's
     recs = [c[0] for c in canon]
     for it in items:
         check_bonded(it.atoms, max(m.cfg.cutoff for m in models), it.source)

@@ -77,6 +77,9 @@ class ModelConfig:
             False is the behaviour of model files trained before it.
         message_scale: factor on the backbone's aggregated messages
             (:class:`~quintet.atomistic.nn.ScalarVectorBackbone`); 1 is the plain sum of PaiNN.
+        canonical_cell: train, score and predict every 3D cell in its Niggli basis
+            (:func:`quintet.deeprelax.data.canonical_record`), so the setting a user writes does not change the
+            prediction; False is the behaviour of model files trained before it (they saw cells as written).
     """
 
     hidden: int = 128
@@ -93,6 +96,7 @@ class ModelConfig:
     cell_uncertainty: bool = True
     detach_base_cell: bool = True
     message_scale: float = 1.0
+    canonical_cell: bool = True
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.num_layers < 1 or self.num_rbf < 1:

@@ -130,7 +130,8 @@ def migrate(extra: Mapping[str, Any]) -> dict[str, Any]:
     """Today's ``extra`` of a model file: ``{"system": ..., "model": {...}, ...}``.
 
     DeepRelax files before the shared loader kept the architecture under ``deeprelax_model`` and
-    predate the cell scale and the detached base cell (both off in them).
+    predate the cell scale and the detached base cell (both off in them); DeepRelax files without
+    ``canonical_cell`` were trained on cells as written (off).
     """
     out = dict(extra)
     if "deeprelax_model" in out:
@@ -138,6 +139,8 @@ def migrate(extra: Mapping[str, Any]) -> dict[str, Any]:
         model.setdefault("cell_uncertainty", False)
         model.setdefault("detach_base_cell", False)
         out.update(system="deeprelax", model=model)
+    if out.get("system") == "deeprelax" and isinstance(out.get("model"), dict):
+        out["model"] = {"canonical_cell": False, **out["model"]}  # trained on cells as written
     return out
 
 
