@@ -77,17 +77,19 @@ done
 python benchmarks/pretrained.py   # copies best.pt to src/quintet/pretrained/definet-2d/model.pt, writes the cards
 """
 REBUILD_DEEPRELAX = r"""
-# the pairs: unpack the committed ones (or regenerate them with CHGNet, about an hour:
-#   OUT=benchmarks/work/bulk_chgnet STEP=12 MAX=24 nice -n 19 bash datasets/bulk_chgnet/generate.sh)
+# the pairs: unpack the committed ones (or regenerate them with CHGNet, 3 CPU-hours:
+#   OUT=benchmarks/work/bulk_chgnet STEP=12 MAX=120 nice -n 19 bash datasets/bulk_chgnet/generate.sh, and the same
+#   with SET=RECIPES_HI; the shipped set stopped at 1,464 pairs, see datasets/bulk_chgnet/README.md)
 python datasets/bulk_chgnet/assemble.py unpack
 python datasets/bulk_chgnet/assemble.py build      # + ../shared/data/materials/bulk_oxides, committed split
 quintet deeprelax train data.root=benchmarks/work/bulk_all data.layout=custom out=runs/deeprelax-bulk \
   model.hidden=64 model.num_layers=3 model.num_rbf=32 model.relax_cell=true \
   train.batch_size=8 train.lr=1e-3 train.ema_decay=0.99 train.min_lr=1e-5 train.grad_clip=150 \
   train.plateau_patience=5 train.early_stop_patience=null train.monitor=val/coord_mae \
-  train.max_epochs=100000 train.max_time_s=1200 train.time_budget_clock=wall train.seed=0 train.progress=false
+  train.max_epochs=100000 train.max_time_s=1200 train.time_budget_clock=wall train.seed=0 train.progress=false --threads 2
 # (the shipped run: 600 s, then resumed to 1,200 s; the trainer resumes exactly. Learning-curve points: the same
 #  command with data.root=benchmarks/work/bulk_all_25 / bulk_all_50 and train.max_time_s=600)
+quintet deeprelax eval -m runs/deeprelax-bulk/best.pt data.root=benchmarks/work/bulk_all data.layout=custom split=val out=runs/deeprelax-bulk/eval_val
 quintet deeprelax eval -m runs/deeprelax-bulk/best.pt data.root=benchmarks/work/bulk_all data.layout=custom split=test out=runs/deeprelax-bulk/eval_test
 python benchmarks/cell_settings.py benchmarks/work/bulk_all
 for s in super skew; do
