@@ -172,3 +172,21 @@ def test_the_shipped_models_load_verify_and_are_the_predict_defaults() -> None:
         model, d = quintet.load_model(name)  # the file matches its card's SHA-256 and its own weight hash
         assert d["extra"]["system"] == card["system"] and d["extra"]["domain"]["elements"]
         assert not model.training
+
+
+def test_the_shipped_deeprelax_model_does_not_depend_on_the_cell_setting() -> None:
+    """The shipped check (atomistic.testing) on deeprelax-bulk: a rattled perovskite and a rattled wurtzite written
+    with cell rows a1, a2, a1 + a3 or a1 + a2, a2, a3 relax to the same crystal as in their plain cells."""
+    from ase import Atoms
+    from ase.build import bulk
+
+    import quintet.deeprelax as dr
+    from quintet.atomistic.testing import assert_cell_setting_consistent
+
+    rng = np.random.default_rng(0)
+    perovskite = Atoms("SrTiO3", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5],
+                       [0, 0.5, 0.5]], cell=[3.9, 3.9, 3.9], pbc=True)  # fmt: skip
+    for atoms in (perovskite, bulk("ZnO", "wurtzite", a=3.25, c=5.2)):
+        atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)
+        for t in (((1, 0, 0), (0, 1, 0), (1, 0, 1)), ((1, 1, 0), (0, 1, 0), (0, 0, 1))):
+            assert_cell_setting_consistent(lambda a: dr.relax(a, model="deeprelax-bulk"), atoms, t, atol=1e-3)

@@ -16,6 +16,7 @@ the same crystal. Compare in float64 where possible: equivariance errors then si
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from quintet.atomistic.batch import collate
 __all__ = [
     "ModelFn",
     "assert_batch_matches_single",
+    "assert_cell_setting_consistent",
     "assert_forces_match_fd",
     "assert_permutation_equivariant",
     "assert_rotation_equivariant",
@@ -211,6 +213,30 @@ def assert_supercell_consistent(
     for k in node_outputs:
         _close(out[k], torch.cat([ref[k]] * m), f"supercell: per-atom output {k!r}", atol, rtol)
     assert out[node_outputs[0]].shape[0] == n * m if node_outputs else True
+
+
+def assert_cell_setting_consistent(
+    relax: Callable[[Any], Any], atoms: Any, transform: Sequence[Sequence[int]] = ((1, 0, 0), (0, 1, 0), (1, 0, 1)),
+    atol: float = 1e-4,
+) -> None:
+    """A relaxer gives the same relaxed crystal when the input's cell is written in another basis of its lattice.
+
+    ``relax`` maps an ASE ``Atoms`` to its relaxed ``Atoms`` (e.g. ``lambda a: quintet.deeprelax.relax(a, model=m)``).
+    The input is relaxed as given and with cell rows ``transform @ cell`` (atoms wrapped into it); the second
+    relaxed cell must be ``transform @`` the first, and every atom must sit at the same place up to a lattice
+    translation of the relaxed cell.
+    """
+    t = np.asarray(transform)
+    other = atoms.copy()
+    other.set_cell(t @ atoms.cell[:], scale_atoms=False)
+    other.wrap()
+    a, b = relax(atoms), relax(other)
+    if not np.allclose(b.cell[:], t @ a.cell[:], atol=atol):
+        raise AssertionError(f"cell setting {t.tolist()}: relaxed cell {b.cell[:].tolist()} != {(t @ a.cell[:]).tolist()}")
+    d = b.cell.scaled_positions(b.positions) - b.cell.scaled_positions(a.positions)
+    off = np.abs((d - np.round(d)) @ b.cell[:]).max()
+    if off > atol:
+        raise AssertionError(f"cell setting {t.tolist()}: an atom's relaxed position differs by {off:.2e} Å")
 
 
 def assert_forces_match_fd(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,8 +72,9 @@ def canonical_record(record: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], T
         return dict(record), torch.eye(3, dtype=cell.dtype), torch.zeros(n_atoms, 3, dtype=cell.dtype)
     from ase.cell import Cell
 
-    op = Cell(cell.double().numpy()).niggli_reduce()[1]
-    m = torch.as_tensor(np.asarray(op).T, dtype=cell.dtype)  # (M @ cell) has the reduced cell's metric
+    op = np.asarray(Cell(cell.double().numpy()).niggli_reduce()[1]).T  # (op @ cell) has the reduced metric
+    op = _unique_basis(op @ cell.double().numpy()) @ op
+    m = torch.as_tensor(op, dtype=cell.dtype)
     red = m @ cell
     n = torch.floor(torch.linalg.solve(red.T, record[K.POSITIONS].T).T + 1e-6)
     rec = {**record, K.CELL: red.reshape(record[K.CELL].shape), K.POSITIONS: record[K.POSITIONS] - n @ red}
@@ -82,6 +84,26 @@ def canonical_record(record: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], T
         if K.RELAXED_CELL in record:
             rec[K.RELAXED_CELL] = rel_red.reshape(record[K.RELAXED_CELL].shape)
     return rec, m, n
+
+
+#: the 26 non-zero integer vectors with entries in {-1, 0, 1}: the rows a reduced basis' automorphisms draw from
+_ROWS = np.array([v for v in np.ndindex(3, 3, 3) if any(x != 1 for x in v)]) - 1
+
+
+def _unique_basis(red: np.ndarray) -> np.ndarray:
+    """The integer ``S`` that picks one basis among a reduced lattice's equivalent ones (a cubic or hexagonal
+    lattice has several bases with the same metric): of all ``S`` with rows in {-1, 0, 1}³, ``S G Sᵀ = G`` and
+    a right-handed ``S @ red``, the one whose basis is lexicographically largest in Cartesian coordinates; every
+    setting of one lattice then lands on the same basis (S = ±I for a lattice without symmetry)."""
+    g = red @ red.T
+    tol = 1e-6 * np.abs(g).max()
+    norms = np.einsum("ij,jk,ik->i", _ROWS, g, _ROWS)
+    allowed = [_ROWS[np.abs(norms - g[i, i]) < tol] for i in range(3)]  # rows of the same length as row i
+    cand = np.array([np.stack(rows) for rows in itertools.product(*allowed)])
+    same = np.abs(cand @ g @ cand.transpose(0, 2, 1) - g).max((1, 2)) < tol
+    sym = cand[same & (np.linalg.det(cand @ red) > 0)]  # right-handed bases of the same metric
+    keys = np.round(sym @ red, 4).reshape(len(sym), -1)
+    return sym[np.lexsort(keys.T[::-1])[-1]]
 
 
 def from_canonical(positions: Tensor, cell: Tensor, m: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
