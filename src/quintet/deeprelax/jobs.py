@@ -38,7 +38,6 @@ from quintet.deeprelax.inference import SolveConfig, check_ensemble, relax_ensem
 from quintet.deeprelax.maths import (
     LAPLACE_LEVEL,
     calibration_factor,
-    coverage,
     edge_lengths,
     per_graph_mean,
     spearman,
@@ -48,7 +47,7 @@ from quintet.deeprelax.model import DeepRelax, ModelConfig, ensure_graph
 from quintet.deeprelax.task import DeepRelaxTask, LossConfig, targets
 from quintet.io import atomic_save_json, atomic_write_csv, file_sha256
 from quintet.models import resolve_model
-from quintet.train import TrainConfig, fit, load_model_file, save_model
+from quintet.train import TrainConfig, fit, save_model
 
 __all__ = [
     "CalibrateJob",
@@ -441,7 +440,7 @@ def evaluate_model(
     for m in models:
         m.eval()
     rows: list[dict[str, Any]] = []
-    edges: list[tuple[np.ndarray, np.ndarray, float, int]] = []
+    edges: list[tuple[np.ndarray, np.ndarray]] = []
     t_total = 0.0
     records = [dataset[k] for k in range(len(dataset))]  # each record (and its graph) built once
     sizes = [int(r[K.POSITIONS].shape[0]) for r in records]
@@ -450,18 +449,14 @@ def evaluate_model(
         rows += batch_rows
         edges.append(batch_edges)
         t_total += seconds
-    summary = _evaluation_summary(rows, edges, t_total, ensemble=len(models) > 1)
-    scale = uncertainty_scale(models)  # the file's σ factor: the coverage of the network's own σ too
-    sigma, err = (np.concatenate([e[k] for e in edges]) for k in (0, 1))
-    summary.update(uncertainty_scale=scale, coverage_uncalibrated=float(np.mean(err <= sigma / scale)))
-    return summary, rows
+    return _evaluation_summary(rows, edges, t_total, models), rows
 
 
 def _evaluate_batch(
     models: Sequence[Any], recs: Sequence[dict[str, Tensor]], start: int, solve: SolveConfig
-) -> tuple[list[dict[str, Any]], tuple[np.ndarray, np.ndarray, float, int], float]:
-    """One batch of :func:`evaluate_model`: per-structure rows, (σ, |error|, coverage count, edges) of the
-    relaxed distances, and the seconds of graph + forward + solve."""
+) -> tuple[list[dict[str, Any]], tuple[np.ndarray, np.ndarray], float]:
+    """One batch of :func:`evaluate_model`: per-structure rows, (σ, |error|) of the relaxed distances, and the
+    seconds of graph + forward + solve."""
     batch = collate(recs)
     bare = {k: v for k, v in batch.items() if k not in (K.EDGE_INDEX, K.EDGE_SHIFT, DISPLACE)}
     t0 = time.perf_counter()
@@ -495,15 +490,14 @@ def _evaluate_batch(
         }
         for g, r in enumerate(recs)
     ]
-    covered = coverage(res["mu_relaxed"], res["sigma_relaxed"], y_r) * len(y_r)
-    stats = (res["sigma_relaxed"].numpy(), (res["mu_relaxed"] - y_r).abs().numpy(), covered, len(y_r))
-    return rows, stats, seconds
+    return rows, (res["sigma_relaxed"].numpy(), (res["mu_relaxed"] - y_r).abs().numpy()), seconds
 
 
 def _evaluation_summary(
-    rows: list[dict[str, Any]], edges: list[tuple[np.ndarray, np.ndarray, float, int]], seconds: float, ensemble: bool
+    rows: list[dict[str, Any]], edges: list[tuple[np.ndarray, np.ndarray]], seconds: float, models: Sequence[Any]
 ) -> dict[str, float]:
-    """The means, ratios vs the dummy and uncertainty statistics of :func:`evaluate_model`."""
+    """The means, ratios vs the dummy and uncertainty statistics of :func:`evaluate_model`; ``edges`` holds each
+    batch's (σ, |error|) of the relaxed distances, σ with the models' calibration factor."""
 
     def mean(key: str) -> float:
         return float(np.mean([r[key] for r in rows]))
@@ -524,14 +518,17 @@ def _evaluation_summary(
     errors = [r["coord_mae_A"] for r in rows]
     summary["uncertainty_spearman"] = spearman([r["uncertainty_A"] for r in rows], errors)
     summary["shift_spearman"] = spearman([r["shift_A"] for r in rows], errors)
-    if ensemble:
+    if len(models) > 1:
         summary["spread_spearman"] = spearman([r["spread_A"] for r in rows], errors)
-    summary["distance_spearman"] = spearman(np.concatenate([e[0] for e in edges]), np.concatenate([e[1] for e in edges]))
-    n = sum(e[3] for e in edges)
-    summary["coverage"] = sum(e[2] for e in edges) / n if n else float("nan")
+    sigma, err = (np.concatenate([e[k] for e in edges]) for k in (0, 1))
+    scale = uncertainty_scale(models)  # the file's σ factor: the coverage of the network's own σ too
+    summary["distance_spearman"] = spearman(sigma, err)
+    summary["coverage"] = float(np.mean(err <= sigma)) if len(err) else float("nan")
     summary["coverage_nominal"] = LAPLACE_LEVEL
     # the factor on σ that would make the coverage nominal on these pairs (``calibrate`` stores it)
-    summary["calibration_factor"] = calibration_factor(*(np.concatenate([e[k] for e in edges]) for k in (0, 1)))
+    summary["calibration_factor"] = calibration_factor(sigma, err)
+    summary["uncertainty_scale"] = scale
+    summary["coverage_uncalibrated"] = float(np.mean(err <= sigma / scale)) if len(err) else float("nan")
     return summary
 
 
@@ -596,12 +593,17 @@ def calibrate_file(model: str | Path, dataset: Any, out: str | Path, batch_size:
         ``uncertainty_scale`` (the stored factor), ``coverage_before`` (with the file's own factor) and
         ``coverage_nominal``.
     """
-    net, _ = load_deeprelax(model)
+    return _calibrate(*load_deeprelax(model), dataset, out, batch_size, max_atoms, source=str(model))
+
+
+def _calibrate(
+    net: DeepRelax, d: dict[str, Any], dataset: Any, out: str | Path, batch_size: int, max_atoms: int | None,
+    source: str,
+) -> dict[str, float]:  # fmt: skip
     summary, _ = evaluate_model(net, dataset, batch_size, max_atoms=max_atoms)
     scale = net.uncertainty_scale * summary["calibration_factor"]
     if not np.isfinite(scale) or scale <= 0:
-        raise ValueError(f"{model}: no finite σ factor on these {len(dataset)} pairs (no edges?); give more pairs")
-    d = load_model_file(resolve_model(model))
+        raise ValueError(f"{source}: no finite σ factor on these {len(dataset)} pairs (no edges?); give more pairs")
     extra = {**d["extra"], "uncertainty_scale": scale, "calibration_pairs": len(dataset),
              "calibration_coverage_before": summary["coverage"]}  # fmt: skip
     save_model(out, d["state_dict"], d["config"], extra, d["metrics"])
@@ -610,10 +612,10 @@ def calibrate_file(model: str | Path, dataset: Any, out: str | Path, batch_size:
 
 def calibrate(job: CalibrateJob) -> dict[str, float]:
     """Calibrate ``job.model`` on ``job.split`` of ``job.data``; writes ``job.out`` and ``calibration.json`` beside it."""
-    net, _ = load_deeprelax(job.model)
+    net, d = load_deeprelax(job.model)
     ds = load_dataset(job.data, job.split, net.cfg)
     Path(job.out).parent.mkdir(parents=True, exist_ok=True)
-    res = calibrate_file(job.model, ds, job.out, job.batch_size, job.max_atoms)
+    res = _calibrate(net, d, ds, job.out, job.batch_size, job.max_atoms, source=str(job.model))
     atomic_save_json(Path(job.out).with_name("calibration.json"), {**res, "split": job.split, "model": str(job.model)})
     return res
 
