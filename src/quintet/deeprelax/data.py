@@ -56,19 +56,20 @@ def check_record(record: Mapping[str, Tensor], source: str = "structure") -> Non
         )
 
 
-def canonical_record(record: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+def canonical_record(record: Mapping[str, Tensor], reduce: bool = True) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """The record in a canonical basis of its lattice, so the cell a user wrote does not change the prediction.
 
     A 3D-periodic cell becomes its Niggli-reduced basis ``M @ cell`` (``M`` integer, det ±1: the same lattice),
     with every atom wrapped into it by a lattice translation ``n`` (the relaxed labels get the same basis
-    change and the same translation in the relaxed lattice). Non-periodic directions leave it unchanged.
+    change and the same translation in the relaxed lattice). Non-periodic directions, or ``reduce=False`` (a model
+    trained on cells as written), leave it unchanged.
 
     Returns:
         ``(record, M, n)``; :func:`from_canonical` maps a prediction back to the input's basis and images.
     """
     cell = record[K.CELL].reshape(3, 3)
     n_atoms = record[K.POSITIONS].shape[0]
-    if not bool(record[K.PBC].all()):
+    if not reduce or not bool(record[K.PBC].all()):
         return dict(record), torch.eye(3, dtype=cell.dtype), torch.zeros(n_atoms, 3, dtype=cell.dtype)
     from ase.cell import Cell
 
@@ -144,8 +145,7 @@ class DeepRelaxTransform:
         rec = {k: v for k, v in rec.items() if k in self.keep}
         sid = int(rec[K.STRUCTURE_ID]) if K.STRUCTURE_ID in rec else -1
         check_record(rec, source=f"structure {sid}")
-        if self.canonical:  # trained and scored in the basis predict uses
-            rec = canonical_record(rec)[0]
+        rec = canonical_record(rec, self.canonical)[0]  # trained and scored in the basis predict uses
         return with_deeprelax_graph(rec, self.cutoff, self.max_neighbors, self.max_displace)
 
 

@@ -661,8 +661,7 @@ def relax_items(models: Sequence[Any], items: Sequence[Item], solve: SolveConfig
     from quintet.atomistic.structures import to_ase
 
     given = [_record_from_atoms(it.atoms, it.source) for it in items]
-    canon = [canonical_record(r) if models[0].cfg.canonical_cell else (r, torch.eye(3), torch.zeros(len(r[K.POSITIONS]), 3))
-             for r in given]  # predicted in the model's basis, written in the input's
+    canon = [canonical_record(r, models[0].cfg.canonical_cell) for r in given]  # predicted in the model's basis
     recs = [c[0] for c in canon]
     for it in items:
         check_bonded(it.atoms, max(m.cfg.cutoff for m in models), it.source)
