@@ -301,6 +301,7 @@ def definet_2d() -> tuple[dict[str, Any], dict[str, Any]]:
     model_s = pooled["model_seconds_per_structure"]
     speedup = finish["oracle_s_per_structure_from_input"] / model_s if finish else None
     old = load_json(ROOT / "benchmarks" / "results" / "definet.json")
+    loho = definet_loho()  # read once: it rebuilds the run's model
     dest, digest, size = ship("definet-2d", run)
     card = {
         "name": "definet-2d",
@@ -336,7 +337,7 @@ def definet_2d() -> tuple[dict[str, Any], dict[str, Any]]:
             "pooled": pooled,
             "per_host": per_host,
             "oracle_finish": finish,
-            "leave_one_host_out": definet_loho() or {
+            "leave_one_host_out": loho or {
                 "measured_for_this_model": False,
                 "ratio_vs_dummy": old["heldout_host_ratio_vs_dummy"],
                 "heldout_host": old["heldout_host"],
@@ -350,7 +351,7 @@ def definet_2d() -> tuple[dict[str, Any], dict[str, Any]]:
     summary = {
         "coord_mae_ratio_vs_dummy": pooled["coord_mae_ratio_vs_dummy"],
         "per_host_ratio_vs_dummy": {h: v["coord_mae_ratio_vs_dummy"] for h, v in per_host.items()},
-        "leave_one_host_out_ratio": (definet_loho() or {}).get("ratio_vs_dummy"),
+        "leave_one_host_out_ratio": (loho or {}).get("ratio_vs_dummy"),
         "median_finish_steps": finish["median_finish_steps"] if finish else None,
         "median_unrelaxed_steps": finish["median_unrelaxed_steps"] if finish else None,
         "finish_structures": finish["structures"] if finish else 0,
@@ -360,7 +361,7 @@ def definet_2d() -> tuple[dict[str, Any], dict[str, Any]]:
         "cell_setting_ratio": None,
         "n_train": len(train_ids),
         "learning_curve": definet_learning_curve(),
-        "notes": DEFINET_NOTES if definet_loho() else "pooled test split of the 4 hosts (83 structures). leave_one_host_out_ratio: not measured for this "
+        "notes": DEFINET_NOTES if loho else "pooled test split of the 4 hosts (83 structures). leave_one_host_out_ratio: not measured for this "
         f"model; a smaller earlier model (benchmarks/results/definet.json) gave {old['heldout_host_ratio_vs_dummy']:.2f}x "
         "on held-out MoSe2. uncertainty_spearman: the jitter-spread proxy (uncertainty_A, 4 passes, 0.02 Å) against "
         "the true coordinate MAE; band_coverage: not applicable (the proxy is a spread, not a calibrated band). "
