@@ -609,6 +609,28 @@ def card_md(card: dict[str, Any], summary: dict[str, Any], rebuild: str) -> str:
     return "\n".join(lines)
 
 
+def plot_learning_curves(models: dict[str, Any], path: Path) -> None:
+    """Test coordinate MAE ratio vs the dummy against training pairs, one panel per shipped model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("deeprelax-bulk", "definet-2d") if (models.get(n) or {}).get("learning_curve")]
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for budget in sorted({p["budget_wall_s"] for p in models[name]["learning_curve"]}):
+            pts = sorted((p["n_train"], p["coord_mae_ratio_vs_dummy"]) for p in models[name]["learning_curve"]
+                         if p["budget_wall_s"] == budget)  # fmt: skip
+            ax.plot(*zip(*pts, strict=True), "o-", label=f"{budget} s of training")
+        ax.axhline(1.0, color="gray", lw=0.8, ls=":")
+        ax.set(xscale="log", xlabel="training pairs", ylabel="test coord MAE / dummy", title=name, ylim=(0, 1.05))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _elements(formula: str) -> list[str]:
     from ase.formula import Formula
 
@@ -628,4 +650,5 @@ if __name__ == "__main__":
     res = ROOT / "benchmarks" / "results" / "models.json"
     old = load_json(res) if res.is_file() else {}
     res.write_text(json.dumps(nan_to_none({**old, **out}), indent=1) + "\n")
+    plot_learning_curves({**old, **out}, res.with_name("models_learning_curves.png"))
     print(json.dumps(nan_to_none(out), indent=1))
